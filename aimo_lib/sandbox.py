@@ -1,0 +1,473 @@
+"""Sandboxed execution of model-written Python.
+
+    with Sandbox(timeout_s=5.0) as sb:
+        sb.run("sp.factor(x**2 - 1)")            # ExecutionResult(status="ok", output=...)
+        sb.run_many(codes)                       # concurrently, results in order
+        s = sb.session(); s.run("a = 2"); s.run("a * 21")   # names persist in a session
+
+Model code is hostile input. Each worker is a separate warm Python process (see
+`_sandbox_worker.py`) that imports math/numpy/sympy once and forks a fresh, isolated child
+per execution, so a run costs a fork (milliseconds), never an interpreter start-up, and no run
+sees another's state. Isolation comes from the OS (namespaces, chroot, an unprivileged uid,
+rlimits), never from in-process guards; `Sandbox.isolation` says what is in force here.
+Everything here is thread-safe and uses no signals in the calling thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+__all__ = ["ExecutionResult", "Isolation", "Sandbox", "SandboxError", "Session"]
+
+DEFAULT_PRELOAD = "import math\nimport numpy as np\nimport sympy as sp\n"
+
+# Loaded once in every worker. A chrooted child cannot read new module files, so model code
+# can import only what is loaded already: the standard modules that model code reaches for.
+DEFAULT_MODULES = (
+    "array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal",
+    "fractions", "functools", "heapq", "itertools", "json", "math", "numbers", "operator",
+    "random", "re", "statistics", "string", "sys", "time", "typing", "numpy", "sympy",
+    "mpmath", "sympy.abc",
+)
+
+# Runs once per worker so that sympy's caches and lazily imported submodules are in place
+# before any fork: a child then pays neither.
+DEFAULT_WARMUP = """
+x, y = sp.symbols('x y')
+sp.factor(x**4 - 1); sp.expand((x + y)**5); sp.simplify(sp.sin(x)**2 + sp.cos(x)**2)
+sp.solve([x + y - 3, x - y - 1], [x, y]); sp.solve(x**2 - 2, x); sp.nsimplify(0.5)
+sp.integrate(x**2, (x, 0, 1)); sp.diff(sp.exp(x) * x, x); sp.limit(sp.sin(x) / x, x, 0)
+sp.summation(x, (x, 1, 10)); sp.Rational(1, 3) + sp.sqrt(2); sp.N(sp.pi, 20)
+sp.isprime(97); sp.factorint(360); sp.divisors(12); sp.binomial(10, 3)
+sp.Matrix([[1, 2], [3, 4]]).det()
+sp.Poly(x**2 + 1, x).all_coeffs(); sp.roots(x**3 - 1); sp.gcd(12, 18); sp.mod_inverse(3, 7)
+sp.latex(x**2); str(sp.sqrt(8)); sp.totient(10); sp.primerange(1, 20); sp.Eq(x, 1)
+np.linalg.det(np.eye(3)); np.array([1, 2, 3]).sum(); np.roots([1, 0, -1]); np.arange(5) % 2
+"""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be started or used (not an error in the executed code)."""
+
+
+@dataclass
+class ExecutionResult:
+    """What one execution produced.
+
+    status: "ok", "error" (an exception; `output` ends with its traceback), "timeout" or
+    "crashed" (killed by a signal or a limit). `output` is what the model should see.
+    """
+
+    status: str
+    output: str
+    duration_s: float
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The isolation actually in force (it depends on the OS and on privileges)."""
+
+    level: str  # "namespaces" (strong) > "chroot-uid" > "process" (weak)
+    pid_namespace: bool
+    net_namespace: bool
+    private_mounts: bool
+    chroot: bool
+    uid_drop: bool
+    user_namespace: bool
+    warnings: tuple[str, ...] = ()
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class _Worker:
+    """A warm fork-server process and the pipe pair we talk to it over."""
+
+    def __init__(self, cfg: dict, python: str, env: dict):
+        self.proc = subprocess.Popen(
+            [python, "-m", "aimo_lib._sandbox_worker", json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+            start_new_session=True,  # a Ctrl-C in the caller's terminal is not theirs
+        )
+        self.ready: dict | None = None
+
+    def wait_ready(self, timeout: float) -> dict:
+        try:
+            msg = self._recv(time.monotonic() + timeout)
+        except _WorkerDied as exc:
+            raise SandboxError(f"sandbox worker failed to start: {exc}") from None
+        if not msg.get("ready"):
+            self.kill()
+            raise SandboxError(f"sandbox worker failed to start: {msg.get('error')}")
+        self.ready = msg
+        return msg
+
+    def request(self, msg: dict, wait_s: float) -> dict:
+        try:
+            data = json.dumps(msg).encode()
+            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise _WorkerDied(f"cannot write to worker: {exc}") from None
+        reply = self._recv(time.monotonic() + wait_s)
+        if "error" in reply:
+            raise SandboxError(f"sandbox worker error: {reply['error']}")
+        return reply
+
+    def _recv(self, deadline: float) -> dict:
+        head = self._read(4, deadline)
+        return json.loads(self._read(struct.unpack(">I", head)[0], deadline))
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        fd, buf = self.proc.stdout.fileno(), b""
+        while len(buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self.kill()
+                raise _WorkerDied("worker stopped responding")
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                self.kill()
+                raise _WorkerDied(f"worker exited (code {self.proc.wait()})")
+            buf += chunk
+        return buf
+
+    def close(self) -> None:
+        try:
+            data = json.dumps({"op": "exit"}).encode()
+            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        # Killing the worker kills every holder and child (parent-death signals, namespaces).
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.ready:
+            shutil.rmtree(self.ready["scratch"], ignore_errors=True)
+
+
+def _shutdown(workers: list) -> None:
+    for w in workers:
+        if w is not None:
+            w.close()
+
+
+class Sandbox:
+    """A pool of warm, isolated Python workers for model-written code. See the module doc.
+
+    timeout_s: wall-clock limit per execution (the whole process tree is killed).
+    memory_mb: address-space limit per execution. max_output_chars: output beyond this keeps
+    its head and tail with a marker in between. workers: number of worker processes (the
+    number of executions that run at once); default os.cpu_count().
+    preload: code run once per worker; its names are the globals of every execution.
+    modules: modules imported once per worker, so that model code can import them.
+    isolation: "auto" (strongest available, warns if weak), "namespaces" (raise unless the
+    strong level is available) or "process" (weak; for platforms without namespaces).
+    max_procs / max_file_mb / scratch_mb: processes, file size and scratch space per execution.
+    python / pythonpath: the interpreter for the workers and extra import paths for it.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        memory_mb: int = 2048,
+        max_output_chars: int = 2000,
+        workers: int | None = None,
+        *,
+        preload: str = DEFAULT_PRELOAD,
+        modules: tuple[str, ...] = DEFAULT_MODULES,
+        warmup: str = DEFAULT_WARMUP,
+        isolation: str = "auto",
+        max_procs: int = 32,
+        max_file_mb: int = 16,
+        scratch_mb: int = 64,
+        session_cpu_s: int = 600,
+        uid_base: int = 2_000_000,
+        python: str | None = None,
+        pythonpath: tuple[str, ...] = (),
+        start_timeout_s: float = 120.0,
+    ):
+        if timeout_s <= 0 or memory_mb < 64 or max_output_chars < 20:
+            raise ValueError("need timeout_s > 0, memory_mb >= 64 and max_output_chars >= 20")
+        if isolation not in ("auto", "namespaces", "process"):
+            raise ValueError("isolation must be 'auto', 'namespaces' or 'process'")
+        self.timeout_s = float(timeout_s)
+        n = max(1, workers or os.cpu_count() or 1)
+        self._cfg = dict(
+            preload=preload, modules=list(modules), warmup=warmup, isolation=isolation,
+            memory_mb=memory_mb, max_output_chars=max_output_chars, max_procs=max_procs,
+            max_file_mb=max_file_mb, scratch_mb=scratch_mb, session_cpu_s=session_cpu_s,
+            uid_base=uid_base, uid_span=100_000,
+        )
+        self._python = python or sys.executable
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # A scrubbed environment: no tokens, keys or proxies reach model code.
+        self._env = {
+            "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": os.pathsep.join([package_root, *pythonpath]),
+            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        }
+        self._cond = threading.Condition()
+        self._idle = set(range(n))
+        self._generation = [0] * n
+        self._sessions_on = [0] * n
+        self._workers: list[_Worker | None] = [None] * n
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="sandbox")
+        for i in range(n):
+            self._workers[i] = self._start_worker(i, wait=False)
+        for w in self._workers:
+            self._wait_ready(w, timeout=start_timeout_s)
+        iso = self._workers[0].ready["isolation"]
+        self.isolation = Isolation(**{**iso, "warnings": tuple(iso["warnings"])})
+        if self.isolation.level != "namespaces":
+            if isolation == "namespaces":
+                self.close()
+                raise SandboxError(
+                    "strong isolation is unavailable here: " + "; ".join(self.isolation.warnings)
+                    + ". Run as root or enable unprivileged user namespaces, or pass "
+                    "isolation='auto' to accept a weaker level.")
+            if isolation == "auto":
+                warnings.warn(f"sandbox isolation is weak here ({self.isolation.level}): "
+                              + "; ".join(self.isolation.warnings), RuntimeWarning, stacklevel=2)
+
+    # ------------------------------------------------------------ workers
+
+    def _start_worker(self, i: int, wait: bool = True) -> _Worker:
+        # Each worker gets its own uid range so concurrent executions never share a uid.
+        cfg = {**self._cfg, "uid_base": self._cfg["uid_base"] + i * self._cfg["uid_span"]}
+        w = _Worker(cfg, self._python, self._env)
+        if wait:
+            self._wait_ready(w, timeout=120.0)
+        return w
+
+    def _wait_ready(self, w: _Worker, timeout: float) -> None:
+        try:
+            w.wait_ready(timeout)
+        except SandboxError:
+            self.close()
+            raise
+
+    def _acquire(self, worker: int | None) -> int:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise SandboxError("the sandbox is closed")
+                if worker is None and self._idle:
+                    i = min(self._idle)
+                    break
+                if worker is not None and worker in self._idle:
+                    i = worker
+                    break
+                self._cond.wait()
+            self._idle.discard(i)
+            return i
+
+    def _release(self, i: int) -> None:
+        with self._cond:
+            self._idle.add(i)
+            self._cond.notify_all()
+
+    def _call(self, msg: dict, worker: int | None, wait_s: float) -> tuple[int, int, dict]:
+        """Send one request to a worker (any idle one if worker is None).
+
+        Returns (worker index, its generation, reply). A worker that dies or hangs is
+        replaced; the reply then reports a crash.
+        """
+        i = self._acquire(worker)
+        try:
+            gen = self._generation[i]
+            try:
+                return i, gen, self._workers[i].request(msg, wait_s)
+            except _WorkerDied as exc:
+                self._workers[i].kill()
+                self._workers[i] = self._start_worker(i)
+                self._generation[i] += 1
+                self._sessions_on[i] = 0
+                crash = {"status": "crashed", "output": f"[sandbox worker failed: {exc}]",
+                         "truncated": False, "duration": wait_s, "alive": False}
+                return i, gen, crash
+        finally:
+            self._release(i)
+
+    # ------------------------------------------------------------ public API
+
+    def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+        """Execute `code` in a fresh isolated process with the preloads as globals."""
+        timeout = self._timeout(timeout_s)
+        _, _, reply = self._call({"op": "run", "code": _check_code(code), "timeout": timeout},
+                                 None, timeout + 30.0)
+        return _result(reply)
+
+    def run_many(self, codes: list[str], timeout_s: float | None = None) -> list[ExecutionResult]:
+        """Execute independent snippets concurrently across workers; results in order."""
+        return list(self._pool.map(lambda c: self.run(c, timeout_s), codes))
+
+    def session(self, replay: bool = True) -> Session:
+        """A stateful session: names defined by one run are visible to the next."""
+        return Session(self, replay)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._pool.shutdown(wait=False)
+        self._finalizer()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        t = self.timeout_s if timeout_s is None else float(timeout_s)
+        if t <= 0:
+            raise ValueError("timeout_s must be positive")
+        return t
+
+    # ------------------------------------------------------------ session plumbing
+
+    def _session_open(self) -> tuple[int, int, int]:
+        with self._cond:  # spread sessions over workers
+            worker = min(range(len(self._workers)), key=lambda k: self._sessions_on[k])
+            self._sessions_on[worker] += 1
+        i, gen, reply = self._call({"op": "session_open"}, worker, 30.0)
+        if "sid" not in reply:
+            raise SandboxError("could not open a sandbox session: " + reply.get("output", ""))
+        return i, gen, reply["sid"]
+
+    def _session_alive(self, handle: tuple[int, int, int]) -> bool:
+        i, gen, _ = handle
+        return not self._closed and self._generation[i] == gen
+
+    def _session_call(self, handle, op: str, **kw) -> dict:
+        i, gen, sid = handle
+        if self._generation[i] != gen:  # the worker was replaced: the session is gone
+            return {"status": "crashed", "output": "", "truncated": False, "duration": 0.0,
+                    "alive": False}
+        wait = kw.get("timeout", 0.0) + 30.0
+        return self._call({"op": op, "sid": sid, **kw}, i, wait)[2]
+
+    def _session_closed(self, handle) -> None:
+        with self._cond:
+            if self._generation[handle[0]] == handle[1]:
+                self._sessions_on[handle[0]] -= 1
+
+
+class Session:
+    """Runs that share globals, in one isolated process.
+
+    After a timeout or crash the process is replaced, and the cells that succeeded so far are
+    replayed to restore the names (unless replay=False). The cell that failed is never replayed.
+    """
+
+    def __init__(self, sandbox: Sandbox, replay: bool = True):
+        self._sb, self._replay = sandbox, replay
+        self._cells: list[str] = []
+        self._handle: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+        timeout = self._sb._timeout(timeout_s)
+        code = _check_code(code)
+        with self._lock:
+            if self._closed:
+                raise SandboxError("this session is closed")
+            note = ""
+            if self._handle is None or not self._sb._session_alive(self._handle):
+                note = self._restart(timeout)
+            reply = self._sb._session_call(self._handle, "session_run", code=code,
+                                           timeout=timeout)
+            if reply["status"] == "ok":
+                self._cells.append(code)
+            if not reply.get("alive", True):
+                self._drop_handle()
+            result = _result(reply)
+            if note:
+                result.output = note + result.output
+            return result
+
+    def _restart(self, timeout: float) -> str:
+        """Start a fresh process; replay the successful cells. Returns a note for the model."""
+        had_state = bool(self._cells) or self._handle is not None
+        self._drop_handle()
+        self._handle = self._sb._session_open()
+        if not self._cells:
+            return "[sandbox: the session was restarted; earlier names are gone]\n" if (
+                had_state and not self._replay) else ""
+        if not self._replay:
+            self._cells = []
+            return "[sandbox: the session was restarted; earlier names are gone]\n"
+        for k, cell in enumerate(self._cells):
+            reply = self._sb._session_call(self._handle, "session_run", code=cell,
+                                           timeout=timeout)
+            if reply["status"] != "ok":
+                self._cells = self._cells[:k]
+                if not reply.get("alive", True):
+                    self._drop_handle()
+                    self._handle = self._sb._session_open()
+                    self._cells = []
+                return "[sandbox: the session was restarted and could not be fully restored]\n"
+        return ""
+
+    def _drop_handle(self) -> None:
+        if self._handle is not None:
+            if self._sb._session_alive(self._handle):
+                self._sb._session_call(self._handle, "session_close")
+            self._sb._session_closed(self._handle)
+            self._handle = None
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed and not self._sb._closed:
+                self._drop_handle()
+            self._closed = True
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_code(code: str) -> str:
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, not {type(code).__name__}")
+    return code
+
+
+def _result(reply: dict) -> ExecutionResult:
+    return ExecutionResult(status=reply["status"], output=reply["output"],
+                           duration_s=reply["duration"], truncated=reply["truncated"])
