@@ -166,8 +166,9 @@ def setup_isolation(cfg: dict) -> dict:
                chroot=False, uid_drop=False, user_namespace=False, warnings=[])
     want = cfg["isolation"]
     if want == "process" or not sys.platform.startswith("linux"):
-        if want != "process":
-            iso["warnings"].append(f"{sys.platform}: no namespaces; process-level isolation only")
+        why = "requested" if want == "process" else f"{sys.platform} has no namespaces"
+        iso["warnings"].append(f"process-level isolation only ({why}): model code runs as this "
+                               "user, can read its files and reach the network")
         return iso
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
@@ -401,6 +402,10 @@ class Server:
             if msg is None:
                 os._exit(0)
             status = execute(msg["code"], namespace)
+            # Threads cannot be killed, so the cell is not over until they end: a thread
+            # that outlives the deadline makes it a timeout, and the process is replaced.
+            while len(sys._current_frames()) > 1:
+                time.sleep(0.005)
             if iso["pid_namespace"]:
                 # PID 1 of its namespace: kill(-1) reaches every process the cell started
                 # (and nothing outside); then reap them.
@@ -413,9 +418,7 @@ class Server:
                         pass
                 except ChildProcessError:
                     pass
-            # Threads cannot be killed; a session left with any is recycled (and replayed).
-            threads = len(sys._current_frames()) > 1
-            send(3, {"status": status, "recycle": threads})
+            send(3, {"status": status})
 
     # -- collecting
     def collect(self, child: Child, timeout: float) -> dict:
@@ -424,7 +427,7 @@ class Server:
         hard_cap = max(64 * limit, 1 << 20)
         start = time.monotonic()
         deadline = start + timeout
-        status, note, recycle = None, "", False
+        status, note = None, ""
         fds = [child.out_r, child.st_r]
         while status is None:
             remaining = deadline - time.monotonic()
@@ -453,14 +456,14 @@ class Server:
                         if status is None:
                             status, note = "crashed", _describe_exit(child.exit)
                     if "status" in frame:
-                        status, recycle = frame["status"], frame.get("recycle", False)
+                        status = frame["status"]
         # Everything the cell wrote before reporting is already in the pipe: drain it.
         while child.out_r in fds and (data := _read_some(child.out_r)):
             cap.add(data)
         text, truncated = cap.text()
         if not text:
             note = note.lstrip("\n")
-        alive = status in ("ok", "error") and not note and not recycle
+        alive = status in ("ok", "error") and not note
         return {"status": status, "output": text + note, "truncated": truncated,
                 "duration": time.monotonic() - start, "alive": alive}
 
