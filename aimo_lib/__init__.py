@@ -1,3 +1,7 @@
-"""aimo_lib: SC-TIR for the AI Mathematical Olympiad."""
+"""aimo_lib: SC-TIR (self-consistency with tool-integrated reasoning) for the AI Mathematical
+Olympiad: a sandboxed executor, generation engines, answer voting, the solver."""
 
+from .solver import Solver, SolverConfig, SolveResult
+
+__all__ = ["SolveResult", "Solver", "SolverConfig"]
 __version__ = "0.1.0"

@@ -105,8 +105,8 @@ class _Frames:
 # ---------------------------------------------------------------- running a cell
 
 
-def execute(code: str, namespace: dict) -> str:
-    """Run one cell REPL-style in `namespace`; returns "ok" or "error"."""
+def execute(code: str, namespace: dict, display: bool = True) -> str:
+    """Run one cell in `namespace` (REPL-style if display); returns "ok" or "error"."""
     linecache.cache[CELL] = (len(code), None, code.splitlines(True), CELL)
     try:
         tree = ast.parse(code, CELL, "exec")
@@ -115,7 +115,8 @@ def execute(code: str, namespace: dict) -> str:
         return "error"
     # A bare expression as the last statement is displayed, like the REPL; assignments and
     # compound statements (whose last line is indented) are not.
-    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    bare = display and tree.body and isinstance(tree.body[-1], ast.Expr)
+    last = tree.body.pop() if bare else None
     try:
         exec(compile(tree, CELL, "exec", dont_inherit=True), namespace)
         if last is not None:
@@ -286,7 +287,7 @@ class Server:
         shutil.rmtree(path, ignore_errors=True)
 
     # -- spawning
-    def spawn(self, code: str | None, cpu_s: int) -> Child:
+    def spawn(self, code: str | None, cpu_s: int, display: bool = True) -> Child:
         """Fork holder and child. code=None starts a session that waits for cells."""
         uid = self._uid()
         scratch = self._scratch(uid)
@@ -296,7 +297,7 @@ class Server:
         holder = os.fork()
         if holder == 0:
             try:
-                self._holder(code, cpu_s, uid, scratch, out_w, st_w, cmd_r)
+                self._holder(code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r)
             finally:
                 os._exit(70)
         for fd in (out_w, st_w, cmd_r):
@@ -305,7 +306,7 @@ class Server:
             os.set_blocking(fd, False)
         return Child(holder, uid, scratch, out_r, st_r, cmd_w)
 
-    def _holder(self, code, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
+    def _holder(self, code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if self.iso["pid_namespace"]:
             _sys("unshare", CLONE_NEWPID)
@@ -324,7 +325,7 @@ class Server:
         pid = os.fork()
         if pid == 0:
             try:
-                self._child(code, cpu_s, uid, scratch, out_w, st_w, cmd_r)
+                self._child(code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r)
             finally:
                 os._exit(71)
         target[0] = pid
@@ -335,7 +336,7 @@ class Server:
         send(st_w, {"exit": status})
         os._exit(0)
 
-    def _child(self, code, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
+    def _child(self, code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
         cfg, iso = self.cfg, self.iso
         if sys.platform.startswith("linux"):
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -395,13 +396,13 @@ class Server:
                                       write_through=True)
         namespace = dict(self.template)
         if code is not None:
-            send(3, {"status": execute(code, namespace)})
+            send(3, {"status": execute(code, namespace, display)})
             os._exit(0)
         while True:  # session: one cell per frame, globals kept in `namespace`
             msg = recv(4)
             if msg is None:
                 os._exit(0)
-            status = execute(msg["code"], namespace)
+            status = execute(msg["code"], namespace, msg.get("display", True))
             # Threads cannot be killed, so the cell is not over until they end: a thread
             # that outlives the deadline makes it a timeout, and the process is replaced.
             while len(sys._current_frames()) > 1:
@@ -519,7 +520,7 @@ class Server:
     def handle(self, msg: dict) -> dict:
         op = msg["op"]
         if op == "run":
-            child = self.spawn(msg["code"], math.ceil(msg["timeout"]) + 1)
+            child = self.spawn(msg["code"], math.ceil(msg["timeout"]) + 1, msg["display"])
             try:
                 return self.collect(child, msg["timeout"])
             finally:
@@ -535,7 +536,7 @@ class Server:
                 return {"status": "crashed", "output": "", "truncated": False,
                         "duration": 0.0, "alive": False}
             try:
-                send(child.cmd_w, {"code": msg["code"]})
+                send(child.cmd_w, {"code": msg["code"], "display": msg.get("display", True)})
             except OSError:
                 pass  # child already dead: collect reports the crash
             reply = self.collect(child, msg["timeout"])

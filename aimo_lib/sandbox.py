@@ -322,16 +322,20 @@ class Sandbox:
 
     # ------------------------------------------------------------ public API
 
-    def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
-        """Execute `code` in a fresh isolated process with the preloads as globals."""
-        timeout = self._timeout(timeout_s)
-        _, _, reply = self._call({"op": "run", "code": _check_code(code), "timeout": timeout},
-                                 None, timeout + 30.0)
-        return _result(reply)
+    def run(self, code: str, timeout_s: float | None = None,
+            display: bool = True) -> ExecutionResult:
+        """Execute `code` in a fresh isolated process with the preloads as globals.
 
-    def run_many(self, codes: list[str], timeout_s: float | None = None) -> list[ExecutionResult]:
+        display: show the value of a bare last expression, as the Python REPL does.
+        """
+        timeout = self._timeout(timeout_s)
+        msg = {"op": "run", "code": _check_code(code), "timeout": timeout, "display": display}
+        return _result(self._call(msg, None, timeout + 30.0)[2])
+
+    def run_many(self, codes: list[str], timeout_s: float | None = None,
+                 display: bool = True) -> list[ExecutionResult]:
         """Execute independent snippets concurrently across workers; results in order."""
-        return list(self._pool.map(lambda c: self.run(c, timeout_s), codes))
+        return list(self._pool.map(lambda c: self.run(c, timeout_s, display), codes))
 
     def session(self, replay: bool = True) -> Session:
         """A stateful session: names defined by one run are visible to the next."""
@@ -399,7 +403,8 @@ class Session:
         self._lock = threading.Lock()
         self._closed = False
 
-    def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+    def run(self, code: str, timeout_s: float | None = None,
+            display: bool = True) -> ExecutionResult:
         timeout = self._sb._timeout(timeout_s)
         code = _check_code(code)
         with self._lock:
@@ -409,7 +414,7 @@ class Session:
             if self._handle is None or not self._sb._session_alive(self._handle):
                 note = self._restart(timeout)
             reply = self._sb._session_call(self._handle, "session_run", code=code,
-                                           timeout=timeout)
+                                           timeout=timeout, display=display)
             if reply["status"] == "ok":
                 self._cells.append(code)
             if not reply.get("alive", True):

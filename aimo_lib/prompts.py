@@ -1,0 +1,54 @@
+"""Prompt formats: a named template, a custom string with {problem}, or the model's own chat
+template ("chat", rendered by the engine's tokenizer)."""
+
+from __future__ import annotations
+
+TIR_INSTRUCTION = (
+    "Please integrate natural language reasoning with programs to solve the problem above, "
+    "and put your final answer within \\boxed{}."
+)
+
+# A one-shot demonstration of the ToRA format: small models (SmolLM2-135M) follow an example
+# far better than an instruction.
+_SHOT_PROBLEM = "What is the sum of the first 10 positive integers?"
+_SHOT_SOLUTION = (
+    "I will compute it with Python.\n```python\nprint(sum(range(1, 11)))\n```\n"
+    "```output\n55\n```\nThe answer is $\\boxed{55}$."
+)
+
+TEMPLATES = {
+    # The AIMO-1 winner's chat template (NuminaMath-7B-TIR), rendered.
+    "numina": "### Problem: {problem}\n### Solution: ",
+    # ChatML with the Qwen2.5-Math / ToRA tool-integrated-reasoning instruction.
+    "chatml_tir": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n{problem}\n\n" + TIR_INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    # ChatML with one worked example: the default for the embedded SmolLM2.
+    "chatml_tir_1shot": (
+        "<|im_start|>system\nYou are a helpful assistant that solves math problems by writing "
+        "Python code.<|im_end|>\n"
+        f"<|im_start|>user\n{_SHOT_PROBLEM}<|im_end|>\n"
+        f"<|im_start|>assistant\n{_SHOT_SOLUTION}<|im_end|>\n"
+        "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+    ),
+}
+
+
+def render_prompt(template: str, problem: str, engine: object = None) -> str:
+    """The prompt text for `problem`.
+
+    template: a name from TEMPLATES, "chat" (the engine's tokenizer chat template, with the
+    TIR instruction), or a custom string containing "{problem}" (other braces are kept as is).
+    """
+    if template == "chat":
+        render = getattr(engine, "apply_chat_template", None)
+        if render is None:
+            raise ValueError("prompt_template='chat' needs an engine with a chat template")
+        return render([{"role": "user", "content": f"{problem}\n\n{TIR_INSTRUCTION}"}])
+    text = TEMPLATES.get(template, template)
+    if "{problem}" not in text:
+        raise ValueError(f"unknown prompt template {template!r}: use one of "
+                         f"{sorted(TEMPLATES)} or 'chat', or a string containing {{problem}}")
+    return text.replace("{problem}", problem)

@@ -1,0 +1,199 @@
+"""Decoding rules on canned traces (ScriptedEngine) with real code execution.
+
+The numina_aimo1 expectations below are worked out by hand from the submitted notebook's
+`process_code` (order: no code -> answer in the last 100 chars -> last step -> no stop
+string -> run the last block)."""
+
+import json
+
+import pytest
+
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.engines import ScriptedEngine
+from aimo_lib.solver import dump_jsonl
+
+P = "### Solution: "  # the numina prompt ends with this
+OUT = "```output\n"
+
+
+def numina(n=1, **kw):
+    return SolverConfig.preset("numina_aimo1", num_samples=n, **kw)
+
+
+def solve(sandbox, cfg, first, follow=None, problem="What is 6*7?"):
+    """first[k]: the k-th sample's first continuation; follow(prompt): any later one."""
+    def fn(prompt, k):
+        if prompt.endswith(P) or prompt.endswith("<|im_start|>assistant\n"):
+            return first[k % len(first)]
+        return follow(prompt) if follow else ""
+    engine = ScriptedEngine(fn)
+    return Solver(engine, sandbox, cfg).solve(problem), engine
+
+
+def test_numina_code_then_answer(sandbox):
+    res, engine = solve(sandbox, numina(), ["Compute.\n```python\n6*7\n```\n```output\nJUNK"],
+                        lambda p: "\nSo the answer is $\\boxed{42}$.")
+    s = res.samples[0]
+    assert (s.status, s.answer, res.answer, res.fallback) == ("answered", 42, 42, False)
+    # The seed wraps the bare last line in print(); the model saw "42" and a closing fence.
+    assert s.text == ("Compute.\n```python\n6*7\n```\n```output\n42\n```"
+                      "\nSo the answer is $\\boxed{42}$.")
+    assert [c.output for c in s.code_calls] == ["42"]
+    assert engine.calls == 2  # an answered sample leaves the batch
+
+
+def test_numina_prints_assignment_as_the_seed_did(sandbox):
+    res, _ = solve(sandbox, numina(), ["```python\nx = 5\n```\n" + OUT],
+                   lambda p: "The answer is \\boxed{5}")
+    out = res.samples[0].code_calls[0].output
+    assert out == ('Traceback (most recent call last):\n  File "\n    print(x = 5)\n'
+                   "TypeError: 'x' is an invalid keyword argument for print()")
+
+
+def test_numina_output_cut_at_200_chars_and_timeouts(sandbox):
+    res, _ = solve(sandbox, numina(), ["```python\nprint('a' * 500)\n```\n" + OUT],
+                   lambda p: "\\boxed{1}")
+    assert res.samples[0].code_calls[0].output == "a" * 200 + " ... (output truncated)"
+    res, _ = solve(sandbox, numina(code_timeout_s=0.5),
+                   ["```python\nwhile True:\n    pass\nprint(1)\n```\n" + OUT],
+                   lambda p: "\\boxed{1}")
+    call = res.samples[0].code_calls[0]
+    assert (call.status, call.output) == ("timeout", "Timed out after 0.5 seconds.")
+
+
+def test_numina_runs_only_the_last_block_without_state(sandbox):
+    def follow(prompt):
+        if prompt.count(OUT) == 1:
+            return "Now:\n```python\nprint(secret + 1)\n```\n" + OUT
+        return "\\boxed{0}"
+
+    res, _ = solve(sandbox, numina(), ["```python\nsecret = 41\nprint(secret)\n```\n" + OUT],
+                   follow)
+    calls = res.samples[0].code_calls
+    assert calls[0].output == "41" and calls[1].code == "\nprint(secret + 1)\n"
+    assert "NameError" in calls[1].output  # no state between blocks
+
+
+def test_numina_pure_reasoning_is_restarted_then_pruned(sandbox):
+    res, engine = solve(sandbox, numina(max_rounds=3), ["I just know: \\boxed{42}"])
+    s = res.samples[0]
+    assert s.status == "exhausted" and s.answer is None and s.restarts == 3
+    assert (res.answer, res.fallback) == (0, True)  # the seed's "no answer -> 0"
+    res, _ = solve(sandbox, numina(restart_on_fail=False), ["I just know: \\boxed{42}"])
+    assert res.samples[0].status == "pruned"
+
+
+def test_numina_hallucinated_answer_is_pruned(sandbox):
+    res, _ = solve(sandbox, numina(), ["```python\nprint(1)\n```\nso \\boxed{7}"])
+    assert res.samples[0].status == "hallucinated" and res.votes == {}
+
+
+def test_numina_reads_only_the_last_100_chars(sandbox):
+    tail = " and then some more words to push the box out of the window." * 3
+    first = "```python\nprint(1)\n```\n" + OUT
+    res, engine = solve(sandbox, numina(max_rounds=3), [first],
+                        lambda p: "\n\\boxed{42}" + tail)
+    assert res.samples[0].status == "exhausted" and res.samples[0].restarts == 1
+
+
+def test_numina_fbox_counts_as_no_answer(sandbox):
+    res, _ = solve(sandbox, numina(), ["```python\nprint(9)\n```\n" + OUT],
+                   lambda p: "\nThe answer is \\fbox{9}")
+    s = res.samples[0]
+    # "boxed" is not in the window, so the seed normalised the whole window (cut at the
+    # prompt's "Problem:"), which is no number: the sample left with no valid answer.
+    assert (s.status, s.raw_answer, s.answer, res.fallback) == ("answered", "##", None, True)
+
+
+def test_numina_max_tokens_without_stop_restarts(sandbox):
+    res, _ = solve(sandbox, numina(max_new_tokens=5, max_rounds=2),
+                   ["```python\nprint(1)\n```\n and a very long ramble that never ends"])
+    s = res.samples[0]
+    assert s.finish_reason == "length" and s.restarts == 1 and s.status == "exhausted"
+
+
+def test_numina_at_most_three_executions(sandbox):
+    res, engine = solve(sandbox, numina(), ["```python\nprint(1)\n```\n" + OUT],
+                        lambda p: "\n```python\nprint(2)\n```\n" + OUT)
+    s = res.samples[0]
+    assert len(s.code_calls) == 3 and s.status == "exhausted" and engine.calls == 4
+
+
+def test_numina_vote_mod_1000_negatives_dropped_ties_first_seen(sandbox):
+    answers = ["1042", "-5", "7", "7", "42", "4.6"]
+    first = [f"```python\nprint(0)\n```\n{OUT}" for _ in answers]
+    idx = iter(range(100))
+    table = {}
+
+    def follow(prompt):
+        k = table.setdefault(prompt, next(idx))
+        return f"\nThe answer is \\boxed{{{answers[k % len(answers)]}}}"
+
+    # Every first prompt is identical, so the k-th first continuation is the k-th sample.
+    res, _ = solve(sandbox, numina(n=6), [f.replace("0", str(i)) for i, f in enumerate(first)],
+                   follow)
+    assert res.votes == {42: 2.0, 7: 2.0, 5: 1.0}
+    assert res.answer == 42  # 1042 % 1000 ties with 7 and was seen first
+
+
+# ---------------------------------------------------------------- the default preset
+
+
+def default(n=1, **kw):
+    return SolverConfig.preset("default", num_samples=n, **kw)
+
+
+def test_default_keeps_pure_reasoning_answers_and_reads_the_whole_text(sandbox):
+    tail = " and then some more words to push the box out of the window." * 3
+    res, _ = solve(sandbox, default(), ["I just know: \\boxed{42}" + tail])
+    s = res.samples[0]
+    assert (s.status, s.answer, res.answer) == ("answered", 42, 42)
+
+
+def test_default_shows_real_tracebacks_and_repl_values(sandbox):
+    first = "```python\nx = 5\ny = [1][3]\n```\n" + OUT
+    res, _ = solve(sandbox, default(), [first], lambda p: "\\boxed{1}")
+    out = res.samples[0].code_calls[0].output
+    assert 'File "<cell>", line 2' in out and "IndexError" in out
+    res, _ = solve(sandbox, default(), ["```python\nx = 6\nx * 7\n```\n" + OUT],
+                   lambda p: "\\boxed{42}")
+    assert res.samples[0].code_calls[0].output == "42"
+    assert res.samples[0].text.endswith("```output\n42\n```\n\\boxed{42}")
+
+
+def test_default_strict_answers(sandbox):
+    res, _ = solve(sandbox, default(n=3), ["\\boxed{4.6}", "\\boxed{-3}", "\\boxed{1,007}"])
+    assert [s.answer for s in res.samples] == [None, None, 7] and res.answer == 7
+
+
+def test_time_limit_stops_new_rounds(sandbox):
+    res, _ = solve(sandbox, default(max_rounds=4), ["```python\nprint(1)\n```\n" + OUT],
+                   lambda p: "```python\nprint(2)\n```\n" + OUT)
+    assert len(res.samples[0].code_calls) == 3
+    slow = ScriptedEngine(lambda p, k: "```python\nprint(1)\n```\n" + OUT, delay_s=0.3)
+    res = Solver(slow, sandbox, default()).solve("q", time_limit_s=0.5)
+    assert res.samples[0].status == "timeout" and len(res.samples[0].code_calls) <= 2
+
+
+def test_result_serialises_to_jsonl(sandbox, tmp_path):
+    res, _ = solve(sandbox, default(n=2), ["\\boxed{3}"])
+    path = tmp_path / "r.jsonl"
+    dump_jsonl([res, res], str(path))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["answer"] == 3 and rows[0]["votes"] == {"3": 2.0}
+    assert rows[0]["samples"][0]["status"] == "answered" and rows[0]["preset"] == "default"
+
+
+def test_presets_and_bad_configuration():
+    cfg = SolverConfig.preset("numina_aimo1")
+    assert (cfg.num_samples, cfg.max_rounds, cfg.temperature, cfg.max_new_tokens) == (
+        48, 4, 0.8, 2048)
+    assert SolverConfig() == SolverConfig.preset("default")
+    with pytest.raises(ValueError, match="unknown preset"):
+        SolverConfig.preset("nope")
+    with pytest.raises(TypeError, match="unknown SolverConfig fields"):
+        SolverConfig.preset("default", num_sample=3)
+    with pytest.raises(ValueError):
+        SolverConfig(num_samples=0)
+    with pytest.raises(ValueError, match="competition"):
+        _ = SolverConfig(competition="aimo9").rules
