@@ -307,7 +307,9 @@ class OpenAIEngine(_AsyncMixin):
             # "stop" covers both a stop string and EOS. vLLM names the string in stop_reason;
             # llama.cpp in stopping_word. Otherwise the server cut the string off, unseen.
             hit = choice.get("stop_reason") or choice.get("stopping_word")
-            if isinstance(hit, str) and hit in p.stop:
+            if not isinstance(hit, str):
+                hit = _unseen_fence_stop(text, p)
+            if hit in p.stop:
                 reason = "stop"
                 if p.include_stop_str_in_output and not text.endswith(hit):
                     text += hit
@@ -322,6 +324,16 @@ class OpenAIEngine(_AsyncMixin):
 
     def submit(self, prompt: str, params: GenerationParams) -> Future:
         return self._pool.submit(self._complete, prompt, params)
+
+
+def _unseen_fence_stop(text: str, p: GenerationParams) -> str | None:
+    """A server that neither echoes nor names the stop string it hit (plain OpenAI servers,
+    llama-cpp-python) still leaves a clue in TIR: the text ends by closing a code fence, and
+    the one stop string that opens the next fence ("```output\n") must have cut it."""
+    fences = [s for s in p.stop if s.startswith("```")]
+    if len(fences) == 1 and text.rstrip().endswith("```") and text.count("```") % 2 == 0:
+        return fences[0]
+    return None
 
 
 # ---------------------------------------------------------------- VLLMEngine
@@ -416,6 +428,8 @@ class VLLMEngine:
             final = None
             async for out in self.engine.generate(prompt, self._sampling(params), request_id):
                 final = out
+            if final is None:
+                raise EngineError(f"request {request_id} ended with no output (aborted?)")
             return self._completion(final)
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)

@@ -17,16 +17,14 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from _baseline import subprocess_run  # noqa: E402
 
-PRELUDE = "import math\nimport numpy as np\nimport sympy as sp\n"
+from aimo_lib.sandbox import Sandbox  # noqa: E402
 
 # Short snippets of the kind a TIR model writes.
 SNIPPETS = [
@@ -43,15 +41,8 @@ SNIPPETS = [
 ]
 
 
-def baseline_run(code: str, timeout: float = 5.0) -> bool:
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(PRELUDE + code)
-    try:
-        proc = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
-                              timeout=timeout)
-        return proc.returncode == 0
-    finally:
-        os.unlink(f.name)
+def baseline_run(code: str) -> bool:
+    return subprocess_run(code).ok
 
 
 def latencies(fn, codes: list[str], repeats: int) -> list[float]:

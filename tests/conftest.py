@@ -19,3 +19,12 @@ def sandbox():
 
     with Sandbox(timeout_s=3.0, workers=2, max_output_chars=400) as sb:
         yield sb
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M (about 15 s to load): one per test session."""
+    pytest.importorskip("transformers")
+    from aimo_lib.engines import HFEngine
+
+    return HFEngine(batch_size=8)

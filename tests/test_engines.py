@@ -1,0 +1,260 @@
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.engines import (
+    EngineError,
+    GenerationParams,
+    OpenAIEngine,
+    ScriptedEngine,
+    VLLMEngine,
+)
+
+STOP = "```output\n"
+TIR = GenerationParams(max_tokens=50, stop=(STOP,))
+
+
+# ---------------------------------------------------------------- ScriptedEngine
+
+
+def test_scripted_engine_contract():
+    e = ScriptedEngine(lambda prompt, k: f"{prompt}-{k} ```python\nx\n```\n{STOP}after")
+    a, b = e.generate(["p", "p"], TIR)
+    assert (a.text, a.finish_reason) == ("p-0 ```python\nx\n```\n" + STOP, "stop")
+    assert b.text.startswith("p-1")  # k counts earlier submissions of the same prompt
+    c = e.generate(["p"], GenerationParams(stop=(STOP,), include_stop_str_in_output=False))[0]
+    assert c.text.endswith("```\n") and c.finish_reason == "stop"
+    d = e.generate(["q"], GenerationParams(max_tokens=2))[0]
+    assert (d.text, d.finish_reason, d.num_tokens) == ("q-0 ```python", "length", 2)
+    eos = ScriptedEngine(lambda p, k: "just words").generate(["x"], TIR)[0]
+    assert (eos.finish_reason, eos.num_tokens) == ("eos", 2)
+    with pytest.raises(ValueError):
+        e.generate(["a", "b"], [TIR])
+
+
+def test_scripted_engine_submit_and_abort():
+    e = ScriptedEngine(lambda p, k: "done", delay_s=0.2)
+    fast = e.submit("a", TIR)
+    queued = [e.submit(str(i), TIR) for i in range(100)]  # more than the pool runs at once
+    e.abort(queued[-1])
+    assert fast.result().text == "done" and queued[-1].cancelled()
+
+
+# ---------------------------------------------------------------- OpenAIEngine
+
+
+class _Server:
+    """A real OpenAI-compatible HTTP server on localhost, with a scripted model and faults."""
+
+    def __init__(self, style="vllm", fail_first=0, delay_s=0.0):
+        self.style, self.fail_left, self.delay_s = style, fail_first, delay_s
+        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"data": [{"id": "scripted-model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append((body, self.headers.get("Authorization")))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fail = server.fail_left > 0
+                    server.fail_left -= fail
+                try:
+                    time.sleep(server.delay_s)
+                    if fail:
+                        return self._send(503, {"error": "overloaded"})
+                    if body.get("max_tokens", 1) < 1:
+                        return self._send(400, {"error": "max_tokens must be >= 1"})
+                    self._send(200, server.complete(body))
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def complete(self, body):
+        prompt = body["prompt"]
+        text = ("I'll compute.\n```python\nprint(6 * 7)\n```\n```output\nHALLUCINATED"
+                if "```output" not in prompt else "\nSo the answer is \\boxed{42}.")
+        hit = next((s for s in body.get("stop") or [] if s in text), None)
+        choice = {"index": 0, "finish_reason": "stop"}
+        if hit:
+            keep = self.style == "vllm" and body.get("include_stop_str_in_output")
+            text = text[: text.index(hit) + (len(hit) if keep else 0)]
+            if self.style == "vllm":
+                choice["stop_reason"] = hit
+        choice["text"] = text
+        return {"choices": [choice], "usage": {"completion_tokens": len(text.split())}}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(request):
+    s = _Server(**getattr(request, "param", {}))
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("server", [{"style": "vllm"}, {"style": "plain"}], indirect=True)
+def test_openai_engine_solves_through_a_real_server(server, sandbox):
+    engine = OpenAIEngine(server.url, api_key="sk-test", max_concurrency=4)
+    assert engine.model == "scripted-model"  # discovered from /v1/models
+    cfg = SolverConfig.preset("default", num_samples=6, max_rounds=3)
+    result = Solver(engine, sandbox, cfg).solve("What is 6*7?")
+    assert result.answer == 42 and result.votes == {42: 6.0}
+    assert all(s.code_calls[0].output == "42" for s in result.samples)
+    body, auth = server.requests[0]
+    assert auth == "Bearer sk-test" and body["stop"] == [STOP] and body["seed"] is not None
+    assert body["model"] == "scripted-model" and body["max_tokens"] == cfg.max_new_tokens
+
+
+@pytest.mark.parametrize("server", [{"fail_first": 2}], indirect=True)
+def test_openai_engine_retries_server_errors(server):
+    engine = OpenAIEngine(server.url, model="m", backoff_s=0.01)
+    assert engine.generate(["q"], TIR)[0].finish_reason == "stop"
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("server", [{"fail_first": 100}], indirect=True)
+def test_openai_engine_gives_up_with_a_clear_error(server):
+    engine = OpenAIEngine(server.url, model="m", max_retries=2, backoff_s=0.01)
+    with pytest.raises(EngineError, match="failed after 3 attempts: HTTP 503"):
+        engine.generate(["q"], TIR)
+    server.fail_left = 0
+    with pytest.raises(EngineError, match="HTTP 400"):  # client errors are not retried
+        engine.generate(["q"], GenerationParams(max_tokens=0))
+
+
+@pytest.mark.parametrize("server", [{"delay_s": 0.1}], indirect=True)
+def test_openai_engine_bounds_concurrency_and_times_out(server):
+    engine = OpenAIEngine(server.url, model="m", max_concurrency=3)
+    assert len(engine.generate([f"q{i}" for i in range(12)], TIR)) == 12
+    assert server.max_in_flight == 3
+    slow = OpenAIEngine(server.url, model="m", timeout_s=0.02, max_retries=1, backoff_s=0.01)
+    with pytest.raises(EngineError, match="timed out|TimeoutError"):
+        slow.generate(["q"], TIR)
+
+
+def test_openai_engine_unreachable_server():
+    with pytest.raises(EngineError, match="failed after"):
+        OpenAIEngine("http://127.0.0.1:9/v1", model="m", max_retries=1, backoff_s=0.01
+                     ).generate(["q"], TIR)
+
+
+# ---------------------------------------------------------------- VLLMEngine (contract)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import fake_vllm
+
+    fake_vllm.calls.clear()
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    return fake_vllm
+
+
+def test_vllm_engine_offline_contract_on_2xT4(fake_vllm, monkeypatch, sandbox):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a T4
+    engine = VLLMEngine("/kaggle/input/model", attention_backend="TRITON_ATTN",
+                        disable_custom_all_reduce=True, max_model_len=4096, seed=7)
+    (name, kwargs), = [c for c in fake_vllm.calls if c[0] == "LLM"]
+    assert kwargs == dict(model="/kaggle/input/model", tensor_parallel_size=2, dtype="float16",
+                          quantization=None, gpu_memory_utilization=0.9, max_model_len=4096,
+                          enable_prefix_caching=True, seed=7, disable_custom_all_reduce=True,
+                          attention_backend="TRITON_ATTN")
+    res = Solver(engine, sandbox, SolverConfig.preset("default", num_samples=2)).solve("1?")
+    assert res.answer == 1 and res.samples[0].code_calls[0].output == "1"
+    sampling = [c[1] for c in fake_vllm.calls if c[0] == "SamplingParams"][0]
+    assert sampling["stop"] == [STOP] and sampling["include_stop_str_in_output"] is True
+    assert sampling["n"] == 1 and sampling["temperature"] == 0.8 and "seed" in sampling
+    assert [c[1][1] for c in fake_vllm.calls if c[0] == "generate"] == [False, False]
+
+
+def test_vllm_engine_async_mode_continues_and_aborts(fake_vllm):
+    engine = VLLMEngine("m", async_mode=True)
+    assert [c[0] for c in fake_vllm.calls] == ["AsyncLLMEngine.from_engine_args"]
+    done = engine.submit([1, 2, 3], TIR)  # token ids: continued without re-tokenising
+    assert done.result(5).finish_reason == "stop"
+    prompt, request_id = [c[1] for c in fake_vllm.calls if c[0] == "async generate"][0]
+    assert prompt == {"prompt_token_ids": [1, 2, 3]}
+    hanging = engine.submit("hang", TIR)
+    time.sleep(0.05)
+    engine.abort(hanging)
+    deadline = time.monotonic() + 5
+    while hanging.request_id not in fake_vllm.AsyncLLMEngine.aborted:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert hanging.cancelled()
+    assert engine.generate(["a"], TIR)[0].text.endswith(STOP)
+
+
+def test_vllm_engine_without_vllm_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(EngineError, match="HFEngine or OpenAIEngine"):
+        VLLMEngine("m")
+
+
+# ---------------------------------------------------------------- HFEngine (real model)
+
+
+@pytest.mark.slow
+def test_hf_engine_generates_with_stop_strings(smollm):
+    params = [GenerationParams(max_tokens=40, temperature=0.7, stop=("```output\n",), seed=i)
+              for i in range(3)]
+    prompt = ("<|im_start|>user\nWrite a python code block that prints 2+2, then stop."
+              "<|im_end|>\n<|im_start|>assistant\n```python\nprint(2 + 2)\n```\n")
+    outs = smollm.generate([prompt] * 3, params)
+    assert len(outs) == 3 and all(o.finish_reason in ("stop", "eos", "length") for o in outs)
+    assert all(o.num_tokens > 0 for o in outs)
+    for o in outs:
+        assert ("```output\n" in o.text) == (o.finish_reason == "stop")
+        if o.finish_reason == "stop":
+            assert o.text.endswith("```output\n")
+    short = smollm.generate(["Count: 1, 2, 3,"], GenerationParams(max_tokens=3, seed=0))[0]
+    assert short.finish_reason == "length" and short.num_tokens == 3
+
+
+@pytest.mark.slow
+def test_smollm2_end_to_end_with_real_code_execution(smollm, sandbox):
+    cfg = SolverConfig.preset("default", num_samples=4, max_rounds=2, max_new_tokens=96,
+                              prompt_template="chatml_tir_1shot", temperature=0.7)
+    solver = Solver(smollm, sandbox, cfg)
+    results = [solver.solve(p) for p in ("What is 17 * 23?", "How many positive divisors does "
+                                         "36 have?")]
+    samples = [s for r in results for s in r.samples]
+    assert all(r.tokens_generated > 0 and r.elapsed_s > 0 for r in results)
+    assert all(s.status in ("answered", "exhausted", "pruned") for s in samples)
+    calls = [c for s in samples for c in s.code_calls]
+    assert calls, "SmolLM2 wrote no code block at all with the 1-shot prompt"
+    assert all(c.status in ("ok", "error", "timeout", "crashed") for c in calls)
+    assert all(r.answer is not None for r in results)
