@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 __all__ = [
-    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "Vote", "extract_answer", "extract_boxed",
+    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "EarlyStop", "Vote", "decided", "extract_answer",
+    "extract_boxed",
     "normalize_answer", "numina_extract_boxed", "numina_normalize", "numina_to_int", "vote",
 ]
 
@@ -229,6 +230,47 @@ def vote(answers: Sequence[int | None], weights: Sequence[float] | None = None,
     best = max(totals.values())
     winner = next(a for a, w in totals.items() if w == best)  # dicts keep first-seen order
     return Vote(winner, totals, False)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """When a problem's vote is settled before every sample has finished.
+
+    Always: the leader can no longer be overtaken by the samples still running. Plus, by rule:
+    "table": the leader holds at least k of at most n valid answers, for some (k, n) in
+    `table` (imagination-research's AIMO-2 rule: 4 of <=4, 5 of <=7, 6 of <=9);
+    "confidence": at least `min_answers` answers, of which the leader holds `min_share`;
+    "unbeatable": nothing more.
+    """
+
+    rule: str = "table"
+    table: tuple[tuple[int, int], ...] = ((4, 4), (5, 7), (6, 9))
+    min_answers: int = 6
+    min_share: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("table", "confidence", "unbeatable"):
+            raise ValueError("EarlyStop.rule must be 'table', 'confidence' or 'unbeatable'")
+
+
+def decided(votes: dict[int, float], pending: int, rule: EarlyStop | None,
+            max_weight: float = 1.0) -> bool:
+    """True when `votes` (answer -> weight) cannot or need not change: stop the stragglers.
+
+    pending: samples still running, each of which could add up to `max_weight`.
+    """
+    if rule is None or not votes:
+        return False
+    ranked = sorted(votes.values(), reverse=True)
+    lead, second = ranked[0], ranked[1] if len(ranked) > 1 else 0.0
+    if lead - second > pending * max_weight:
+        return True
+    total = sum(votes.values())
+    if rule.rule == "table":
+        return any(lead >= k and total <= n for k, n in rule.table)
+    if rule.rule == "confidence":
+        return total >= rule.min_answers and lead / total >= rule.min_share
+    return False
 
 
 # ---------------------------------------------------------------- the seed notebook's rules

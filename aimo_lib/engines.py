@@ -5,6 +5,9 @@
     engine.abort(future)                                     (cancel a submitted request)
 
 `params` is one GenerationParams for all prompts or one per prompt (per-sample seeds).
+Optional capabilities the solver looks for: `supports_async` (submit/abort run requests
+independently), `tokenize(text, special=False)` plus token-id prompts (continue a sample
+without re-tokenising its text), `supports_deadline` (generate(..., deadline=) stops early).
 Back-ends are imported lazily, so `import aimo_lib.engines` never needs torch or vLLM:
 
 - VLLMEngine: vLLM offline `LLM` on GPUs (Kaggle 2xT4: fp16, tensor parallel), or its
@@ -93,6 +96,7 @@ class _AsyncMixin:
     """submit/abort for engines whose requests are independent blocking calls on a pool."""
 
     _pool: ThreadPoolExecutor
+    supports_async = True
 
     def submit(self, prompt: str, params: GenerationParams) -> Future:
         return self._pool.submit(lambda: self.generate([prompt], params)[0])
@@ -111,8 +115,11 @@ class ScriptedEngine(_AsyncMixin):
     identical first prompts can get N different completions. The continuation is cut at the
     first stop string (kept when the params say so) and at max_tokens, where a token is a
     whitespace-separated word. `delay_s` simulates latency per request (seconds, or a function
-    of the completion's token count).
+    of the completion's token count); like a real engine, a request stops early when it is
+    aborted or its deadline passes (it then returns no text, finish_reason "length").
     """
+
+    supports_deadline = True
 
     def __init__(self, fn: Callable[[str, int], str],
                  delay_s: float | Callable[[int], float] = 0.0, max_concurrency: int = 64):
@@ -122,7 +129,8 @@ class ScriptedEngine(_AsyncMixin):
         self._lock = threading.Lock()
         self.calls = 0  # number of requests served
 
-    def _one(self, prompt: str, p: GenerationParams) -> Completion:
+    def _one(self, prompt: str, p: GenerationParams, deadline: float | None = None,
+             aborted: threading.Event | None = None) -> Completion:
         with self._lock:
             k = self._seen.get(prompt, 0)
             self._seen[prompt] = k + 1
@@ -134,13 +142,28 @@ class ScriptedEngine(_AsyncMixin):
             text, finish = text[: words[p.max_tokens - 1].end()], "length"
         n = min(len(words), p.max_tokens)
         delay = self.delay_s(n) if callable(self.delay_s) else self.delay_s
-        if delay:
-            time.sleep(delay)
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        if delay and (aborted or threading.Event()).wait(delay):
+            return Completion("", "length", 0)  # aborted mid-generation
+        if deadline is not None and time.monotonic() >= deadline and delay < (
+                self.delay_s(n) if callable(self.delay_s) else self.delay_s):
+            return Completion("", "length", 0)  # cut by the deadline
         return Completion(text, finish, n)
 
-    def generate(self, prompts, params) -> list[Completion]:
+    def generate(self, prompts, params, deadline: float | None = None) -> list[Completion]:
         params = _per_prompt(prompts, params)
-        return [self._one(pr, p) for pr, p in zip(prompts, params, strict=True)]
+        return [self._one(pr, p, deadline) for pr, p in zip(prompts, params, strict=True)]
+
+    def submit(self, prompt: str, params: GenerationParams) -> Future:
+        aborted = threading.Event()
+        future = self._pool.submit(self._one, prompt, params, None, aborted)
+        future.aborted = aborted
+        return future
+
+    def abort(self, future: Future) -> None:
+        future.cancel()
+        future.aborted.set()
 
 
 # ---------------------------------------------------------------- HFEngine
@@ -197,34 +220,61 @@ class HFEngine(_AsyncMixin):
         self._end_ids = {i for i in (*eos, self.tokenizer.eos_token_id,
                                      self.tokenizer.pad_token_id) if i is not None}
 
+    supports_async = False  # one batched forward pass beats many single requests
+    supports_deadline = True
+
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
 
-    def generate(self, prompts, params) -> list[Completion]:
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def generate(self, prompts, params, deadline: float | None = None) -> list[Completion]:
+        """prompts: texts or token-id lists. deadline (time.monotonic()): stop generating
+        then; unfinished rows come back with finish_reason "length"."""
         params = _per_prompt(prompts, params)
         out: list[Completion] = []
         for i in range(0, len(prompts), self.batch_size):
             out += self._batch(list(prompts[i : i + self.batch_size]),
-                               params[i : i + self.batch_size])
+                               params[i : i + self.batch_size], deadline)
         return out
 
-    def _batch(self, prompts: list[str], params: list[GenerationParams]) -> list[Completion]:
+    def _encode(self, prompts: list) -> dict:
         import torch
+
+        if all(isinstance(p, str) for p in prompts):
+            return self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        rows = [self.tokenize(p, special=True) if isinstance(p, str) else list(p)
+                for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def _batch(self, prompts: list, params: list[GenerationParams],
+               deadline: float | None) -> list[Completion]:
+        import torch
+        import transformers
 
         p = params[0]
         if any(replace(q, seed=None) != replace(p, seed=None) for q in params):
             raise ValueError("HFEngine batches need identical params apart from the seed")
         tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        enc = self._encode(prompts)
         sampling = dict(do_sample=True, temperature=p.temperature, top_p=p.top_p) if (
             p.temperature > 0) else dict(do_sample=False)
+        criteria = transformers.StoppingCriteriaList()
+        if deadline is not None:
+            criteria.append(_Deadline(deadline))
         with self._lock, torch.inference_mode():
             if p.seed is not None:
                 torch.manual_seed(p.seed)
             ids = self.model.generate(
                 **enc, max_new_tokens=p.max_tokens, stop_strings=list(p.stop) or None,
-                tokenizer=tok, pad_token_id=tok.pad_token_id, **sampling)
+                tokenizer=tok, pad_token_id=tok.pad_token_id, stopping_criteria=criteria,
+                **sampling)
         new = ids[:, enc["input_ids"].shape[1] :].tolist()
         results = []
         for row in new:
@@ -232,9 +282,24 @@ class HFEngine(_AsyncMixin):
             cut = next((i for i, t in enumerate(row) if t in self._end_ids), len(row))
             text, stopped = cut_at_stop(tok.decode(row[:cut], skip_special_tokens=True), p)
             reason = "stop" if stopped else ("eos" if cut < len(row) else "length")
-            n = len(tok(text, add_special_tokens=False)["input_ids"]) if stopped else cut
-            results.append(Completion(text, reason, n))
+            # Token ids of exactly the returned text, for continuing without re-tokenising.
+            kept = self.tokenize(text) if stopped else row[:cut]
+            results.append(Completion(text, reason, len(kept), kept))
         return results
+
+
+class _Deadline:
+    """A transformers stopping criterion: every row stops once the deadline has passed."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = time.monotonic() >= self.deadline
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                          device=input_ids.device)
 
 
 # ---------------------------------------------------------------- OpenAIEngine
@@ -247,14 +312,19 @@ class OpenAIEngine(_AsyncMixin):
     one /v1/models lists). api_key: sent as a bearer token (default $OPENAI_API_KEY).
     At most `max_concurrency` requests are in flight at once, across threads. Connection
     errors, 429 and 5xx are retried `max_retries` times with exponential backoff and jitter.
+    names_stop_strings: the server says which stop string ended a completion (vLLM and SGLang
+    echo it with include_stop_str_in_output / name it in stop_reason; llama.cpp's server in
+    stopping_word). Set False for servers that do neither: the solver then stops only at the
+    code-output fence, which it can still recognise.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  max_concurrency: int = 32, timeout_s: float = 600.0, max_retries: int = 5,
-                 backoff_s: float = 0.5):
+                 backoff_s: float = 0.5, names_stop_strings: bool = True):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.names_stop_strings = names_stop_strings
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
         self.model = model or self._first_model()
@@ -374,6 +444,8 @@ class VLLMEngine:
         if attention_backend is not None:
             kwargs["attention_backend"] = attention_backend
         self.name, self.async_mode = model, async_mode
+        self.supports_async = async_mode
+        self._tokenizer = None
         if async_mode:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -401,19 +473,30 @@ class VLLMEngine:
         ids = list(out.token_ids)
         return Completion(out.text, reason, len(ids), ids)
 
+    def _tok(self):
+        if self._tokenizer is None:
+            if self.llm is not None:
+                self._tokenizer = self.llm.get_tokenizer()
+            else:
+                import transformers
+
+                self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.name)
+        return self._tokenizer
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        return self._tok()(text, add_special_tokens=special)["input_ids"]
+
     def apply_chat_template(self, messages: list[dict]) -> str:
-        tok = self.llm.get_tokenizer() if self.llm else None
-        if tok is None:
-            raise EngineError("chat templates need the offline engine's tokenizer")
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._tok().apply_chat_template(messages, tokenize=False,
+                                               add_generation_prompt=True)
 
     def generate(self, prompts, params) -> list[Completion]:
         params = _per_prompt(prompts, params)
         if self.async_mode:
             futures = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
             return [f.result() for f in futures]
-        outputs = self.llm.generate(list(prompts), [self._sampling(p) for p in params],
-                                    use_tqdm=False)
+        inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(inputs, [self._sampling(p) for p in params], use_tqdm=False)
         return [self._completion(o) for o in outputs]
 
     def submit(self, prompt: str | list[int], params: GenerationParams) -> Future:

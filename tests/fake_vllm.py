@@ -14,16 +14,35 @@ class SamplingParams:
         calls.append(("SamplingParams", kwargs))
 
 
+class _Tokenizer:
+    """Characters as token ids: enough to check that ids round-trip."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "<chat>" + messages[-1]["content"]
+
+
+def _text(prompt):
+    if isinstance(prompt, dict):
+        return "".join(chr(i) for i in prompt["prompt_token_ids"])
+    return prompt
+
+
 def _output(prompt, sp):
     """A RequestOutput whose completion stops at the first stop string, like vLLM."""
-    text = "```python\nprint(1)\n```\n```output\n" if "python" not in str(prompt) else "\\boxed{1}"
+    seen = _text(prompt)
+    text = ("```python\nprint(1)\n```\n```output\n" if "python" not in seen else
+            "1}" if seen.endswith("\\boxed{") else "So \\boxed{1}")
     stops = sp.kwargs.get("stop") or []
     hit = next((s for s in stops if s in text), None)
     if hit is not None:
         cut = text.index(hit) + (len(hit) if sp.kwargs.get("include_stop_str_in_output") else 0)
         text = text[:cut]
-    out = SimpleNamespace(text=text, token_ids=list(range(len(text.split()))),
-                          finish_reason="stop", stop_reason=hit)
+    out = SimpleNamespace(text=text, token_ids=[ord(c) for c in text],
+                          finish_reason="stop" if hit else "length" if not text else "stop",
+                          stop_reason=hit)
     return SimpleNamespace(prompt=prompt, outputs=[out], finished=True)
 
 
@@ -36,8 +55,7 @@ class LLM:
         return [_output(p, sp) for p, sp in zip(prompts, sampling_params, strict=True)]
 
     def get_tokenizer(self):
-        return SimpleNamespace(apply_chat_template=lambda m, tokenize, add_generation_prompt:
-                               "<chat>" + m[-1]["content"])
+        return _Tokenizer()
 
 
 class AsyncEngineArgs:

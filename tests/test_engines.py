@@ -98,7 +98,8 @@ class _Server:
     def complete(self, body):
         prompt = body["prompt"]
         text = ("I'll compute.\n```python\nprint(6 * 7)\n```\n```output\nHALLUCINATED"
-                if "```output" not in prompt else "\nSo the answer is \\boxed{42}.")
+                if "```output" not in prompt else "42}." if prompt.endswith("\\boxed{")
+                else "\nSo the answer is \\boxed{42}.")
         hit = next((s for s in body.get("stop") or [] if s in text), None)
         choice = {"index": 0, "finish_reason": "stop"}
         if hit:
@@ -123,14 +124,19 @@ def server(request):
 
 @pytest.mark.parametrize("server", [{"style": "vllm"}, {"style": "plain"}], indirect=True)
 def test_openai_engine_solves_through_a_real_server(server, sandbox):
-    engine = OpenAIEngine(server.url, api_key="sk-test", max_concurrency=4)
+    vllm_like = server.style == "vllm"
+    engine = OpenAIEngine(server.url, api_key="sk-test", max_concurrency=4,
+                          names_stop_strings=vllm_like)
     assert engine.model == "scripted-model"  # discovered from /v1/models
-    cfg = SolverConfig.preset("default", num_samples=6, max_rounds=3)
+    cfg = SolverConfig.preset("default", num_samples=6, max_rounds=3, early_stop=None)
     result = Solver(engine, sandbox, cfg).solve("What is 6*7?")
     assert result.answer == 42 and result.votes == {42: 6.0}
+    end = "\\boxed{42}" if vllm_like else "\\boxed{42}."  # stopped at the answer if it can
+    assert all(s.text.endswith(end) for s in result.samples)
     assert all(s.code_calls[0].output == "42" for s in result.samples)
     body, auth = server.requests[0]
-    assert auth == "Bearer sk-test" and body["stop"] == [STOP] and body["seed"] is not None
+    assert auth == "Bearer sk-test" and body["seed"] is not None
+    assert body["stop"] == ([STOP, "\\boxed{"] if vllm_like else [STOP])
     assert body["model"] == "scripted-model" and body["max_tokens"] == cfg.max_new_tokens
 
 
@@ -195,9 +201,14 @@ def test_vllm_engine_offline_contract_on_2xT4(fake_vllm, monkeypatch, sandbox):
     res = Solver(engine, sandbox, SolverConfig.preset("default", num_samples=2)).solve("1?")
     assert res.answer == 1 and res.samples[0].code_calls[0].output == "1"
     sampling = [c[1] for c in fake_vllm.calls if c[0] == "SamplingParams"][0]
-    assert sampling["stop"] == [STOP] and sampling["include_stop_str_in_output"] is True
+    assert sampling["stop"] == [STOP, "\\boxed{"] and sampling["include_stop_str_in_output"]
     assert sampling["n"] == 1 and sampling["temperature"] == 0.8 and "seed" in sampling
-    assert [c[1][1] for c in fake_vllm.calls if c[0] == "generate"] == [False, False]
+    generate_calls = [c[1] for c in fake_vllm.calls if c[0] == "generate"]
+    assert all(use_tqdm is False for _, use_tqdm in generate_calls)
+    # Later steps continue from token ids (here, characters) instead of re-tokenised text.
+    later = generate_calls[1][0][0]
+    assert isinstance(later, dict) and "".join(map(chr, later["prompt_token_ids"])).endswith(
+        "```output\n1\n```\n")
 
 
 def test_vllm_engine_async_mode_continues_and_aborts(fake_vllm):

@@ -21,11 +21,23 @@ def numina(n=1, **kw):
 
 
 def solve(sandbox, cfg, first, follow=None, problem="What is 6*7?"):
-    """first[k]: the k-th sample's first continuation; follow(prompt): any later one."""
+    """first[k]: the k-th sample's first continuation; follow(prompt): any later one.
+
+    A script may run past a stop string; the engine cuts it there, and when the default
+    preset stopped at "\\boxed{", the rest of that script is served next."""
+    said: list[str] = list(first)
+
     def fn(prompt, k):
+        if prompt.endswith("\\boxed{"):  # the k-th sample to stop here said the k-th match
+            cuts = [(t, t.find("\\boxed{") + 7) for t in said if "\\boxed{" in t]
+            tails = [t[i:] for t, i in cuts if prompt.endswith(t[max(0, i - 40) : i])]
+            if tails:
+                return tails[k % len(tails)]
         if prompt.endswith(P) or prompt.endswith("<|im_start|>assistant\n"):
             return first[k % len(first)]
-        return follow(prompt) if follow else ""
+        text = follow(prompt) if follow else ""
+        said.append(text)
+        return text
     engine = ScriptedEngine(fn)
     return Solver(engine, sandbox, cfg).solve(problem), engine
 
@@ -140,7 +152,8 @@ def test_numina_vote_mod_1000_negatives_dropped_ties_first_seen(sandbox):
 
 
 def default(n=1, **kw):
-    return SolverConfig.preset("default", num_samples=n, **kw)
+    # Rounds keep the order of requests fixed, so the scripts' k is deterministic.
+    return SolverConfig.preset("default", num_samples=n, **{"pipeline": "rounds", **kw})
 
 
 def test_default_keeps_pure_reasoning_answers_and_reads_the_whole_text(sandbox):

@@ -1,0 +1,112 @@
+"""Time budgeting for a whole competition run.
+
+    budget = TimeBudget.for_competition("aimo1")         # 9 h, 50 problems, start-up margin
+    for problem in problems:
+        limit = budget.next_limit_s()                      # pass as solve(..., time_limit_s=)
+        result = solver.solve(problem, time_limit_s=limit)
+        budget.record(result.elapsed_s)
+
+Every problem gets a base share, (total - startup - reserve) / n: `startup_s` is what loading
+the model may take before the first problem, `reserve_s` is kept back for the end (writing the
+submission, a margin). Time a problem leaves unused goes into
+a bank, and a later problem may draw up to `max_draw_s` from it (NeMo-Skills' AIMO-2 scheme:
+350 s + up to 210 s). Whatever the order and difficulty, a limit never exceeds what is left
+of the run minus the problems still to come's floor and the solver's lateness allowance, so a
+run that honours its limits never exceeds its total. The clock is the wall clock from
+construction (model loading included), not just the sum of the recorded times.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["COMPETITIONS", "TimeBudget"]
+
+
+@dataclass(frozen=True)
+class _Competition:
+    total_s: float
+    n_problems: int
+
+
+COMPETITIONS = {
+    "aimo1": _Competition(9 * 3600, 50),
+    "aimo2": _Competition(5 * 3600, 50),
+    "aimo3": _Competition(5 * 3600, 50),
+}
+
+
+class TimeBudget:
+    """Per-problem deadlines for a run of `n_problems` within `total_s` seconds.
+
+    startup_s: allowed for start-up before the first problem (unused start-up time goes into
+    the bank). reserve_s: never handed out. max_draw_s: the most one problem may take from the
+    bank (None: no limit).
+    max_per_problem_s: a hard cap for any problem. min_per_problem_s: the floor reserved for
+    each problem still to come. lateness_s: how late a solver may return after its limit
+    (cancellation, a last code execution); limits are shortened by it.
+    """
+
+    def __init__(self, total_s: float, n_problems: int, *, startup_s: float = 0.0,
+                 reserve_s: float = 0.0,
+                 max_draw_s: float | None = None, max_per_problem_s: float | None = None,
+                 min_per_problem_s: float = 1.0, lateness_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if total_s <= startup_s + reserve_s or n_problems < 1:
+            raise ValueError("need total_s > startup_s + reserve_s and n_problems >= 1")
+        self.total_s, self.n_problems = total_s, n_problems
+        self.startup_s, self.reserve_s = startup_s, reserve_s
+        self.max_draw_s, self.max_per_problem_s = max_draw_s, max_per_problem_s
+        self.min_per_problem_s, self.lateness_s = min_per_problem_s, lateness_s
+        self.base_s = (total_s - startup_s - reserve_s) / n_problems
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.Lock()
+        self.done = 0
+        self.recorded_s = 0.0
+
+    @classmethod
+    def for_competition(cls, name: str, *, startup_s: float = 600.0, reserve_s: float = 300.0,
+                        **kwargs) -> TimeBudget:
+        """The competition's total time and problem count; 10 min for start-up, 5 in reserve."""
+        if name not in COMPETITIONS:
+            raise ValueError(f"unknown competition {name!r}; one of {sorted(COMPETITIONS)}")
+        c = COMPETITIONS[name]
+        return cls(c.total_s, c.n_problems, startup_s=startup_s, reserve_s=reserve_s, **kwargs)
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self._start
+
+    @property
+    def bank_s(self) -> float:
+        """Time earlier problems left unused (negative if start-up or overruns ate into it)."""
+        return self.startup_s + self.done * self.base_s - self.elapsed_s
+
+    def next_limit_s(self) -> float:
+        """Seconds the next problem may use (0.0 once the run is out of time or problems)."""
+        with self._lock:
+            left = self.n_problems - self.done
+            if left <= 0:
+                return 0.0
+            remaining = self.total_s - self.reserve_s - self.elapsed_s
+            limit = self.base_s + min(self.bank_s, self.max_draw_s if self.max_draw_s is not None
+                                      else float("inf"))
+            if self.max_per_problem_s is not None:
+                limit = min(limit, self.max_per_problem_s)
+            # Never eat the floor of the problems still to come, or the lateness allowance.
+            limit = min(limit, remaining - (left - 1) * self.min_per_problem_s)
+            return max(0.0, limit - self.lateness_s)
+
+    def record(self, elapsed_s: float) -> None:
+        """Record that a problem finished after `elapsed_s` seconds."""
+        with self._lock:
+            self.done += 1
+            self.recorded_s += elapsed_s
+
+    def __repr__(self) -> str:
+        return (f"TimeBudget(done={self.done}/{self.n_problems}, elapsed={self.elapsed_s:.0f}s"
+                f" of {self.total_s:.0f}s, base={self.base_s:.0f}s, bank={self.bank_s:.0f}s)")
