@@ -49,6 +49,7 @@ __all__ = ["CodeCall", "Sample", "SolveResult", "Solver", "SolverConfig", "dump_
 
 STOP = "```output\n"
 BOXED = "\\boxed{"
+CODE_END = "\n```\n"  # the closing fence of a block
 _PYTHON_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
 _OUTPUT_BLOCK = re.compile(r"```output(.*?)```", re.DOTALL)
 
@@ -75,6 +76,8 @@ class SolverConfig:
     # Beyond the seed:
     stateful: bool = True  # one sandbox session per sample: earlier blocks' names persist
     stop_at_boxed: bool = True  # a sample ends at its first \boxed{...}
+    stop_at_code_end: bool = True  # run a ```python block as soon as it closes, even when the
+    # model forgets to open the ```output block (we write that fence for it)
     answer_max_tokens: int = 32  # to close an answer's braces after stopping at "\boxed{"
     continue_from_ids: bool = True  # token-id prompts where the engine takes them
     pipeline: str = "auto"  # "async" where the engine can submit, else "rounds"
@@ -119,7 +122,8 @@ PRESETS = {
         name="numina_aimo1", num_samples=48, max_rounds=4, temperature=0.8, max_new_tokens=2048,
         prompt_template="numina", code_timeout_s=5.0, restart_on_fail=True, code_required=True,
         answer_window=100, numina_answers=True, numina_execution=True, stateful=False,
-        stop_at_boxed=False, continue_from_ids=False, pipeline="rounds", early_stop=None),
+        stop_at_boxed=False, stop_at_code_end=False, continue_from_ids=False, pipeline="rounds",
+        early_stop=None),
     # Ours: a stateful session per sample with real tracebacks and REPL display; answers read
     # anywhere under strict integer rules, pure-reasoning answers kept; a sample stops at its
     # first \boxed{}; consensus early stop; async where the engine allows; token-id prompts.
@@ -153,10 +157,11 @@ class Sample:
     session: Any = field(default=None, repr=False)
     ids: list[int] | None = field(default=None, repr=False)
     answer_tries: int = field(default=0, repr=False)
+    resumes: int = field(default=0, repr=False)  # continuations within this step
 
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("session", "ids", "answer_tries")}
+               if f.name not in ("session", "ids", "answer_tries", "resumes")}
         out["code_calls"] = [asdict(c) for c in self.code_calls]
         return out
 
@@ -215,9 +220,10 @@ class Solver:
         # Code runs (and blocking generate calls waiting on a deadline) happen on this pool.
         self._pool = ThreadPoolExecutor(max(8, self.config.num_samples),
                                         thread_name_prefix="solver")
-        # Stopping at "\boxed{" needs an engine that says which stop string it hit.
-        self._stop_at_boxed = self.config.stop_at_boxed and getattr(
-            engine, "names_stop_strings", True)
+        # Extra stop strings need an engine that says which stop string it hit.
+        names = getattr(engine, "names_stop_strings", True)
+        self._stop_at_boxed = self.config.stop_at_boxed and names
+        self._stop_at_code_end = self.config.stop_at_code_end and names
         self._lock = threading.Lock()
 
     @property
@@ -362,9 +368,18 @@ class Solver:
         if s.ids is not None:
             s.ids += c.token_ids if c.token_ids is not None else self.engine.tokenize(c.text)
         if kind == "step":
-            s.steps += 1
+            s.steps, s.resumes = s.steps + 1, 0
+        if self._stop_at_code_end and c.finish_reason == "stop" and s.text.endswith(CODE_END):
+            fences = s.text.count("```")
+            opened = s.text.rfind("```", 0, len(s.text) - len(CODE_END))
+            if fences % 2 == 0 and s.text.startswith("```python", opened):
+                self._append(s, STOP)  # the model closed its code: show it the output
+            elif s.resumes < 8:  # a fence that opens a block, or closes a non-code one
+                s.resumes += 1
+                return "resume"
         if self._stop_at_boxed and c.finish_reason == "stop" and s.text.endswith(BOXED):
-            if s.text.count("```") % 2 == 1:
+            if s.text.count("```") % 2 == 1 and s.resumes < 8:
+                s.resumes += 1
                 return "resume"  # "\boxed{" inside a code block is code, not an answer
             s.answer_tries = 0
             return "answer"
@@ -464,9 +479,13 @@ class Solver:
             shown = _clip(r.output.strip(), cfg.max_output_chars)
             added = f"{shown}\n```\n"
         s.code_calls.append(CodeCall(code, r.status, shown, r.duration_s))
-        s.text += added
+        self._append(s, added)
+
+    def _append(self, s: Sample, text: str) -> None:
+        """Add text the model did not generate (tool output, a fence) to a sample."""
+        s.text += text
         if s.ids is not None:
-            s.ids += self.engine.tokenize(added)
+            s.ids += self.engine.tokenize(text)
 
     def _close_session(self, s: Sample) -> None:
         if s.session is not None:
@@ -512,7 +531,8 @@ class Solver:
         if kind == "answer":
             return GenerationParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, stop=("}",), seed=seed)
-        stop = (STOP, BOXED) if self._stop_at_boxed else (STOP,)
+        stop = (STOP,) + ((BOXED,) if self._stop_at_boxed else ()) + (
+            (CODE_END,) if self._stop_at_code_end else ())
         return GenerationParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, stop=stop, include_stop_str_in_output=True,
                                 seed=seed)

@@ -136,7 +136,7 @@ def test_openai_engine_solves_through_a_real_server(server, sandbox):
     assert all(s.code_calls[0].output == "42" for s in result.samples)
     body, auth = server.requests[0]
     assert auth == "Bearer sk-test" and body["seed"] is not None
-    assert body["stop"] == ([STOP, "\\boxed{"] if vllm_like else [STOP])
+    assert body["stop"] == ([STOP, "\\boxed{", "\n```\n"] if vllm_like else [STOP])
     assert body["model"] == "scripted-model" and body["max_tokens"] == cfg.max_new_tokens
 
 
@@ -201,7 +201,8 @@ def test_vllm_engine_offline_contract_on_2xT4(fake_vllm, monkeypatch, sandbox):
     res = Solver(engine, sandbox, SolverConfig.preset("default", num_samples=2)).solve("1?")
     assert res.answer == 1 and res.samples[0].code_calls[0].output == "1"
     sampling = [c[1] for c in fake_vllm.calls if c[0] == "SamplingParams"][0]
-    assert sampling["stop"] == [STOP, "\\boxed{"] and sampling["include_stop_str_in_output"]
+    assert sampling["stop"] == [STOP, "\\boxed{", "\n```\n"]
+    assert sampling["include_stop_str_in_output"]
     assert sampling["n"] == 1 and sampling["temperature"] == 0.8 and "seed" in sampling
     generate_calls = [c[1] for c in fake_vllm.calls if c[0] == "generate"]
     assert all(use_tqdm is False for _, use_tqdm in generate_calls)

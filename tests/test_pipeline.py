@@ -213,7 +213,7 @@ def test_async_pipeline_runs_code_while_others_generate(sandbox):
         if first_prompt(prompt):
             if k == 0:
                 return f"```python\nimport time\nprint(time.time())\n```\n{OUT}"
-            return "```python\nprint(2)\n```\n" + "pad " * 200 + OUT  # slow: 200+ words
+            return "pad " * 200 + "```python\nprint(2)\n```\n" + OUT  # slow: 200+ words
         return "\\boxed{1}"
 
     class Logged(ScriptedEngine):
@@ -314,3 +314,40 @@ def test_budget_bank_grows_and_is_capped():
         TimeBudget(10, 5, startup_s=20)
     with pytest.raises(ValueError, match="unknown competition"):
         TimeBudget.for_competition("imo")
+
+
+# ---------------------------------------------------------------- forgotten output fences
+
+
+def test_code_runs_when_the_model_forgets_the_output_fence(sandbox):
+    def fn(prompt, k):
+        if first_prompt(prompt):
+            return "```python\nprint(6 * 7)\n```\nThe output is 41, so \\boxed{41}"
+        if prompt.endswith("\\boxed{"):
+            return "42}" if "```output\n42" in prompt else "41}"
+        return "So \\boxed{42}" if "```output\n42\n```" in prompt else "\\boxed{0}"
+
+    res = Solver(ScriptedEngine(fn), sandbox, cfg(1, pipeline="rounds")).solve("q")
+    s = res.samples[0]
+    assert s.code_calls[0].output == "42" and s.answer == 42
+    assert s.text.startswith("```python\nprint(6 * 7)\n```\n```output\n42\n```\n")
+    numina_like = Solver(ScriptedEngine(fn), sandbox, cfg(1, pipeline="rounds",
+                                                          stop_at_code_end=False)).solve("q")
+    assert numina_like.samples[0].answer == 41 and not numina_like.samples[0].code_calls
+
+
+def test_other_fences_do_not_trigger_execution(sandbox):
+    text = "Table:\n```\na | b\n```\nand code:\n```python\nprint(1)\n```\n```output\n"
+
+    def fn(prompt, k):
+        if first_prompt(prompt):
+            return text
+        if prompt.endswith("Table:\n```\n"):
+            return text[len("Table:\n```\n"):]  # resumed after the opening plain fence
+        if prompt.endswith("a | b\n```\n"):
+            return text[text.index("and code"):]  # resumed after the closing plain fence
+        return "\\boxed{1}"
+
+    res = Solver(ScriptedEngine(fn), sandbox, cfg(1, pipeline="rounds")).solve("q")
+    s = res.samples[0]
+    assert [c.output for c in s.code_calls] == ["1"] and s.answer == 1 and s.steps == 2

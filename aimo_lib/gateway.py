@@ -1,0 +1,216 @@
+"""A local stand-in for Kaggle's evaluation gateway, plus what a competitor needs.
+
+    gateway = LocalGateway(load_problems("samples"), competition="aimo1", out_dir="runs/demo")
+    report = gateway.run(solve)          # solve(problem_text, problem_id) -> int | SolveResult
+
+Like the real gateways: problems come in a shuffled (seeded) order, one at a time, and the
+next one comes only after the previous was answered; answers must be integers in the
+competition's range; an optional per-problem timeout; a submission file (`submission.csv`,
+and `submission.parquet` for AIMO 2/3). Beyond them: a score and a per-problem table when
+reference answers are known, and resumability (answered problems are skipped on a rerun).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import operator
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+
+__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "load_problems",
+           "validate_answer"]
+
+RANGES = {"aimo1": (0, 999), "aimo2": (0, 999), "aimo3": (0, 99999)}
+
+
+class GatewayError(RuntimeError):
+    """The protocol was broken (an answer out of range, predict skipped, a timeout)."""
+
+
+@dataclass
+class Problem:
+    id: str
+    problem: str
+    answer: int | None = None  # the reference answer, when known
+
+
+def _rows(path: str) -> list[dict]:
+    if path.endswith(".jsonl"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        return rows
+    if path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"{path}: expected a .jsonl or .csv file of problems")
+
+
+def load_problems(source: str, limit: int | None = None) -> list[Problem]:
+    """Problems from a .jsonl/.csv file with `id` and `problem` (and optionally `answer`)
+    columns, or "samples" for the easy problems shipped with aimo_lib."""
+    if source == "samples":
+        path = str(resources.files("aimo_lib") / "data" / "sample_problems.jsonl")
+    elif not os.path.exists(source):
+        raise FileNotFoundError(f"no problem file at {source!r} (use a .jsonl/.csv path or "
+                                "'samples')")
+    else:
+        path = source
+    problems = []
+    for n, row in enumerate(_rows(path), 1):
+        if not isinstance(row, dict) or "problem" not in row or "id" not in row:
+            raise ValueError(f"{path}: row {n} needs 'id' and 'problem' fields, got "
+                             f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
+        answer = row.get("answer")
+        if answer not in (None, ""):
+            try:
+                answer = int(str(answer).strip())
+            except ValueError:
+                raise ValueError(f"{path}: row {n} ({row['id']}): answer {answer!r} is not an "
+                                 "integer") from None
+        problems.append(Problem(str(row["id"]), str(row["problem"]),
+                                None if answer in (None, "") else answer))
+    return problems[:limit] if limit else problems
+
+
+def validate_answer(answer, competition: str) -> int:
+    """The answer as an int, or GatewayError if Kaggle would reject it."""
+    if isinstance(answer, bool):
+        raise GatewayError(f"answer {answer!r} is a bool, not an integer")
+    try:
+        value = operator.index(answer)  # int, numpy integers; not floats or strings
+    except TypeError:
+        raise GatewayError(f"answer {answer!r} ({type(answer).__name__}) is not an integer"
+                           ) from None
+    lo, hi = RANGES[competition]
+    if not lo <= value <= hi:
+        raise GatewayError(f"answer {value} is outside {lo}..{hi}, the range for "
+                           f"{competition}; apply the competition's answer rules first")
+    return value
+
+
+@dataclass
+class Report:
+    competition: str
+    rows: list[dict] = field(default_factory=list)  # one per problem, in the order served
+    out_dir: str = ""
+
+    @property
+    def scored(self) -> list[dict]:
+        return [r for r in self.rows if r.get("truth") is not None]
+
+    @property
+    def score(self) -> int:
+        return sum(r["correct"] for r in self.scored)
+
+    def table(self) -> str:
+        lines = [f"{'id':<14}{'answer':>8}{'truth':>8}  {'ok':<3}{'time s':>8}  votes"]
+        for r in self.rows:
+            truth = "" if r.get("truth") is None else r["truth"]
+            ok = "" if r.get("truth") is None else ("yes" if r["correct"] else "no")
+            votes = ", ".join(f"{a}:{v:g}" for a, v in list(r.get("votes", {}).items())[:4])
+            lines.append(f"{r['id'][:14]:<14}{r['answer']:>8}{truth:>8}  {ok:<3}"
+                         f"{r['elapsed_s']:>8.1f}  {votes}")
+        if self.scored:
+            lines.append(f"score: {self.score}/{len(self.scored)}")
+        return "\n".join(lines)
+
+
+class LocalGateway:
+    """Serves problems one at a time, like Kaggle's gateway; see the module docstring."""
+
+    def __init__(self, problems: list[Problem], competition: str = "aimo1", *, seed: int = 0,
+                 timeout_s: float | None = None, out_dir: str = "submission",
+                 resume: bool = True, shuffle: bool = True):
+        if competition not in RANGES:
+            raise ValueError(f"competition must be one of {sorted(RANGES)}")
+        ids = [p.id for p in problems]
+        if len(set(ids)) != len(ids):
+            raise ValueError("problem ids must be unique")
+        self.competition, self.timeout_s, self.out_dir = competition, timeout_s, out_dir
+        self.problems = list(problems)
+        if shuffle:
+            random.Random(seed).shuffle(self.problems)
+        os.makedirs(out_dir, exist_ok=True)
+        self._progress = os.path.join(out_dir, "gateway_progress.jsonl")
+        self._done: dict[str, dict] = {}
+        if resume and os.path.exists(self._progress):
+            with open(self._progress, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a crash: that problem is simply redone
+                    self._done[row["id"]] = row
+        elif not resume and os.path.exists(self._progress):
+            os.remove(self._progress)
+        self._waiting: Problem | None = None
+        self._served_at = 0.0
+
+    def iter_test(self) -> Iterator[Problem]:
+        """Yields unanswered problems; each must be answered with predict() first."""
+        for p in self.problems:
+            if p.id in self._done:
+                continue
+            self._waiting, self._served_at = p, time.monotonic()
+            yield p
+            if self._waiting is not None:
+                raise GatewayError(f"predict() was not called for problem {p.id} before "
+                                   "asking for the next one")
+
+    def predict(self, problem_id: str, answer, result=None) -> None:
+        """Answer the problem just served. `result` (a SolveResult) adds votes to the table."""
+        p = self._waiting
+        if p is None or p.id != problem_id:
+            raise GatewayError(f"predict() for {problem_id!r}, but the problem being served is "
+                               f"{None if p is None else p.id!r}")
+        elapsed = time.monotonic() - self._served_at
+        if self.timeout_s is not None and elapsed > self.timeout_s:
+            raise GatewayError(f"problem {p.id} took {elapsed:.0f} s, over the {self.timeout_s:g}"
+                               " s limit per problem")
+        value = validate_answer(answer, self.competition)
+        row = {"id": p.id, "answer": value, "truth": p.answer, "elapsed_s": round(elapsed, 3),
+               "correct": p.answer is not None and value == p.answer % (RANGES[
+                   self.competition][1] + 1),
+               "votes": {str(k): v for k, v in (getattr(result, "votes", None) or {}).items()}}
+        with open(self._progress, "a", encoding="utf-8") as f:  # appended: crash-safe
+            f.write(json.dumps(row) + "\n")
+        self._done[p.id] = row
+        self._waiting = None
+        self._write_submission()
+
+    def run(self, solve: Callable[[str, str], object]) -> Report:
+        """Serve every problem to solve(problem, id) -> int or SolveResult; write the files."""
+        for p in self.iter_test():
+            out = solve(p.problem, p.id)
+            answer = getattr(out, "answer", out)
+            self.predict(p.id, answer, out if hasattr(out, "votes") else None)
+        report = Report(self.competition, [self._done[p.id] for p in self.problems
+                                           if p.id in self._done], self.out_dir)
+        with open(os.path.join(self.out_dir, "report.txt"), "w", encoding="utf-8") as f:
+            f.write(report.table() + "\n")
+        return report
+
+    def _write_submission(self) -> None:
+        rows = [(p.id, self._done[p.id]["answer"]) for p in self.problems if p.id in self._done]
+        path = os.path.join(self.out_dir, "submission.csv")
+        with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "answer"])
+            w.writerows(rows)
+        os.replace(path + ".tmp", path)
+        if self.competition in ("aimo2", "aimo3"):
+            import polars as pl
+
+            pl.DataFrame({"id": [r[0] for r in rows], "answer": [r[1] for r in rows]}
+                         ).write_parquet(os.path.join(self.out_dir, "submission.parquet"))

@@ -1,0 +1,244 @@
+"""Kaggle's evaluation APIs behind one call, and what the notebook configures.
+
+    config = NotebookConfig.from_env()          # AIMO_* environment variables / overrides
+    solve = make_solve_fn(config)                # lazy: the model loads in the first call
+    serve(solve, config)                         # whichever API is present, else our gateway
+
+- AIMO 1 (`aimo` module, in the competition's rerun): make_env() / iter_test() / predict().
+- AIMO 2 and 3 (`kaggle_evaluation`): an inference server around the module-level `predict`
+  below, called from a gRPC worker thread; in a rerun `serve()`, else the local gateway of
+  `kaggle_evaluation` over the competition's test.csv.
+- Anywhere else: `aimo_lib.gateway.LocalGateway` over a problem file (default: the sample
+  problems shipped with aimo_lib), with a score when answers are known.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+from .gateway import LocalGateway, Report, load_problems, validate_answer
+
+__all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
+
+SERVERS = {"aimo2": ("kaggle_evaluation.aimo_2_inference_server", "AIMO2InferenceServer"),
+           "aimo3": ("kaggle_evaluation.aimo_3_inference_server", "AIMO3InferenceServer")}
+KAGGLE_INPUT = "/kaggle/input"
+COMPETITION_DIRS = {"aimo1": "ai-mathematical-olympiad-prize",
+                    "aimo2": "ai-mathematical-olympiad-progress-prize-2",
+                    "aimo3": "ai-mathematical-olympiad-progress-prize-3"}
+
+
+def is_rerun() -> bool:
+    """True inside Kaggle's scoring rerun of a competition notebook."""
+    return bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN"))
+
+
+@dataclass
+class NotebookConfig:
+    """Everything the notebook can set; each field also reads AIMO_<FIELD> from the env."""
+
+    competition: str = "aimo1"  # aimo1 | aimo2 | aimo3
+    model: str | None = "auto"  # a model dir; "auto": one attached on Kaggle, else SmolLM2
+    engine: str = "auto"  # auto (vllm on GPUs, hf otherwise) | vllm | hf | openai
+    openai_url: str | None = None  # for engine=openai
+    preset: str = "default"
+    num_samples: int | None = None  # None: the preset's
+    max_rounds: int | None = None
+    max_new_tokens: int | None = None
+    prompt_template: str | None = None
+    temperature: float | None = None
+    total_hours: float | None = None  # None: the competition's (9 h AIMO 1, 5 h AIMO 2/3)
+    problems: str = "auto"  # off Kaggle's rerun: a .jsonl/.csv path, "samples" or "auto"
+    limit: int | None = None  # serve only the first N problems (local runs)
+    out_dir: str = "submission"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model == "auto":
+            self.model = _attached_model()
+
+    @classmethod
+    def from_env(cls, **overrides) -> NotebookConfig:
+        """Defaults, then AIMO_* environment variables, then non-None `overrides`."""
+        values = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"AIMO_{f.name.upper()}")
+            if raw not in (None, ""):
+                kind = str(f.type).replace(" | None", "")
+                values[f.name] = (int(raw) if kind == "int" else float(raw) if kind == "float"
+                                  else raw)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown NotebookConfig fields: {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def solver_config(self):
+        from .solver import SolverConfig
+
+        # The embedded 135M model on CPU: a worked example in the prompt, short steps.
+        base = dict(num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
+                    prompt_template="chatml_tir_1shot") if self.model is None else {}
+        for k in ("num_samples", "max_rounds", "max_new_tokens", "prompt_template",
+                  "temperature"):
+            if getattr(self, k) is not None:
+                base[k] = getattr(self, k)
+        return SolverConfig.preset(self.preset, competition=self.competition, seed=self.seed,
+                                   **base)
+
+
+def _attached_model() -> str | None:
+    """A model attached to a Kaggle notebook: /kaggle/input/<model>/<framework>/<variation>/<n>
+    with a config.json; None elsewhere (the embedded SmolLM2 is used)."""
+    import glob
+
+    found = sorted(glob.glob(os.path.join(KAGGLE_INPUT, "*", "*", "*", "*", "config.json")))
+    return os.path.dirname(found[0]) if found else None
+
+
+def _build_engine(config: NotebookConfig):
+    from . import engines
+
+    kind = config.engine
+    if kind == "auto":
+        gpu = False
+        try:
+            import torch
+
+            gpu = torch.cuda.is_available()
+        except ImportError:
+            pass
+        has_vllm = importlib.util.find_spec("vllm") is not None
+        kind = "vllm" if gpu and has_vllm and config.model else "hf"
+    if kind == "vllm":
+        return engines.VLLMEngine(config.model, async_mode=True)
+    if kind == "openai":
+        if not config.openai_url:
+            raise ValueError("engine='openai' needs openai_url (AIMO_OPENAI_URL)")
+        return engines.OpenAIEngine(config.openai_url, config.model)
+    if kind == "hf":
+        return engines.HFEngine(config.model)
+    raise ValueError(f"unknown engine {kind!r}: auto, vllm, hf or openai")
+
+
+def make_solve_fn(config: NotebookConfig) -> Callable[[str, str], object]:
+    """solve(problem, problem_id) -> SolveResult. Nothing heavy happens until the first call
+    (so an AIMO 2/3 server starts within Kaggle's 15 minutes); each call gets its deadline
+    from the run's TimeBudget; results are appended to <out_dir>/results.jsonl."""
+    from .budget import COMPETITIONS, TimeBudget
+    from .sandbox import Sandbox
+    from .solver import Solver
+
+    c = COMPETITIONS[config.competition]
+    total = config.total_hours * 3600 if config.total_hours else c.total_s
+    startup = min(600.0, total / 10)
+    budget = TimeBudget(total, c.n_problems, startup_s=startup, reserve_s=min(300.0, total / 20))
+    state: dict = {}
+    lock = threading.Lock()
+    os.makedirs(config.out_dir, exist_ok=True)
+    with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"notebook": asdict(config), "solver": config.solver_config().to_dict()}, f,
+                  indent=2, default=str)
+
+    def solve(problem: str, problem_id: str = ""):
+        with lock:  # one problem at a time, as the gateways serve them
+            if "solver" not in state:
+                start = time.monotonic()
+                state["solver"] = Solver(_build_engine(config), Sandbox(),
+                                         config.solver_config())
+                print(f"[aimo] model and sandbox ready in {time.monotonic() - start:.0f} s",
+                      file=sys.stderr, flush=True)
+            limit = budget.next_limit_s()
+            result = state["solver"].solve(problem, time_limit_s=limit)
+            budget.record(result.elapsed_s)
+            with open(os.path.join(config.out_dir, "results.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"id": problem_id, **result.to_dict()}) + "\n")
+            print(f"[aimo] {problem_id}: answer {result.answer} votes {dict(result.votes)} "
+                  f"in {result.elapsed_s:.1f} s (limit {limit:.0f} s); {budget}",
+                  file=sys.stderr, flush=True)
+            return result
+
+    return solve
+
+
+# ---------------------------------------------------------------- AIMO 2 / 3
+
+_solve: Callable[[str, str], object] | None = None
+_competition = "aimo2"
+
+
+def _scalar(column):
+    """The single value of a one-row polars/pandas Series (or a plain value)."""
+    return column.to_list()[0] if hasattr(column, "to_list") else column
+
+
+def predict(id_, problem, *rest):
+    """The AIMO 2/3 inference servers' callback: a plain module-level function named `predict`
+    (they reject lambdas, partials and bound methods). One polars Series per CSV column."""
+    import polars as pl
+
+    if _solve is None:
+        raise RuntimeError("aimo_lib.kaggle.serve() must be called before predict()")
+    problem_id, text = str(_scalar(id_)), str(_scalar(problem))
+    out = _solve(text, problem_id)
+    answer = validate_answer(getattr(out, "answer", out), _competition)
+    return pl.DataFrame({"id": [problem_id], "answer": [answer]})
+
+
+def _default_problems(competition: str) -> str:
+    kaggle_dir = os.path.join(KAGGLE_INPUT, COMPETITION_DIRS[competition])
+    for name in ("test.csv", "train.csv", "reference.csv"):
+        path = os.path.join(kaggle_dir, name)
+        if os.path.exists(path):
+            return path
+    return "samples"
+
+
+def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report | None:
+    """Drive whichever evaluation API is present for `config.competition`.
+
+    Returns the local gateway's Report when our gateway ran (off Kaggle), else None.
+    """
+    global _solve, _competition
+    competition = config.competition
+    if competition not in COMPETITION_DIRS:
+        raise ValueError(f"competition must be one of {sorted(COMPETITION_DIRS)}")
+    if competition == "aimo1" and is_rerun():
+        import aimo  # shipped with the AIMO 1 competition data
+
+        env = aimo.make_env()
+        for test, sample_submission in env.iter_test():
+            problem_id, text = str(test["id"].values[0]), str(test["problem"].values[0])
+            out = solve(text, problem_id)
+            sample_submission["answer"] = validate_answer(getattr(out, "answer", out), "aimo1")
+            env.predict(sample_submission)
+        return None
+    if competition in SERVERS and importlib.util.find_spec("kaggle_evaluation") is not None:
+        module, name = SERVERS[competition]
+        _solve, _competition = solve, competition
+        server = getattr(importlib.import_module(module), name)(predict)
+        if is_rerun():
+            server.serve()
+        else:
+            server.run_local_gateway((_problems_path(config),))
+        return None
+    if is_rerun():
+        raise RuntimeError(f"a {competition} rerun without its evaluation API: attach the "
+                           "competition's data to the notebook")
+    gateway = LocalGateway(load_problems(_problems_path(config), config.limit), competition,
+                           seed=config.seed, out_dir=config.out_dir)
+    report = gateway.run(solve)
+    print(report.table(), flush=True)
+    return report
+
+
+def _problems_path(config: NotebookConfig) -> str:
+    return _default_problems(config.competition) if config.problems == "auto" else (
+        config.problems)

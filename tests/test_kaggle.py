@@ -1,0 +1,328 @@
+"""The local gateway, the Kaggle API adapters (through stand-ins written from the documented
+contracts, in tests/kaggle_standins), the kernel metadata and the aimo-kaggle CLI."""
+
+import csv
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from aimo_lib import kaggle as kg
+from aimo_lib.gateway import (
+    GatewayError,
+    LocalGateway,
+    Problem,
+    load_problems,
+    validate_answer,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kaggle_standins")
+PROBLEMS = [Problem(f"p{i}", f"What is {i} + {i}?", 2 * i) for i in range(6)]
+
+
+def adder(problem: str, problem_id: str) -> int:
+    return 2 * int(problem.split()[2])
+
+
+# ---------------------------------------------------------------- the local gateway
+
+
+def test_gateway_serves_shuffled_scores_and_writes_the_submission(tmp_path):
+    gw = LocalGateway(PROBLEMS, "aimo1", seed=3, out_dir=str(tmp_path))
+    order = [p.id for p in gw.problems]
+    assert sorted(order) == [p.id for p in PROBLEMS] and order != [p.id for p in PROBLEMS]
+    assert order == [p.id for p in LocalGateway(PROBLEMS, seed=3, out_dir=str(tmp_path / "b"),
+                                                ).problems]  # seeded
+    wrong = lambda problem, pid: 0 if pid == "p3" else adder(problem, pid)
+    report = gw.run(wrong)
+    assert report.score == 5 and len(report.rows) == 6
+    with open(tmp_path / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == order and rows[order.index("p3")]["answer"] == "0"
+    table = (tmp_path / "report.txt").read_text()
+    assert "score: 5/6" in table and "p3" in table
+
+
+def test_gateway_enforces_predict_before_next_and_validates_answers(tmp_path):
+    gw = LocalGateway(PROBLEMS, out_dir=str(tmp_path))
+    it = gw.iter_test()
+    first = next(it)
+    with pytest.raises(GatewayError, match="predict\\(\\) was not called"):
+        next(it)
+    gw2 = LocalGateway(PROBLEMS, out_dir=str(tmp_path / "2"))
+    first = next(gw2.iter_test())
+    with pytest.raises(GatewayError, match="being served"):
+        gw2.predict("nope", 1)
+    for bad, msg in [(1000, "outside 0..999"), (-1, "outside"), (2.0, "not an integer"),
+                     ("7", "not an integer"), (True, "bool")]:
+        with pytest.raises(GatewayError, match=msg):
+            gw2.predict(first.id, bad)
+    import numpy as np
+
+    gw2.predict(first.id, np.int64(12))  # numpy integers are integers
+    assert validate_answer(99999, "aimo3") == 99999
+    with pytest.raises(GatewayError):
+        validate_answer(100000, "aimo3")
+
+
+def test_gateway_timeout_per_problem(tmp_path):
+    gw = LocalGateway(PROBLEMS, timeout_s=0.05, out_dir=str(tmp_path))
+    with pytest.raises(GatewayError, match="over the 0.05 s limit"):
+        gw.run(lambda problem, pid: time.sleep(0.1) or 1)
+
+
+def test_gateway_resumes_after_an_interruption(tmp_path):
+    seen = []
+
+    def crashes_on_fourth(problem, pid):
+        seen.append(pid)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+        return adder(problem, pid)
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(crashes_on_fourth)
+    with open(tmp_path / "gateway_progress.jsonl", "a") as f:
+        f.write('{"id": "p5", "answ')  # a line torn by the crash is ignored
+    again = []
+    report = LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(
+        lambda problem, pid: again.append(pid) or adder(problem, pid))
+    assert len(again) == 3 and not set(again) & set(seen[:3]) and report.score == 6
+    fresh = []
+    LocalGateway(PROBLEMS, out_dir=str(tmp_path), resume=False).run(
+        lambda problem, pid: fresh.append(pid) or 0)
+    assert len(fresh) == 6
+
+
+def test_gateway_parquet_for_aimo2(tmp_path):
+    import polars as pl
+
+    LocalGateway(PROBLEMS, "aimo2", out_dir=str(tmp_path)).run(adder)
+    df = pl.read_parquet(tmp_path / "submission.parquet")
+    assert df.columns == ["id", "answer"] and len(df) == 6
+
+
+def test_load_problems_sources_and_bad_input(tmp_path):
+    samples = load_problems("samples")
+    assert len(samples) == 10 and all(p.answer is not None for p in samples)
+    assert len(load_problems("samples", limit=3)) == 3
+    shared = os.path.join(REPO, "..", "shared", "data", "aimo1_train.jsonl")
+    if os.path.exists(shared):
+        aimo1 = load_problems(shared)
+        assert len(aimo1) == 10 and all(0 <= p.answer < 1000 for p in aimo1)
+    (tmp_path / "p.csv").write_text('id,problem,answer\na,"What, exactly?",5\nb,Why?,\n')
+    assert [(p.id, p.answer) for p in load_problems(str(tmp_path / "p.csv"))] == [
+        ("a", 5), ("b", None)]
+    (tmp_path / "bad.jsonl").write_text('{"id": 1, "problem": "x"}\n{"id": 2}\n')
+    with pytest.raises(ValueError, match="row 2 needs 'id' and 'problem'"):
+        load_problems(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "nonint.jsonl").write_text('{"id": 1, "problem": "x", "answer": "1/2"}\n')
+    with pytest.raises(ValueError, match="not an integer"):
+        load_problems(str(tmp_path / "nonint.jsonl"))
+    (tmp_path / "broken.jsonl").write_text('{"id": 1,\n')
+    with pytest.raises(ValueError, match="broken.jsonl:1: not valid JSON"):
+        load_problems(str(tmp_path / "broken.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="unique"):
+        LocalGateway([PROBLEMS[0], PROBLEMS[0]], out_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------- the Kaggle adapters
+
+
+@pytest.fixture
+def standins(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(STANDINS)
+    for name in [m for m in sys.modules if m == "aimo" or m.startswith("kaggle_evaluation")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "problems.jsonl", "w") as f:
+        for p in PROBLEMS:
+            f.write(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n")
+    with open(tmp_path / "test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "problem"])
+        w.writerows([(p.id, p.problem) for p in PROBLEMS])
+    return tmp_path
+
+
+def test_aimo1_rerun_drives_the_aimo_env(standins, monkeypatch):
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setenv("AIMO_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+    assert kg.serve(adder, kg.NotebookConfig(competition="aimo1", model=None)) is None
+    aimo = importlib.import_module("aimo")
+    assert sorted(aimo.predictions) == sorted((p.id, p.answer) for p in PROBLEMS)
+
+
+@pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
+def test_aimo2_and_3_local_gateway_calls_predict_from_a_worker_thread(standins, competition):
+    big = lambda problem, pid: adder(problem, pid) + (10_000 if competition == "aimo3" else 0)
+    cfg = kg.NotebookConfig(competition=competition, model=None,
+                            problems=str(standins / "test.csv"))
+    assert kg.serve(big, cfg) is None
+    ev = importlib.import_module("kaggle_evaluation")
+    calls = ev.calls[-len(PROBLEMS):]
+    assert all(c["thread"] != c["main"] for c in calls)  # not the main thread
+    assert {c["id"]: c["answer"] for c in calls} == {p.id: big(p.problem, p.id)
+                                                     for p in PROBLEMS}
+    import polars as pl
+
+    assert len(pl.read_parquet(standins / "submission.parquet")) == 6
+
+
+def test_aimo2_rerun_serves(standins, monkeypatch):
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setenv("AIMO_STANDIN_RERUN_CSV", str(standins / "test.csv"))
+    kg.serve(adder, kg.NotebookConfig(competition="aimo2", model=None))
+    assert os.path.exists(standins / "submission.parquet")
+
+
+def test_an_out_of_range_answer_is_refused_before_kaggle_sees_it(standins):
+    cfg = kg.NotebookConfig(competition="aimo2", model=None, problems=str(standins / "test.csv"))
+    with pytest.raises(GatewayError, match="outside 0..999"):
+        kg.serve(lambda problem, pid: 1234, cfg)
+
+
+def test_the_servers_reject_anything_but_a_module_level_predict(standins):
+    import functools
+
+    from kaggle_evaluation.aimo_2_inference_server import AIMO2InferenceServer
+
+    for bad in (lambda *a: None, functools.partial(kg.predict), SimpleNamespace(f=1)):
+        with pytest.raises(ValueError, match="module-level"):
+            AIMO2InferenceServer(bad)
+    AIMO2InferenceServer(kg.predict)  # ours passes
+
+
+def test_off_kaggle_the_local_gateway_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    cfg = kg.NotebookConfig(competition="aimo1", model=None, problems="samples", limit=2,
+                            out_dir=str(tmp_path))
+    report = kg.serve(lambda problem, pid: 7, cfg)
+    assert len(report.rows) == 2 and (tmp_path / "submission.csv").exists()
+
+
+def test_a_rerun_without_the_api_fails_loudly(monkeypatch, tmp_path):
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(RuntimeError, match="attach the competition"):
+        kg.serve(adder, kg.NotebookConfig(competition="aimo2", model=None))
+
+
+def test_notebook_config_from_env_and_lazy_model(monkeypatch, tmp_path, sandbox):
+    monkeypatch.setenv("AIMO_NUM_SAMPLES", "3")
+    monkeypatch.setenv("AIMO_TEMPERATURE", "0.5")
+    monkeypatch.setenv("AIMO_COMPETITION", "aimo3")
+    cfg = kg.NotebookConfig.from_env(preset="default", out_dir=str(tmp_path), model=None)
+    assert (cfg.num_samples, cfg.temperature, cfg.competition, cfg.model) == (3, 0.5, "aimo3",
+                                                                              None)
+    solver_cfg = cfg.solver_config()
+    assert (solver_cfg.num_samples, solver_cfg.competition) == (3, "aimo3")
+    assert solver_cfg.prompt_template == "chatml_tir_1shot"  # embedded model: CPU defaults
+    with pytest.raises(TypeError, match="unknown NotebookConfig"):
+        kg.NotebookConfig.from_env(modle="x")
+
+    from aimo_lib.engines import ScriptedEngine
+
+    built = []
+    monkeypatch.setattr(kg, "_build_engine", lambda c: built.append(c) or ScriptedEngine(
+        lambda p, k: "\\boxed{12345}"))
+    monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
+    solve = kg.make_solve_fn(cfg)
+    assert built == []  # nothing loads before the first problem (the 15-minute rule)
+    assert solve("q", "id1").answer == 12345 and len(built) == 1
+    solve("q", "id2")
+    assert len(built) == 1
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["solver"]["num_samples"] == 3 and saved["notebook"]["competition"] == "aimo3"
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["id1", "id2"]
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def test_kernel_metadata_passes_the_kaggle_clis_own_checks():
+    pytest.importorskip("kaggle")
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    with open(os.path.join(REPO, "kernel-metadata.json")) as f:
+        meta = json.load(f)
+    api = KaggleApi()  # no credentials needed: validation only, nothing is sent
+    api.parse_kernel_string(meta["id"])
+    for source in meta["dataset_sources"]:
+        api.validate_dataset_string(source)
+    for source in meta["kernel_sources"]:
+        api.validate_kernel_string(source)
+    for source in meta["model_sources"]:
+        api.validate_model_instance_version_string(source)
+    assert meta["language"] in api.valid_push_language_types
+    assert meta["kernel_type"] in api.valid_push_kernel_types
+    assert os.path.isfile(os.path.join(REPO, meta["code_file"]))
+    assert len(meta["title"]) >= 5 and meta["id"].split("/")[1] == "aimo-sc-tir"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+    assert meta["competition_sources"] == ["ai-mathematical-olympiad-prize"]
+
+
+def test_requirements_pin_the_runtime():
+    with open(os.path.join(REPO, "requirements.txt")) as f:
+        pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert pins and all("==" in p for p in pins) and any(p.startswith("vllm==") for p in pins)
+
+
+def test_aimo_kaggle_cli(tmp_path, capsys):
+    from aimo_lib.kaggle_cli import main
+
+    main(["wheelhouse", "--out", str(tmp_path / "wh"), "--dataset", "me/aimo-lib-wheels",
+          "--no-download"])
+    files = os.listdir(tmp_path / "wh")
+    assert any(f.startswith("aimo_lib-") and f.endswith(".whl") for f in files)
+    assert json.loads((tmp_path / "wh" / "dataset-metadata.json").read_text())["id"] == (
+        "me/aimo-lib-wheels")
+    assert "requirements.txt" in files
+    main(["push-dataset", str(tmp_path / "wh"), "--new", "--dry-run"])
+    main(["status", "me/aimo-sc-tir", "--dry-run"])
+    meta = json.loads(open(os.path.join(REPO, "kernel-metadata.json")).read())
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "kernel-metadata.json").write_text(
+        json.dumps(meta).replace("your-kaggle-username", "me"))
+    main(["push-kernel", "--dir", str(tmp_path / "k"), "--accelerator", "NvidiaTeslaT4",
+          "--dry-run"])
+    out = capsys.readouterr().out
+    assert f"+ kaggle datasets create -p {tmp_path / 'wh'} -r zip" in out
+    assert "+ kaggle kernels status me/aimo-sc-tir" in out
+    assert f"+ kaggle kernels push -p {tmp_path / 'k'} --accelerator NvidiaTeslaT4" in out
+    with pytest.raises(SystemExit, match="your-kaggle-username"):
+        main(["push-kernel", "--dry-run"])
+    help_text = subprocess.run([sys.executable, "-m", "aimo_lib.kaggle_cli", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "wheelhouse" in help_text and "push-kernel" in help_text
+
+
+# ---------------------------------------------------------------- the notebook, end to end
+
+
+@pytest.mark.slow
+def test_notebook_runs_headless_end_to_end(tmp_path):
+    """What CI runs: the notebook, unchanged, on the embedded model with a small config."""
+    out = tmp_path / "out"
+    env = {**os.environ, "AIMO_NUM_SAMPLES": "2", "AIMO_MAX_ROUNDS": "2",
+           "AIMO_MAX_NEW_TOKENS": "48", "AIMO_LIMIT": "2", "AIMO_OUT_DIR": str(out)}
+    env.pop("KAGGLE_IS_COMPETITION_RERUN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", os.path.join(REPO, "kaggle_notebook.ipynb"),
+         str(tmp_path / "executed.ipynb"), "--cwd", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "submission.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "score:" in (out / "report.txt").read_text()
+    assert json.loads((out / "config.json").read_text())["solver"]["num_samples"] == 2
