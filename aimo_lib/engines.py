@@ -39,7 +39,7 @@ from typing import Protocol
 
 __all__ = [
     "Completion", "Engine", "EngineError", "GenerationParams", "HFEngine", "OpenAIEngine",
-    "ScriptedEngine", "VLLMEngine", "default_model_path",
+    "ReplicaEngine", "ScriptedEngine", "VLLMEngine", "default_model_path",
 ]
 
 
@@ -404,6 +404,42 @@ def _unseen_fence_stop(text: str, p: GenerationParams) -> str | None:
     if len(fences) == 1 and text.rstrip().endswith("```") and text.count("```") % 2 == 0:
         return fences[0]
     return None
+
+
+class ReplicaEngine:
+    """Several engines serving the same model (e.g. one OpenAIEngine per vLLM replica): each
+    request goes to the replica with the fewest requests in flight."""
+
+    supports_async = True
+
+    def __init__(self, replicas: Sequence):
+        if not replicas:
+            raise ValueError("ReplicaEngine needs at least one replica")
+        self.replicas = list(replicas)
+        self.names_stop_strings = all(getattr(r, "names_stop_strings", True) for r in replicas)
+        self._load = [0] * len(self.replicas)
+        self._lock = threading.Lock()
+
+    def submit(self, prompt, params: GenerationParams) -> Future:
+        with self._lock:
+            i = min(range(len(self.replicas)), key=self._load.__getitem__)
+            self._load[i] += 1
+        future = self.replicas[i].submit(prompt, params)
+        future.replica = i
+        future.add_done_callback(lambda _: self._done(i))
+        return future
+
+    def _done(self, i: int) -> None:
+        with self._lock:
+            self._load[i] -= 1
+
+    def abort(self, future: Future) -> None:
+        self.replicas[future.replica].abort(future)
+
+    def generate(self, prompts, params) -> list[Completion]:
+        futures = [self.submit(p, q) for p, q in zip(prompts, _per_prompt(prompts, params),
+                                                     strict=True)]
+        return [f.result() for f in futures]
 
 
 # ---------------------------------------------------------------- VLLMEngine

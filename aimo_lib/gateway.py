@@ -56,6 +56,17 @@ def _rows(path: str) -> list[dict]:
     raise ValueError(f"{path}: expected a .jsonl or .csv file of problems")
 
 
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one record durably. A line torn by an earlier crash is closed off first, so
+    it costs only its own record."""
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")
+        f.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def load_problems(source: str, limit: int | None = None) -> list[Problem]:
     """Problems from a .jsonl/.csv file with `id` and `problem` (and optionally `answer`)
     columns, or "samples" for the easy problems shipped with aimo_lib."""
@@ -183,8 +194,7 @@ class LocalGateway:
                "correct": p.answer is not None and value == p.answer % (RANGES[
                    self.competition][1] + 1),
                "votes": {str(k): v for k, v in (getattr(result, "votes", None) or {}).items()}}
-        with open(self._progress, "a", encoding="utf-8") as f:  # appended: crash-safe
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(self._progress, row)
         self._done[p.id] = row
         self._waiting = None
         self._write_submission()

@@ -1,0 +1,357 @@
+"""The validation harness: maj@N and pass@N over seeds on Numina's validation sets.
+
+    aimo eval --dataset amc --engine openai --openai-url http://127.0.0.1:8000/v1 --seeds 5
+    aimo eval compare runs/amc-a runs/amc-b
+
+A run solves every (problem, seed) pair with the solver and appends each SolveResult to
+`samples.jsonl` as it finishes (so a rerun skips what is done and a crash loses at most the
+problems in flight), then writes `summary.json`, `report.md` and PNG plots beside
+`config.json`. maj@k for k <= N comes from the saved samples (subsets of each seed's N
+samples), with no new generation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from .answers import RULES, vote
+from .gateway import Problem, append_jsonl
+
+__all__ = ["DATASETS", "EvalProblem", "compare_runs", "load_eval_dataset", "maj_at_k",
+           "run_eval", "summarize"]
+
+# name -> (Numina's hub dataset, file name of the local JSONL copy)
+DATASETS = {
+    "aime": ("AI-MO/aimo-validation-aime", "aime_2022_2024.jsonl"),
+    "amc": ("AI-MO/aimo-validation-amc", "amc12_2022_2023_int.jsonl"),
+    "math4": ("AI-MO/aimo-validation-math-level-4", "math_level4_int.jsonl"),
+    "math5": ("AI-MO/aimo-validation-math-level-5", "math_level5_int.jsonl"),
+    "aimo1": (None, "aimo1_train.jsonl"),
+}
+
+
+@dataclass
+class EvalProblem(Problem):
+    answer: int = 0  # always known in an evaluation
+
+
+def _local_dir(data_dir: str | None) -> str | None:
+    return data_dir or os.environ.get("AIMO_DATA_DIR")
+
+
+def load_eval_dataset(name: str, data_dir: str | None = None,
+                      limit: int | None = None) -> tuple[list[EvalProblem], list[str]]:
+    """Problems of a named set or a .jsonl/.csv file, and a note per skipped row.
+
+    Named sets are read from `data_dir` (or $AIMO_DATA_DIR) when it holds the JSONL copy,
+    else from the hub with `datasets`. Rows whose answer is not an integer are skipped and
+    reported; rows without a problem or an answer are errors.
+    """
+    if name in DATASETS:
+        hub, filename = DATASETS[name]
+        local = _local_dir(data_dir)
+        if local and os.path.exists(os.path.join(local, filename)):
+            rows = _read_rows(os.path.join(local, filename))
+        elif hub is None:
+            raise FileNotFoundError(f"dataset {name!r} has no hub copy: put {filename} in "
+                                    "--data-dir or $AIMO_DATA_DIR")
+        else:
+            rows = _hub_rows(hub)
+    elif name.endswith((".jsonl", ".csv")):
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"no dataset file at {name}")
+        rows = _read_rows(name)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: one of {', '.join(DATASETS)}, or a path "
+                         "to a .jsonl/.csv file with problem and answer columns")
+    problems, skipped = [], []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
+            raise ValueError(f"{name}: row {n} needs 'problem' and 'answer' fields")
+        pid = str(row.get("id", n - 1))
+        try:
+            answer = int(str(row["answer"]).strip())
+        except ValueError:
+            skipped.append(f"{pid}: answer {row['answer']!r} is not an integer")
+            continue
+        problems.append(EvalProblem(pid, str(row["problem"]), answer))
+    return (problems[:limit] if limit else problems), skipped
+
+
+def _read_rows(path: str) -> list[dict]:
+    from .gateway import _rows
+
+    return _rows(path)
+
+
+def _hub_rows(hub: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(f"loading {hub} needs `pip install datasets` and hub access; or "
+                           "pass --data-dir with the JSONL copies") from None
+    return [dict(r) for r in datasets.load_dataset(hub, split="train")]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _correct(answer: int | None, truth: int, competition: str) -> bool:
+    rules = RULES[competition]
+    return answer is not None and answer == rules.apply(truth)
+
+
+def maj_at_k(answers: list[int | None], truth: int, k: int, competition: str = "aimo1",
+             draws: int = 400, seed: int = 0) -> float:
+    """P(a majority vote over k of these samples is correct): exact over all k-subsets when
+    there are few, else the mean over `draws` random subsets (unbiased)."""
+    n = len(answers)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}")
+    if math.comb(n, k) <= draws:
+        subsets = itertools.combinations(range(n), k)
+    else:
+        rng = random.Random(seed)
+        subsets = (rng.sample(range(n), k) for _ in range(draws))
+    hits = total = 0
+    for idx in subsets:
+        v = vote([answers[i] for i in sorted(idx)], rules=RULES[competition])
+        hits += (not v.fallback) and _correct(v.answer, truth, competition)
+        total += 1
+    return hits / total
+
+
+def summarize(records: list[dict], problems: list[EvalProblem], competition: str) -> dict:
+    """Metrics from saved records ({"id", "seed", "result": SolveResult dict})."""
+    truth = {p.id: p.answer for p in problems}
+    by_seed: dict[int, list[dict]] = {}
+    for r in records:
+        if r["id"] in truth:
+            by_seed.setdefault(r["seed"], []).append(r)
+    seeds = sorted(by_seed)
+    n = max((len(r["result"]["samples"]) for r in records), default=0)
+    maj = [statistics.mean(_correct(r["result"]["answer"] if not r["result"]["fallback"] else
+                                    None, truth[r["id"]], competition) for r in by_seed[s])
+           for s in seeds]
+    pass_n = [statistics.mean(any(_correct(x["answer"], truth[r["id"]], competition)
+                                  for x in r["result"]["samples"]) for r in by_seed[s])
+              for s in seeds]
+    ks = sorted({1, 2, 4, 8, 16, 32, 48, 64, n} & set(range(1, n + 1)))
+    curve = {k: statistics.mean(statistics.mean(
+        maj_at_k([x["answer"] for x in r["result"]["samples"]], truth[r["id"]], k, competition)
+        for r in by_seed[s]) for s in seeds) for k in ks}
+    per_problem = []
+    for p in problems:
+        rs = [r for s in seeds for r in by_seed[s] if r["id"] == p.id]
+        if not rs:
+            continue
+        votes: dict[str, float] = {}
+        for r in rs:
+            for a, c in r["result"]["votes"].items():
+                votes[a] = votes.get(a, 0.0) + c
+        ranked = sorted(votes.values(), reverse=True) + [0.0, 0.0]
+        total = sum(votes.values()) or 1.0
+        per_problem.append({
+            "id": p.id, "truth": p.answer,
+            "answers": [r["result"]["answer"] for r in rs],
+            "correct": statistics.mean(_correct(None if r["result"]["fallback"] else
+                                                r["result"]["answer"], p.answer, competition)
+                                       for r in rs),
+            "votes": dict(sorted(votes.items(), key=lambda kv: -kv[1])[:5]),
+            "margin": (ranked[0] - ranked[1]) / total})
+    results = [r["result"] for r in records]
+    samples = [x for res in results for x in res["samples"]]
+    return {
+        "problems": len(per_problem), "seeds": seeds, "num_samples": n,
+        "maj_at_n": {"mean": statistics.mean(maj) if maj else 0.0,
+                     "std": statistics.stdev(maj) if len(maj) > 1 else 0.0, "per_seed": maj},
+        "pass_at_n": {"mean": statistics.mean(pass_n) if pass_n else 0.0,
+                      "std": statistics.stdev(pass_n) if len(pass_n) > 1 else 0.0},
+        "maj_at_k": {str(k): v for k, v in curve.items()},
+        "tokens_per_problem": statistics.mean(r["tokens_generated"] for r in results),
+        "seconds_per_problem": statistics.mean(r["elapsed_s"] for r in results),
+        "code_calls_per_sample": statistics.mean(len(x["code_calls"]) for x in samples),
+        "stopped_early": statistics.mean(r["stopped_early"] for r in results),
+        "timed_out": statistics.mean(r.get("timed_out", False) for r in results),
+        "per_problem": per_problem,
+    }
+
+
+# ---------------------------------------------------------------- running
+
+
+def load_records(out_dir: str) -> list[dict]:
+    path = os.path.join(out_dir, "samples.jsonl")
+    records = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # the line in flight when a run was killed: that pair is redone
+    return records
+
+
+def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], seeds: list[int],
+             out_dir: str, config: dict, competition: str = "aimo1", concurrency: int = 1,
+             progress: bool = True) -> dict:
+    """Solve every (problem, seed) pair not yet in out_dir/samples.jsonl; then summarise.
+
+    make_solver(seed) returns a Solver for that seed (built once per seed). `config` is
+    written to config.json beside the results.
+    """
+    from tqdm.auto import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, default=str)
+    done = {(r["id"], r["seed"]) for r in load_records(out_dir)}
+    todo = [(p, s) for s in seeds for p in problems if (p.id, s) not in done]
+    solvers = {s: make_solver(s) for s in seeds if any(t[1] == s for t in todo)}
+    lock = threading.Lock()
+    path = os.path.join(out_dir, "samples.jsonl")
+
+    def one(problem: EvalProblem, seed: int) -> None:
+        result = solvers[seed].solve(problem.problem)
+        with lock:
+            append_jsonl(path, {"id": problem.id, "seed": seed, "truth": problem.answer,
+                                "result": result.to_dict()})
+
+    with tqdm(total=len(problems) * len(seeds), initial=len(problems) * len(seeds) - len(todo),
+              desc="eval", unit="problem", disable=not progress) as bar:
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            futures = [pool.submit(one, p, s) for p, s in todo]
+            try:
+                for f in as_completed(futures):
+                    f.result()
+                    bar.update(1)
+            except BaseException:  # Ctrl-C or a failure: start nothing more, keep what is done
+                for f in futures:
+                    f.cancel()
+                raise
+    summary = summarize(load_records(out_dir), problems, competition)
+    summary.update(dataset=config.get("dataset"), competition=competition,
+                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(report_markdown(summary, config))
+    write_plots(summary, load_records(out_dir), out_dir)
+    return summary
+
+
+def report_markdown(summary: dict, config: dict) -> str:
+    m, p = summary["maj_at_n"], summary["pass_at_n"]
+    lines = [f"# Evaluation: {config.get('dataset')} ({summary['problems']} problems, "
+             f"seeds {summary['seeds']}, N={summary['num_samples']})", "",
+             f"- maj@{summary['num_samples']}: {m['mean']:.1%} ± {m['std']:.1%} "
+             f"(per seed: {', '.join(f'{x:.1%}' for x in m['per_seed'])})",
+             f"- pass@{summary['num_samples']}: {p['mean']:.1%} ± {p['std']:.1%}",
+             "- maj@k: " + ", ".join(f"k={k}: {v:.1%}" for k, v in summary["maj_at_k"].items()),
+             f"- per problem: {summary['tokens_per_problem']:.0f} tokens, "
+             f"{summary['seconds_per_problem']:.1f} s; {summary['code_calls_per_sample']:.2f} "
+             f"code calls per sample; stopped early {summary['stopped_early']:.0%}, timed out "
+             f"{summary['timed_out']:.0%}", "",
+             "| id | truth | answers | correct | margin | votes |", "|---|---|---|---|---|---|"]
+    for r in summary["per_problem"]:
+        votes = ", ".join(f"{a}:{c:g}" for a, c in r["votes"].items())
+        lines.append(f"| {r['id']} | {r['truth']} | {r['answers']} | {r['correct']:.0%} | "
+                     f"{r['margin']:.2f} | {votes} |")
+    lines += ["", "Configuration: see config.json."]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(summary: dict, records: list[dict], out_dir: str) -> list[str]:
+    """accuracy_vs_k.png, vote_margin.png, time_per_problem.png (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+
+    def save(fig, name):
+        path = os.path.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks = [int(k) for k in summary["maj_at_k"]]
+    ax.plot(ks, list(summary["maj_at_k"].values()), marker="o")
+    ax.set(xscale="log", xlabel="k (samples voted)", ylabel="maj@k accuracy",
+           title=f"maj@k, {summary.get('dataset')}")
+    ax.grid(alpha=0.3)
+    save(fig, "accuracy_vs_k.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist([r["margin"] for r in summary["per_problem"]], bins=10, range=(0, 1))
+    ax.set(xlabel="vote margin (top1 - top2) / votes", ylabel="problems", title="vote margins")
+    save(fig, "vote_margin.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist([r["result"]["elapsed_s"] for r in records], bins=20)
+    ax.set(xlabel="seconds", ylabel="problems x seeds", title="time per problem")
+    save(fig, "time_per_problem.png")
+    return paths
+
+
+# ---------------------------------------------------------------- comparing runs
+
+
+def _runs(path: str) -> dict[str, str]:
+    """dataset -> run folder; `path` is a run folder or a folder of run folders."""
+    if os.path.exists(os.path.join(path, "summary.json")):
+        return {_dataset_of(path): path}
+    found = {}
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        sub = os.path.join(path, name)
+        if os.path.exists(os.path.join(sub, "summary.json")):
+            found[_dataset_of(sub)] = sub
+    if not found:
+        raise FileNotFoundError(f"{path}: no summary.json here or in its subfolders")
+    return found
+
+
+def _dataset_of(run: str) -> str:
+    with open(os.path.join(run, "summary.json"), encoding="utf-8") as f:
+        return str(json.load(f).get("dataset"))
+
+
+def compare_runs(run_a: str, run_b: str, resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Per dataset in both: accuracy of A and B over shared problems (mean over seeds), the
+    delta B - A and its 95% paired-bootstrap confidence interval (problems resampled)."""
+    a, b = _runs(run_a), _runs(run_b)
+    rows = []
+    rng = random.Random(seed)
+    for dataset in sorted(set(a) & set(b)):
+        acc = []
+        for run in (a[dataset], b[dataset]):
+            with open(os.path.join(run, "summary.json"), encoding="utf-8") as f:
+                acc.append({r["id"]: r["correct"] for r in json.load(f)["per_problem"]})
+        ids = sorted(set(acc[0]) & set(acc[1]))
+        if not ids:
+            continue
+        diffs = [acc[1][i] - acc[0][i] for i in ids]
+        boots = sorted(statistics.mean(rng.choices(diffs, k=len(diffs)))
+                       for _ in range(resamples))
+        rows.append({"dataset": dataset, "problems": len(ids),
+                     "a": statistics.mean(acc[0][i] for i in ids),
+                     "b": statistics.mean(acc[1][i] for i in ids),
+                     "delta": statistics.mean(diffs),
+                     "ci95": (boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1])})
+    if not rows:
+        raise ValueError(f"{run_a} and {run_b} share no dataset with common problems")
+    return rows
