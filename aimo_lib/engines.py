@@ -234,10 +234,19 @@ class HFEngine(_AsyncMixin):
         """prompts: texts or token-id lists. deadline (time.monotonic()): stop generating
         then; unfinished rows come back with finish_reason "length"."""
         params = _per_prompt(prompts, params)
-        out: list[Completion] = []
-        for i in range(0, len(prompts), self.batch_size):
-            out += self._batch(list(prompts[i : i + self.batch_size]),
-                               params[i : i + self.batch_size], deadline)
+        # One batch shares its sampling settings: group requests that differ in more than
+        # the seed, and batch each group.
+        groups: dict[GenerationParams, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(replace(p, seed=None), []).append(i)
+        out: list[Completion | None] = [None] * len(prompts)
+        for idx in groups.values():
+            for j in range(0, len(idx), self.batch_size):
+                chunk = idx[j : j + self.batch_size]
+                done = self._batch([prompts[i] for i in chunk], [params[i] for i in chunk],
+                                   deadline)
+                for i, c in zip(chunk, done, strict=True):
+                    out[i] = c
         return out
 
     def _encode(self, prompts: list) -> dict:
@@ -259,8 +268,6 @@ class HFEngine(_AsyncMixin):
         import transformers
 
         p = params[0]
-        if any(replace(q, seed=None) != replace(p, seed=None) for q in params):
-            raise ValueError("HFEngine batches need identical params apart from the seed")
         tok = self.tokenizer
         enc = self._encode(prompts)
         sampling = dict(do_sample=True, temperature=p.temperature, top_p=p.top_p) if (

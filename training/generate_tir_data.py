@@ -1,0 +1,101 @@
+"""TIR training data with execution feedback (Numina's stage-2 data; their code was never
+released).
+
+    python training/generate_tir_data.py --problems problems.jsonl --out tir.jsonl \\
+        --teacher-url http://127.0.0.1:8000/v1 --teacher-model gpt-4o --attempts 4
+
+A teacher behind any OpenAI-compatible endpoint writes ToRA-format solutions; every code block
+runs in aimo_lib's sandbox and its real output is fed back (this is aimo_lib's solver with one
+sample). A solution is kept only if its final answer matches the reference; a wrong one is
+re-sampled, up to --attempts times. Output: JSONL rows {"id", "messages", "attempts"}, the user
+turn being exactly what `prompt_template="chat"` shows a model at inference. Resumable: problems
+already in --out (or in <out>.rejected.jsonl) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+
+import common  # noqa: F401 - puts aimo_lib on the path
+
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.answers import RULES
+from aimo_lib.evaluation import load_eval_dataset
+from aimo_lib.gateway import append_jsonl
+from aimo_lib.prompts import TIR_INSTRUCTION
+
+
+def user_turn(problem: str) -> str:
+    return f"{problem}\n\n{TIR_INSTRUCTION}"
+
+
+def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
+             config: SolverConfig | None = None, competition: str = "aimo3",
+             progress: bool = True) -> dict:
+    """Returns counts: kept, rejected (wrong attempts), failed (problems with none kept)."""
+    from tqdm.auto import tqdm
+
+    config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
+                                           prompt_template="chatml_tir")
+    rejected_path = out_path + ".rejected.jsonl"
+    done = set()
+    for path in (out_path, rejected_path):
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                done |= {json.loads(line)["id"] for line in f if line.strip().endswith("}")}
+    rules = RULES[competition]
+    counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0}
+    for p in tqdm(problems, desc="tir data", disable=not progress):
+        if p.id in done:
+            counts["skipped"] += 1
+            continue
+        for attempt in range(attempts):
+            solver = Solver(engine, sandbox, replace(config, seed=config.seed + attempt))
+            sample = solver.solve(p.problem).samples[0]
+            if sample.answer is not None and sample.answer == rules.apply(p.answer):
+                append_jsonl(out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
+                    {"role": "user", "content": user_turn(p.problem)},
+                    {"role": "assistant", "content": sample.text}]})
+                counts["kept"] += 1
+                break
+            counts["rejected"] += 1
+        else:
+            append_jsonl(rejected_path, {"id": p.id, "attempts": attempts})
+            counts["failed"] += 1
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", required=True, help=".jsonl/.csv with id, problem, answer")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--teacher-url", required=True, help="OpenAI-compatible base URL")
+    ap.add_argument("--teacher-model", default=None)
+    ap.add_argument("--attempts", type=int, default=4, help="samples per problem at most")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--max-rounds", type=int, default=4)
+    ap.add_argument("--prompt-template", default="chatml_tir")
+    ap.add_argument("--competition", default="aimo3", help="answer rules for the match")
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args()
+    from aimo_lib.engines import OpenAIEngine
+    from aimo_lib.sandbox import Sandbox
+
+    problems, skipped = load_eval_dataset(args.problems, limit=args.limit)
+    engine = OpenAIEngine(args.teacher_url, args.teacher_model)
+    config = SolverConfig.preset("default", num_samples=1, early_stop=None,
+                                 temperature=args.temperature, max_rounds=args.max_rounds,
+                                 prompt_template=args.prompt_template,
+                                 competition=args.competition)
+    with Sandbox() as sandbox:
+        counts = generate(problems, engine, sandbox, args.out, args.attempts, config,
+                          args.competition)
+    print(f"{counts} ({len(skipped)} problems without an integer answer skipped)")
+
+
+if __name__ == "__main__":
+    main()

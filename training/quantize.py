@@ -1,0 +1,53 @@
+"""8-bit GPTQ for Kaggle's T4s, in the standard GPTQ checkpoint format (vLLM and transformers
+load it), with gptqmodel (the maintained successor of the auto-gptq the seed used; auto-gptq
+no longer imports with current transformers).
+
+    python training/quantize.py --recipe training/recipes/deepseek-math-7b/quantize.yaml
+
+Calibration: `calibration_samples` rows of the TIR training data rendered through the chat
+template. float16 throughout (T4 has no bfloat16). On 2 CPU cores set GPTQMODEL_CPU_WORKERS=2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from common import load_dataset_any, load_recipe, load_tokenizer, prepare_model, write_json
+
+
+def calibration_texts(recipe: dict, tokenizer) -> list[str]:
+    ds = load_dataset_any(recipe["calibration_dataset"], "train",
+                          recipe.get("calibration_samples", 256))
+    return [tokenizer.apply_chat_template(row["messages"], tokenize=False) for row in ds]
+
+
+def quantize(recipe: dict) -> str:
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
+    tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
+    texts = calibration_texts(recipe, tokenizer)
+    config = QuantizeConfig(bits=recipe.get("bits", 8), group_size=recipe.get("group_size", 128),
+                            desc_act=recipe.get("desc_act", True))
+    model = GPTQModel.load(model_path, config, dtype=torch.float16)
+    model.quantize(texts, batch_size=recipe.get("batch_size", 4), tokenizer=tokenizer)
+    out = recipe["output_dir"]
+    model.save(out)
+    tokenizer.save_pretrained(out)
+    write_json(os.path.join(out, "quantize_recipe.json"), recipe)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    print(f"saved {quantize(load_recipe(args.recipe, args.set))}")
+
+
+if __name__ == "__main__":
+    main()

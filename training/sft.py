@@ -1,0 +1,110 @@
+"""Stage-1 (CoT) and stage-2 (TIR) supervised fine-tuning with TRL's SFTTrainer.
+
+    python training/sft.py --recipe training/recipes/deepseek-math-7b/stage1-cot.yaml
+    accelerate launch --config_file training/deepspeed_zero3.yaml training/sft.py \\
+        --recipe training/recipes/deepseek-math-7b/stage2-tir.yaml
+    python training/sft.py --recipe ... --set max_steps=10 --set output_dir=runs/try
+
+The dataset has a `messages` column (user problem, assistant solution). Packing (TRL's
+padding-free "bfd") into `block_size` tokens; loss on every token as in the seed, unless
+`completion_only_loss` (only the assistant's turn) or `mask_output_blocks` (not the
+interpreter's ```output blocks). A rerun resumes from the last checkpoint in output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from common import load_dataset_any, load_recipe, load_tokenizer, prepare_model, write_json
+
+_OUTPUT_BLOCK = re.compile(r"```output\n.*?```", re.DOTALL)
+
+
+def build_dataset(recipe: dict, tokenizer):
+    ds = load_dataset_any(recipe["dataset"], recipe.get("dataset_split", "train"),
+                          recipe.get("max_samples"))
+    if "messages" not in ds.column_names:
+        raise SystemExit(f"{recipe['dataset']}: needs a 'messages' column, has "
+                         f"{ds.column_names}")
+    completion_only = recipe.get("completion_only_loss", False)
+    mask_outputs = recipe.get("mask_output_blocks", False)
+    if not (completion_only or mask_outputs):
+        return ds.select_columns(["messages"])  # TRL renders the chat template itself
+
+    def tokenize(row):
+        text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False,
+                                               add_generation_prompt=True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [m.span() for m in _OUTPUT_BLOCK.finditer(text)] if mask_outputs else []
+        mask = []
+        for start, end in enc["offset_mapping"]:
+            keep = not (completion_only and end <= len(prompt))
+            keep = keep and not any(s <= start and end <= e for s, e in spans)
+            mask.append(int(keep))
+        return {"input_ids": enc["input_ids"], "completion_mask": mask}
+
+    return ds.map(tokenize, remove_columns=ds.column_names)
+
+
+def train(recipe: dict) -> dict:
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
+    tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
+    dataset = build_dataset(recipe, tokenizer)
+    out = recipe["output_dir"]
+    masked = recipe.get("completion_only_loss", False) or recipe.get("mask_output_blocks", False)
+    args = SFTConfig(
+        output_dir=out, seed=recipe.get("seed", 42),
+        num_train_epochs=recipe.get("num_train_epochs", 1), max_steps=recipe.get("max_steps", -1),
+        learning_rate=recipe.get("learning_rate", 2e-5),
+        lr_scheduler_type=recipe.get("lr_scheduler_type", "cosine"),
+        warmup_steps=recipe.get("warmup_ratio", 0.0),  # a float below 1 is a ratio
+        per_device_train_batch_size=recipe.get("per_device_train_batch_size", 4),
+        gradient_accumulation_steps=recipe.get("gradient_accumulation_steps", 1),
+        max_length=recipe.get("block_size", 1024), packing=recipe.get("packing", True),
+        packing_strategy="bfd", completion_only_loss=masked,
+        # TRL defaults to bf16 and gradient checkpointing: say what the recipe wants.
+        bf16=recipe.get("bf16", False), gradient_checkpointing=recipe.get(
+            "gradient_checkpointing", False),
+        model_init_kwargs={"dtype": getattr(torch, recipe.get("dtype", "float32"))},
+        logging_steps=recipe.get("logging_steps", 10), save_strategy="steps",
+        save_steps=recipe.get("save_steps", 500), save_total_limit=2,
+        report_to=recipe.get("report_to", "none"), ddp_backend=recipe.get("ddp_backend"),
+        use_cpu=not torch.cuda.is_available(), optim=recipe.get("optim", "adamw_torch"))
+    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset,
+                         processing_class=tokenizer)
+    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(out)
+    tokenizer.save_pretrained(out)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    report = {"recipe": recipe, "train_loss": result.training_loss, "losses": losses,
+              "steps": trainer.state.global_step, "resumed_from": last,
+              "world_size": trainer.args.world_size,
+              "zero_stage": getattr(plugin, "zero_stage", None)}
+    if trainer.is_world_process_zero():
+        write_json(os.path.join(out, "train_report.json"), report)
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe key (repeatable)")
+    args = ap.parse_args()
+    report = train(load_recipe(args.recipe, args.set))
+    print(f"trained {report['steps']} steps, final loss {report['losses'][-1:]}, saved to "
+          f"{report['recipe']['output_dir']}")
+
+
+if __name__ == "__main__":
+    main()
