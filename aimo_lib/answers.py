@@ -50,8 +50,8 @@ RULES = {"aimo1": AIMO1, "aimo2": AIMO2, "aimo3": AIMO3}
 # ---------------------------------------------------------------- extraction
 
 
-def _braced(text: str, start: int) -> str | None:
-    """The content of the {...} group opening at text[start] (nested braces matched)."""
+def _closing(text: str, start: int) -> int | None:
+    """Index of the "}" that closes the first brace group at or after text[start]."""
     depth = 0
     for i in range(start, len(text)):
         if text[i] == "{":
@@ -59,7 +59,7 @@ def _braced(text: str, start: int) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1 : i]
+                return i
     return None
 
 
@@ -68,9 +68,9 @@ def extract_boxed(text: str) -> str | None:
     for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*(\{|[^\s{}$\\]+)", text))):
         if m.group(1) != "{":
             return m.group(1)
-        content = _braced(text, m.end() - 1)
-        if content is not None:
-            return content
+        close = _closing(text, m.end() - 1)
+        if close is not None:
+            return text[m.end() : close]
     return None
 
 
@@ -287,15 +287,7 @@ def numina_extract_boxed(text: str) -> str | None:
         start = text.rfind("\\fbox")
         if start < 0:
             return None
-    depth, end = 0, None
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                end = i
-                break
+    end = _closing(text, start)
     if end is None:
         return None
     boxed = text[start : end + 1]

@@ -25,6 +25,19 @@ NUMINA_CHAT_TEMPLATE = (
 )
 
 
+def recipe_from_argv(doc: str) -> dict:
+    """The CLI every training script shares: --recipe FILE [--set key=value ...]."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe key (repeatable; the value is YAML)")
+    args = ap.parse_args()
+    return load_recipe(args.recipe, args.set)
+
+
 def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
     """A YAML recipe, with `key=value` overrides (values parsed as YAML)."""
     with open(path, encoding="utf-8") as f:

@@ -12,11 +12,10 @@ Sampling appends to <output_dir>/kto_data.jsonl and resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
-from common import load_recipe, load_tokenizer, prepare_model, write_json
+from common import load_tokenizer, prepare_model, recipe_from_argv, write_json
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
@@ -101,12 +100,7 @@ def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
-    recipe = load_recipe(args.recipe, args.set)
+    recipe = recipe_from_argv(__doc__)
     from aimo_lib.evaluation import load_eval_dataset
 
     problems, skipped = load_eval_dataset(recipe["problems"], limit=recipe.get("max_problems"))

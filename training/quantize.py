@@ -10,10 +10,9 @@ template. float16 throughout (T4 has no bfloat16). On 2 CPU cores set GPTQMODEL_
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from common import load_dataset_any, load_recipe, load_tokenizer, prepare_model, write_json
+from common import load_dataset_any, load_tokenizer, prepare_model, recipe_from_argv, write_json
 
 
 def calibration_texts(recipe: dict, tokenizer) -> list[str]:
@@ -41,12 +40,7 @@ def quantize(recipe: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
-    print(f"saved {quantize(load_recipe(args.recipe, args.set))}")
+    print(f"saved {quantize(recipe_from_argv(__doc__))}")
 
 
 if __name__ == "__main__":

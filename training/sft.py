@@ -13,11 +13,10 @@ interpreter's ```output blocks). A rerun resumes from the last checkpoint in out
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
-from common import load_dataset_any, load_recipe, load_tokenizer, prepare_model, write_json
+from common import load_dataset_any, load_tokenizer, prepare_model, recipe_from_argv, write_json
 
 _OUTPUT_BLOCK = re.compile(r"```output\n.*?```", re.DOTALL)
 
@@ -95,13 +94,7 @@ def train(recipe: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key (repeatable)")
-    args = ap.parse_args()
-    report = train(load_recipe(args.recipe, args.set))
+    report = train(recipe_from_argv(__doc__))
     print(f"trained {report['steps']} steps, final loss {report['losses'][-1:]}, saved to "
           f"{report['recipe']['output_dir']}")
 
