@@ -65,8 +65,9 @@ def solver_config(args, seed: int = 0):
                                                "temperature", "prompt_template")
                  if getattr(args, k) is not None}
     if args.engine == "hf" and args.model is None:  # the embedded 135M model: CPU defaults
-        overrides = {"prompt_template": "chatml_tir_1shot", "max_new_tokens": 192,
-                     "num_samples": 8, "max_rounds": 3, "temperature": 0.7, **overrides}
+        from .kaggle import CPU_DEFAULTS
+
+        overrides = {**CPU_DEFAULTS, **overrides}
     return SolverConfig.preset(args.preset, competition=args.competition, seed=seed,
                                **overrides)
 

@@ -35,6 +35,13 @@ COMPETITION_DIRS = {"aimo1": "ai-mathematical-olympiad-prize",
                     "aimo3": "ai-mathematical-olympiad-progress-prize-3"}
 
 
+# The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes of
+# samples whose code ran cleanly weighted 3x (re-voting the demo's traces: 1/10 -> 3/10; the
+# model's own arithmetic is rarely right, its code often is).
+CPU_DEFAULTS = dict(num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
+                    prompt_template="chatml_tir_1shot", code_ok_weight=3.0)
+
+
 def is_rerun() -> bool:
     """True inside Kaggle's scoring rerun of a competition notebook."""
     return bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN"))
@@ -83,9 +90,7 @@ class NotebookConfig:
     def solver_config(self):
         from .solver import SolverConfig
 
-        # The embedded 135M model on CPU: a worked example in the prompt, short steps.
-        base = dict(num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
-                    prompt_template="chatml_tir_1shot") if self.model is None else {}
+        base = dict(CPU_DEFAULTS) if self.model is None else {}
         for k in ("num_samples", "max_rounds", "max_new_tokens", "prompt_template",
                   "temperature"):
             if getattr(self, k) is not None:
@@ -138,8 +143,11 @@ def make_solve_fn(config: NotebookConfig) -> Callable[[str, str], object]:
 
     c = COMPETITIONS[config.competition]
     total = config.total_hours * 3600 if config.total_hours else c.total_s
-    startup = min(600.0, total / 10)
-    budget = TimeBudget(total, c.n_problems, startup_s=startup, reserve_s=min(300.0, total / 20))
+    startup, reserve = min(600.0, total / 10), min(300.0, total / 20)
+    base = (total - startup - reserve) / c.n_problems
+    # A problem may draw up to 60% of a base share from the bank (NeMo-Skills: 210 of 350 s).
+    budget = TimeBudget(total, c.n_problems, startup_s=startup, reserve_s=reserve,
+                        max_draw_s=0.6 * base)
     state: dict = {}
     lock = threading.Lock()
     os.makedirs(config.out_dir, exist_ok=True)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from aimo_lib import Solver
 from aimo_lib import kaggle as kg
 from aimo_lib.gateway import (
     GatewayError,
@@ -237,9 +238,15 @@ def test_notebook_config_from_env_and_lazy_model(monkeypatch, tmp_path, sandbox)
     monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
     solve = kg.make_solve_fn(cfg)
     assert built == []  # nothing loads before the first problem (the 15-minute rule)
+    limits = []
+    real_solve = Solver.solve
+    monkeypatch.setattr(Solver, "solve", lambda self, p, time_limit_s=None: limits.append(
+        time_limit_s) or real_solve(self, p, time_limit_s))
     assert solve("q", "id1").answer == 12345 and len(built) == 1
     solve("q", "id2")
     assert len(built) == 1
+    base = (5 * 3600 - 600 - 300) / 50  # AIMO 3: 5 h, 50 problems
+    assert all(0 < limit <= 1.6 * base for limit in limits)  # bank draws are capped
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["solver"]["num_samples"] == 3 and saved["notebook"]["competition"] == "aimo3"
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
