@@ -174,6 +174,8 @@ def setup_isolation(cfg: dict) -> dict:
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
     try:
+        if want == "chroot-uid":  # as in a container without CAP_SYS_ADMIN (Docker, Kaggle)
+            raise OSError(0, "not requested")
         if root:
             _sys("unshare", CLONE_NEWNS | CLONE_NEWNET)
         else:  # an unprivileged user may still own a user namespace, where it has capabilities
@@ -187,7 +189,8 @@ def setup_isolation(cfg: dict) -> dict:
         iso["private_mounts"] = True
     except OSError as exc:
         iso["warnings"].append(f"namespaces unavailable ({exc.strerror}): no network isolation")
-    iso["pid_namespace"] = _probe(lambda: _sys("unshare", CLONE_NEWPID))
+    iso["pid_namespace"] = want != "chroot-uid" and _probe(lambda: _sys("unshare",
+                                                                       CLONE_NEWPID))
     if not iso["pid_namespace"]:
         iso["warnings"].append("no PID namespace: leftover processes are killed by uid or group")
     can_chroot = root or iso["user_namespace"]
@@ -479,9 +482,11 @@ class Server:
         except ChildProcessError:
             pass
         if not self.iso["pid_namespace"]:
-            # No namespace to tear down: catch setsid() escapees by uid, or else as orphans
-            # reparented to this subreaper.
-            _kill_uid(child.uid) if self.iso["uid_drop"] else self._sweep()
+            # No namespace to tear down: kill what is left by uid (when uids are dropped), then
+            # every orphan reparented to this subreaper, waiting for each to be gone.
+            if self.iso["uid_drop"]:
+                _kill_uid(child.uid)
+            self._sweep()
         self._release(child)
         self._reap()
 
@@ -504,6 +509,8 @@ class Server:
                     self._release(self.sessions.pop(sid))
 
     def _sweep(self) -> None:
+        """Kill and reap every child that is not a live session's holder: between requests,
+        any other child is a leftover of the execution that just ended."""
         keep = {c.holder for c in self.sessions.values()}
         for _ in range(100):
             kids = _children() - keep
@@ -512,9 +519,9 @@ class Server:
             for pid in kids:
                 try:
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
                     pass
-            self._reap()
 
     # -- requests
     def handle(self, msg: dict) -> dict:

@@ -190,7 +190,8 @@ class Sandbox:
     preload: code run once per worker; its names are the globals of every execution.
     modules: modules imported once per worker, so that model code can import them.
     isolation: "auto" (strongest available, warns if weak), "namespaces" (raise unless the
-    strong level is available) or "process" (weak; for platforms without namespaces).
+    strong level is available), "chroot-uid" (no namespaces, as in a container without
+    CAP_SYS_ADMIN; needs root) or "process" (weak; for platforms without namespaces).
     max_procs / max_file_mb / scratch_mb: processes, file size and scratch space per execution.
     python / pythonpath: the interpreter for the workers and extra import paths for it.
     """
@@ -217,8 +218,8 @@ class Sandbox:
     ):
         if timeout_s <= 0 or memory_mb < 64 or max_output_chars < 20:
             raise ValueError("need timeout_s > 0, memory_mb >= 64 and max_output_chars >= 20")
-        if isolation not in ("auto", "namespaces", "process"):
-            raise ValueError("isolation must be 'auto', 'namespaces' or 'process'")
+        if isolation not in ("auto", "namespaces", "chroot-uid", "process"):
+            raise ValueError("isolation must be 'auto', 'namespaces', 'chroot-uid' or 'process'")
         self.timeout_s = float(timeout_s)
         n = max(1, workers or os.cpu_count() or 1)
         self._cfg = dict(

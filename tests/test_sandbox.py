@@ -400,6 +400,34 @@ def test_process_level_fallback_still_times_out_and_cleans_up():
 
 
 @linux_only
+def test_chroot_uid_level_as_in_a_container_without_cap_sys_admin():
+    """What Docker's default (and Kaggle) allow a root process: chroot and setuid, no
+    namespaces. Leftover processes are then killed by uid."""
+    if os.geteuid() != 0:
+        pytest.skip("the chroot-uid level needs root")
+    with Sandbox(workers=1, timeout_s=1.5, isolation="chroot-uid") as sb:
+        iso = sb.isolation
+        assert (iso.level, iso.pid_namespace, iso.net_namespace, iso.chroot, iso.uid_drop) == (
+            "chroot-uid", False, False, True, True)
+        assert any("network" in w for w in iso.warnings)
+        assert sb.run("sp.factor(sp.Symbol('x')**2 - 1)").output == "(x - 1)*(x + 1)\n"
+        r = sb.run("open('/etc/passwd').read()")
+        assert r.status == "error" and "FileNotFoundError" in r.output
+        assert sb.run("import os\nos.getuid() != 0").output == "True\n"
+        daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:"
+                  "\n        time.sleep(60)\n    os._exit(0)\nwhile True: pass")
+        assert sb.run(daemon).status == "timeout"
+        assert settle(sb) == []  # the setsid escapee was killed by uid
+        bomb = "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass"
+        assert sb.run(bomb).status in ("timeout", "crashed")
+        assert settle(sb) == [] and sb.run("1").output == "1\n"
+        with sb.session() as s:
+            s.run("a = 20")
+            assert s.run("while True: pass").status == "timeout"
+            assert s.run("a + 1").output == "21\n"
+
+
+@linux_only
 def test_strong_isolation_for_an_ordinary_user(tmp_path):
     """The host not running as root: the worker owns a user namespace instead."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
