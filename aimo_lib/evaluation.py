@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from .answers import RULES, vote
-from .gateway import Problem, append_jsonl
+from .gateway import Problem, append_jsonl, read_jsonl, read_rows
 
 __all__ = ["DATASETS", "EvalProblem", "compare_runs", "load_eval_dataset", "maj_at_k",
            "run_eval", "summarize"]
@@ -61,7 +61,7 @@ def load_eval_dataset(name: str, data_dir: str | None = None,
         hub, filename = DATASETS[name]
         local = _local_dir(data_dir)
         if local and os.path.exists(os.path.join(local, filename)):
-            rows = _read_rows(os.path.join(local, filename))
+            rows = read_rows(os.path.join(local, filename))
         elif hub is None:
             raise FileNotFoundError(f"dataset {name!r} has no hub copy: put {filename} in "
                                     "--data-dir or $AIMO_DATA_DIR")
@@ -70,7 +70,7 @@ def load_eval_dataset(name: str, data_dir: str | None = None,
     elif name.endswith((".jsonl", ".csv")):
         if not os.path.exists(name):
             raise FileNotFoundError(f"no dataset file at {name}")
-        rows = _read_rows(name)
+        rows = read_rows(name)
     else:
         raise ValueError(f"unknown dataset {name!r}: one of {', '.join(DATASETS)}, or a path "
                          "to a .jsonl/.csv file with problem and answer columns")
@@ -86,12 +86,6 @@ def load_eval_dataset(name: str, data_dir: str | None = None,
             continue
         problems.append(EvalProblem(pid, str(row["problem"]), answer))
     return (problems[:limit] if limit else problems), skipped
-
-
-def _read_rows(path: str) -> list[dict]:
-    from .gateway import _rows
-
-    return _rows(path)
 
 
 def _hub_rows(hub: str) -> list[dict]:
@@ -191,16 +185,8 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
 
 
 def load_records(out_dir: str) -> list[dict]:
-    path = os.path.join(out_dir, "samples.jsonl")
-    records = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # the line in flight when a run was killed: that pair is redone
-    return records
+    """Every (problem, seed) result saved so far; a line torn by a crash is redone."""
+    return read_jsonl(os.path.join(out_dir, "samples.jsonl"))
 
 
 def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], seeds: list[int],
@@ -240,14 +226,15 @@ def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], 
                 for f in futures:
                     f.cancel()
                 raise
-    summary = summarize(load_records(out_dir), problems, competition)
+    records = load_records(out_dir)
+    summary = summarize(records, problems, competition)
     summary.update(dataset=config.get("dataset"), competition=competition,
                    finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(report_markdown(summary, config))
-    write_plots(summary, load_records(out_dir), out_dir)
+    write_plots(summary, records, out_dir)
     return summary
 
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
-__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "load_problems",
-           "validate_answer"]
+__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "append_jsonl", "load_problems",
+           "read_jsonl", "read_rows", "validate_answer"]
 
 RANGES = {"aimo1": (0, 999), "aimo2": (0, 999), "aimo3": (0, 99999)}
 
@@ -39,7 +39,23 @@ class Problem:
     answer: int | None = None  # the reference answer, when known
 
 
-def _rows(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+    """Records appended with append_jsonl; [] if the file does not exist yet. A line torn by
+    a crash is skipped (its record is simply redone)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a .jsonl or .csv file, with clear errors for anything else."""
     if path.endswith(".jsonl"):
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -81,7 +97,7 @@ def load_problems(source: str, limit: int | None = None) -> list[Problem]:
     else:
         path = source
     problems = []
-    for n, row in enumerate(_rows(path), 1):
+    for n, row in enumerate(read_rows(path), 1):
         if not isinstance(row, dict) or "problem" not in row or "id" not in row:
             raise ValueError(f"{path}: row {n} needs 'id' and 'problem' fields, got "
                              f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
@@ -157,17 +173,9 @@ class LocalGateway:
             random.Random(seed).shuffle(self.problems)
         os.makedirs(out_dir, exist_ok=True)
         self._progress = os.path.join(out_dir, "gateway_progress.jsonl")
-        self._done: dict[str, dict] = {}
-        if resume and os.path.exists(self._progress):
-            with open(self._progress, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash: that problem is simply redone
-                    self._done[row["id"]] = row
-        elif not resume and os.path.exists(self._progress):
+        if not resume and os.path.exists(self._progress):
             os.remove(self._progress)
+        self._done = {row["id"]: row for row in read_jsonl(self._progress)}
         self._waiting: Problem | None = None
         self._served_at = 0.0
 

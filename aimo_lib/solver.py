@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -224,7 +223,6 @@ class Solver:
         names = getattr(engine, "names_stop_strings", True)
         self._stop_at_boxed = self.config.stop_at_boxed and names
         self._stop_at_code_end = self.config.stop_at_code_end and names
-        self._lock = threading.Lock()
 
     @property
     def pipeline(self) -> str:

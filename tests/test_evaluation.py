@@ -86,51 +86,39 @@ def test_maj_at_k_estimator():
         maj_at_k([1, 2], 1, 3)
 
 
-def test_resume_after_an_interruption(canned, sandbox, tmp_path):
-    out = str(tmp_path / "run")
-    base = scripted_solver(sandbox)
-    calls = []
-
-    class Flaky:
+def recording(base, calls: list, fail_at: int | None = None):
+    """A make_solver for run_eval that records each problem solved (and can die at one)."""
+    class Recording:
         def __init__(self, seed):
             self.solver = base(seed)
 
         def solve(self, problem):
             calls.append(problem)
-            if len(calls) == 3:
-                raise KeyboardInterrupt  # the run is killed during the third problem
+            if len(calls) == fail_at:
+                raise KeyboardInterrupt  # the run is killed during this problem
             return self.solver.solve(problem)
 
+    return Recording
+
+
+def test_resume_after_an_interruption(canned, sandbox, tmp_path):
+    out = str(tmp_path / "run")
+    base = scripted_solver(sandbox)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(canned, Flaky, [0, 1], out, {"dataset": "canned"}, progress=False)
+        run_eval(canned, recording(base, [], fail_at=3), [0, 1], out, {"dataset": "canned"},
+                 progress=False)
     kept = len(load_records(out))
     assert kept in (2, 3)  # the two before the crash (and the one the worker had started)
     with open(os.path.join(out, "samples.jsonl"), "a") as f:
         f.write('{"id": "C", "se')  # a torn last line is ignored
     redo = []
-
-    class Rest:
-        def __init__(self, seed):
-            self.solver = base(seed)
-
-        def solve(self, problem):
-            redo.append(problem)
-            return self.solver.solve(problem)
-
-    summary = run_eval(canned, Rest, [0, 1], out, {"dataset": "canned"}, progress=False)
+    summary = run_eval(canned, recording(base, redo), [0, 1], out, {"dataset": "canned"},
+                       progress=False)
     assert len(redo) == 6 - kept and len(load_records(out)) == 6
     assert summary["maj_at_n"]["mean"] == pytest.approx(1 / 3)
     again = []
-
-    class Counting:
-        def __init__(self, seed):
-            self.solver = base(seed)
-
-        def solve(self, problem):
-            again.append(problem)
-            return self.solver.solve(problem)
-
-    run_eval(canned, Counting, [0, 1, 2], out, {"dataset": "canned"}, progress=False)
+    run_eval(canned, recording(base, again), [0, 1, 2], out, {"dataset": "canned"},
+             progress=False)
     assert len(again) == 3  # only seed 2 was new
 
 

@@ -15,8 +15,6 @@ already in --out (or in <out>.rejected.jsonl) are skipped.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from dataclasses import replace
 
 import common  # noqa: F401 - puts aimo_lib on the path
@@ -24,7 +22,7 @@ import common  # noqa: F401 - puts aimo_lib on the path
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
 from aimo_lib.evaluation import load_eval_dataset
-from aimo_lib.gateway import append_jsonl
+from aimo_lib.gateway import append_jsonl, read_jsonl
 from aimo_lib.prompts import TIR_INSTRUCTION
 
 
@@ -41,11 +39,7 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
     config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
                                            prompt_template="chatml_tir")
     rejected_path = out_path + ".rejected.jsonl"
-    done = set()
-    for path in (out_path, rejected_path):
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                done |= {json.loads(line)["id"] for line in f if line.strip().endswith("}")}
+    done = {row["id"] for path in (out_path, rejected_path) for row in read_jsonl(path)}
     rules = RULES[competition]
     counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0}
     for p in tqdm(problems, desc="tir data", disable=not progress):

@@ -12,14 +12,14 @@ Sampling appends to <output_dir>/kto_data.jsonl and resumes.
 
 from __future__ import annotations
 
-import json
 import os
 
 from common import load_tokenizer, prepare_model, recipe_from_argv, write_json
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
-from aimo_lib.gateway import append_jsonl
+from aimo_lib.gateway import append_jsonl, read_jsonl
+from aimo_lib.prompts import render_prompt
 
 
 def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -> list[dict]:
@@ -27,10 +27,7 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
     from aimo_lib import engines
     from aimo_lib.sandbox import Sandbox
 
-    done = set()
-    if os.path.exists(out_path):
-        with open(out_path, encoding="utf-8") as f:
-            done = {json.loads(line)["id"] for line in f if line.strip().endswith("}")}
+    done = {row["id"] for row in read_jsonl(out_path)}
     todo = [p for p in problems if p.id not in done]
     if todo:
         kind = recipe.get("engine", "hf")
@@ -46,8 +43,6 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
 
         with Sandbox() as sandbox:
             solver = Solver(engine, sandbox, cfg)
-            from aimo_lib.prompts import render_prompt
-
             for p in tqdm(todo, desc="kto sampling"):
                 result = solver.solve(p.problem)
                 prompt = render_prompt(cfg.prompt_template, p.problem, engine)
@@ -56,8 +51,7 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
                         continue
                     append_jsonl(out_path, {"id": p.id, "prompt": prompt, "completion": s.text,
                                             "label": s.answer == rules.apply(p.answer)})
-    with open(out_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip().endswith("}")]
+    return read_jsonl(out_path)
 
 
 def train(recipe: dict, rows: list[dict], model_path: str) -> dict:

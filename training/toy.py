@@ -20,6 +20,7 @@ import os
 import random
 import re
 import time
+from dataclasses import replace
 
 from common import load_recipe, prepare_model, write_json
 
@@ -93,16 +94,10 @@ def evaluate(model_dir: str, problems, out: str, args) -> float:
                               prompt_template="chat", competition="aimo3", early_stop=None)
     engine = HFEngine(model_dir)
     with Sandbox() as sandbox:
-        summary = run_eval(problems, lambda seed: Solver(engine, sandbox, replace_seed(cfg, seed)),
+        summary = run_eval(problems, lambda seed: Solver(engine, sandbox, replace(cfg, seed=seed)),
                            [0], out, {"dataset": "toy-heldout", "model": model_dir,
                                       "solver": cfg.to_dict()}, "aimo3")
     return summary["maj_at_n"]["mean"]
-
-
-def replace_seed(cfg, seed):
-    from dataclasses import replace
-
-    return replace(cfg, seed=seed)
 
 
 def main() -> None:
