@@ -194,7 +194,8 @@ cfg = json.load(open(out + "/config.json"))["quantization_config"]
 print("RESULT", cfg["quant_method"], cfg["bits"], gen.shape[1] - ids["input_ids"].shape[1])
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"})
+                       timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"},
+                       cwd=tmp_path)  # gptqmodel writes a logs/ folder where it runs
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RESULT gptq 8 4" in r.stdout
 
