@@ -105,8 +105,27 @@ class _Frames:
 # ---------------------------------------------------------------- running a cell
 
 
-def execute(code: str, namespace: dict, display: bool = True) -> str:
-    """Run one cell in `namespace` (REPL-style if display); returns "ok" or "error"."""
+def execute(code: str, namespace: dict, display: bool = True,
+            stderr_on_success: bool = True) -> str:
+    """Run one cell in `namespace` (REPL-style if display); returns "ok" or "error".
+    stderr_on_success=False holds back what the cell writes to sys.stderr (warnings) unless
+    it fails: the seed notebook showed a successful run's stdout only."""
+    if stderr_on_success:
+        return _execute(code, namespace, display)
+    import io
+
+    real, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        status = _execute(code, namespace, display)
+    finally:
+        held, sys.stderr = sys.stderr, real
+    if status != "ok":
+        real.write(held.getvalue())
+        real.flush()
+    return status
+
+
+def _execute(code: str, namespace: dict, display: bool) -> str:
     linecache.cache[CELL] = (len(code), None, code.splitlines(True), CELL)
     try:
         tree = ast.parse(code, CELL, "exec")
@@ -290,8 +309,9 @@ class Server:
         shutil.rmtree(path, ignore_errors=True)
 
     # -- spawning
-    def spawn(self, code: str | None, cpu_s: int, display: bool = True) -> Child:
-        """Fork holder and child. code=None starts a session that waits for cells."""
+    def spawn(self, code: str | None, cpu_s: int, opts: dict | None = None) -> Child:
+        """Fork holder and child. code=None starts a session that waits for cells.
+        opts: execute()'s keyword arguments for `code`."""
         uid = self._uid()
         scratch = self._scratch(uid)
         out_r, out_w = os.pipe()
@@ -300,7 +320,7 @@ class Server:
         holder = os.fork()
         if holder == 0:
             try:
-                self._holder(code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r)
+                self._holder(code, opts or {}, cpu_s, uid, scratch, out_w, st_w, cmd_r)
             finally:
                 os._exit(70)
         for fd in (out_w, st_w, cmd_r):
@@ -309,7 +329,7 @@ class Server:
             os.set_blocking(fd, False)
         return Child(holder, uid, scratch, out_r, st_r, cmd_w)
 
-    def _holder(self, code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
+    def _holder(self, code, opts, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if self.iso["pid_namespace"]:
             _sys("unshare", CLONE_NEWPID)
@@ -328,7 +348,7 @@ class Server:
         pid = os.fork()
         if pid == 0:
             try:
-                self._child(code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r)
+                self._child(code, opts, cpu_s, uid, scratch, out_w, st_w, cmd_r)
             finally:
                 os._exit(71)
         target[0] = pid
@@ -339,7 +359,7 @@ class Server:
         send(st_w, {"exit": status})
         os._exit(0)
 
-    def _child(self, code, display, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
+    def _child(self, code, opts, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
         cfg, iso = self.cfg, self.iso
         if sys.platform.startswith("linux"):
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -399,13 +419,14 @@ class Server:
                                       write_through=True)
         namespace = dict(self.template)
         if code is not None:
-            send(3, {"status": execute(code, namespace, display)})
+            send(3, {"status": execute(code, namespace, **opts)})
             os._exit(0)
         while True:  # session: one cell per frame, globals kept in `namespace`
             msg = recv(4)
             if msg is None:
                 os._exit(0)
-            status = execute(msg["code"], namespace, msg.get("display", True))
+            status = execute(msg["code"], namespace, msg.get("display", True),
+                             msg.get("stderr_on_success", True))
             # Threads cannot be killed, so the cell is not over until they end: a thread
             # that outlives the deadline makes it a timeout, and the process is replaced.
             while len(sys._current_frames()) > 1:
@@ -527,7 +548,8 @@ class Server:
     def handle(self, msg: dict) -> dict:
         op = msg["op"]
         if op == "run":
-            child = self.spawn(msg["code"], math.ceil(msg["timeout"]) + 1, msg["display"])
+            opts = {k: msg[k] for k in ("display", "stderr_on_success") if k in msg}
+            child = self.spawn(msg["code"], math.ceil(msg["timeout"]) + 1, opts)
             try:
                 return self.collect(child, msg["timeout"])
             finally:
@@ -543,7 +565,8 @@ class Server:
                 return {"status": "crashed", "output": "", "truncated": False,
                         "duration": 0.0, "alive": False}
             try:
-                send(child.cmd_w, {"code": msg["code"], "display": msg.get("display", True)})
+                send(child.cmd_w, {"code": msg["code"], "display": msg.get("display", True),
+                                   "stderr_on_success": msg.get("stderr_on_success", True)})
             except OSError:
                 pass  # child already dead: collect reports the crash
             reply = self.collect(child, msg["timeout"])

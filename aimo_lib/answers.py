@@ -64,12 +64,14 @@ def _closing(text: str, start: int) -> int | None:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} or \\fbox{...} (also `\\boxed 5`)."""
+    """Content of the last complete, non-empty \\boxed{...} or \\fbox{...} (also `\\boxed 5`).
+
+    An empty box (a model echoing "put your answer in \\boxed{}") is no answer."""
     for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*(\{|[^\s{}$\\]+)", text))):
         if m.group(1) != "{":
             return m.group(1)
         close = _closing(text, m.end() - 1)
-        if close is not None:
+        if close is not None and text[m.end() : close].strip():
             return text[m.end() : close]
     return None
 
@@ -139,7 +141,10 @@ def _latex_to_python(s: str) -> str:
     return s
 
 
-_MAX_MAGNITUDE = 10**1000  # mod 1000 of a huge power is still a fair answer
+# An answer past 300 digits is no olympiad answer (10^100 mod 1000 still is one); the bound also
+# keeps int() under Python's 4300-digit limit and float() from overflowing.
+_MAX_DIGITS = 300
+_MAX_MAGNITUDE = 10**_MAX_DIGITS
 
 
 def _eval_exact(node: ast.AST) -> Fraction:
@@ -158,7 +163,9 @@ def _eval_exact(node: ast.AST) -> Fraction:
         base, exp = _eval_exact(node.left), _eval_exact(node.right)
         if exp.denominator != 1 or abs(exp) > 4096:
             raise ValueError("exponent")
-        if base != 0 and abs(exp) * math.log10(max(abs(base), 1 / abs(base))) > 1000:
+        # Digits of the result, from bit lengths: float(base) overflows past 1e308.
+        digits = max(base.numerator, base.denominator, key=abs).bit_length() * 0.30103
+        if base != 0 and abs(exp) * digits > _MAX_DIGITS + 1:
             raise ValueError("too large")
         value = base ** int(exp)
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
@@ -196,12 +203,15 @@ def normalize_answer(s: str | int | None, rules: AnswerRules = AIMO1) -> int | N
     if not text:
         return None
     m = re.fullmatch(r"([+-]?)\s*(\d+)(?:\.0*)?", text)
+    if m and len(m.group(2).lstrip("0")) > _MAX_DIGITS:
+        return None
     if m:
         value = int(m.group(2)) * (-1 if m.group(1) == "-" else 1)
         return rules.apply(value)
     try:
         value = _eval_exact(ast.parse(_latex_to_python(text), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, TypeError, RecursionError):
+    except (SyntaxError, ValueError, ZeroDivisionError, TypeError, RecursionError,
+            OverflowError, MemoryError):
         return None
     if value.denominator != 1:
         return None

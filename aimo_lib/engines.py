@@ -7,7 +7,10 @@
 `params` is one GenerationParams for all prompts or one per prompt (per-sample seeds).
 Optional capabilities the solver looks for: `supports_async` (submit/abort run requests
 independently), `tokenize(text, special=False)` plus token-id prompts (continue a sample
-without re-tokenising its text), `supports_deadline` (generate(..., deadline=) stops early).
+without re-tokenising its text), `supports_deadline` (generate(..., deadline=) stops early),
+`max_model_len` and `count_tokens(text)` (the context length, so each step's max_tokens is
+capped to what is left). A prompt over the context length raises ContextLengthError. Every
+engine has `close()` and is a context manager.
 Back-ends are imported lazily, so `import aimo_lib.engines` never needs torch or vLLM:
 
 - VLLMEngine: vLLM offline `LLM` on GPUs (Kaggle 2xT4: fp16, tensor parallel), or its
@@ -38,13 +41,25 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 __all__ = [
-    "Completion", "Engine", "EngineError", "GenerationParams", "HFEngine", "OpenAIEngine",
+    "Completion", "ContextLengthError", "Engine", "EngineError", "GenerationParams", "HFEngine",
+    "OpenAIEngine",
     "ReplicaEngine", "ScriptedEngine", "VLLMEngine", "default_model_path",
 ]
 
 
 class EngineError(RuntimeError):
     """A generation back-end failed or is misconfigured."""
+
+
+class ContextLengthError(EngineError, ValueError):
+    """The prompt (with the tokens asked for) does not fit the model's context length."""
+
+
+def _is_context_error(message: str) -> bool:
+    """vLLM's and OpenAI-style servers' words for a prompt over the context length."""
+    m = message.lower()
+    return any(k in m for k in ("maximum model length", "maximum context length",
+                                "context length", "max_model_len", "too long"))
 
 
 @dataclass(frozen=True)
@@ -93,10 +108,22 @@ def cut_at_stop(text: str, p: GenerationParams) -> tuple[str, bool]:
 
 
 class _AsyncMixin:
-    """submit/abort for engines whose requests are independent blocking calls on a pool."""
+    """submit/abort for engines whose requests are independent blocking calls on a pool;
+    close() and the context manager."""
 
     _pool: ThreadPoolExecutor
     supports_async = True
+    max_model_len: int | None = None
+
+    def close(self) -> None:
+        """Stop accepting requests; those queued are cancelled."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def submit(self, prompt: str, params: GenerationParams) -> Future:
         return self._pool.submit(lambda: self.generate([prompt], params)[0])
@@ -122,8 +149,10 @@ class ScriptedEngine(_AsyncMixin):
     supports_deadline = True
 
     def __init__(self, fn: Callable[[str, int], str],
-                 delay_s: float | Callable[[int], float] = 0.0, max_concurrency: int = 64):
+                 delay_s: float | Callable[[int], float] = 0.0, max_concurrency: int = 64,
+                 max_model_len: int | None = None):
         self.fn, self.delay_s = fn, delay_s
+        self.max_model_len = max_model_len  # in words, like its tokens
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="scripted")
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -135,12 +164,19 @@ class ScriptedEngine(_AsyncMixin):
             k = self._seen.get(prompt, 0)
             self._seen[prompt] = k + 1
             self.calls += 1
+        max_tokens = p.max_tokens
+        if self.max_model_len is not None:  # like vLLM: refuse a prompt that does not fit
+            room = self.max_model_len - self.count_tokens(prompt)
+            if room < 1:
+                raise ContextLengthError(f"prompt of {self.count_tokens(prompt)} tokens; the "
+                                         f"maximum model length is {self.max_model_len}")
+            max_tokens = min(max_tokens, room)
         text, stopped = cut_at_stop(self.fn(prompt, k), p)
         words = list(re.finditer(r"\S+", text))
         finish = "stop" if stopped else "eos"
-        if len(words) > p.max_tokens:
-            text, finish = text[: words[p.max_tokens - 1].end()], "length"
-        n = min(len(words), p.max_tokens)
+        if len(words) > max_tokens:
+            text, finish = text[: words[max_tokens - 1].end()], "length"
+        n = min(len(words), max_tokens)
         delay = self.delay_s(n) if callable(self.delay_s) else self.delay_s
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - time.monotonic()))
@@ -150,6 +186,10 @@ class ScriptedEngine(_AsyncMixin):
                 self.delay_s(n) if callable(self.delay_s) else self.delay_s):
             return Completion("", "length", 0)  # cut by the deadline
         return Completion(text, finish, n)
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return len(text.split())
 
     def generate(self, prompts, params, deadline: float | None = None) -> list[Completion]:
         params = _per_prompt(prompts, params)
@@ -219,6 +259,19 @@ class HFEngine(_AsyncMixin):
         eos = eos if isinstance(eos, list) else [eos]
         self._end_ids = {i for i in (*eos, self.tokenizer.eos_token_id,
                                      self.tokenizer.pad_token_id) if i is not None}
+        self.max_model_len = getattr(self.model.config, "max_position_embeddings", None)
+
+    def close(self) -> None:
+        """Free the model (and its GPU memory)."""
+        super().close()
+        self.model = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
     supports_async = False  # one batched forward pass beats many single requests
     supports_deadline = True
@@ -229,6 +282,9 @@ class HFEngine(_AsyncMixin):
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text, special=True))
 
     def generate(self, prompts, params, deadline: float | None = None) -> list[Completion]:
         """prompts: texts or token-id lists. deadline (time.monotonic()): stop generating
@@ -270,6 +326,10 @@ class HFEngine(_AsyncMixin):
         p = params[0]
         tok = self.tokenizer
         enc = self._encode(prompts)
+        width = enc["input_ids"].shape[1]
+        if self.max_model_len and width >= self.max_model_len:
+            raise ContextLengthError(f"a prompt of {width} tokens; the maximum model length "
+                                     f"is {self.max_model_len}")
         sampling = dict(do_sample=True, temperature=p.temperature, top_p=p.top_p) if (
             p.temperature > 0) else dict(do_sample=False)
         criteria = transformers.StoppingCriteriaList()
@@ -278,8 +338,9 @@ class HFEngine(_AsyncMixin):
         with self._lock, torch.inference_mode():
             if p.seed is not None:
                 torch.manual_seed(p.seed)
+            room = self.max_model_len - width if self.max_model_len else p.max_tokens
             ids = self.model.generate(
-                **enc, max_new_tokens=p.max_tokens, stop_strings=list(p.stop) or None,
+                **enc, max_new_tokens=min(p.max_tokens, room), stop_strings=list(p.stop) or None,
                 tokenizer=tok, pad_token_id=tok.pad_token_id, stopping_criteria=criteria,
                 **sampling)
         new = ids[:, enc["input_ids"].shape[1] :].tolist()
@@ -334,20 +395,33 @@ class OpenAIEngine(_AsyncMixin):
         self.names_stop_strings = names_stop_strings
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
-        self.model = model or self._first_model()
+        self.model, self.max_model_len = self._served_model(model)
 
-    def _first_model(self) -> str:
-        models = self._request("GET", "/models", None)["data"]
-        if not models:
+    def _served_model(self, model: str | None) -> tuple[str, int | None]:
+        """The model's name (the first listed if None) and its context length where the
+        server says (vLLM: `max_model_len` in /v1/models)."""
+        try:
+            # Named: one try, so a server that is not up yet does not slow construction.
+            models = self._request("GET", "/models", None,
+                                   retries=0 if model else None).get("data") or []
+        except EngineError:
+            if model is None:
+                raise
+            models = []  # a server without /models: the name given is enough
+        if model is None and not models:
             raise EngineError(f"{self.base_url}/models lists no model; pass model=")
-        return models[0]["id"]
+        entry = next((m for m in models if m.get("id") == model), None) if model else models[0]
+        length = (entry or {}).get("max_model_len")
+        return (model or models[0]["id"]), (length if isinstance(length, int) else None)
 
-    def _request(self, method: str, path: str, body: dict | None) -> dict:
+    def _request(self, method: str, path: str, body: dict | None,
+                 retries: int | None = None) -> dict:
+        retries = self.max_retries if retries is None else retries
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(retries + 1):
             req = urllib.request.Request(self.base_url + path, data, headers, method=method)
             try:
                 with self._slots, urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
@@ -355,14 +429,16 @@ class OpenAIEngine(_AsyncMixin):
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode(errors="replace")[:500]
                 if exc.code != 429 and exc.code < 500:
-                    raise EngineError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+                    kind = ContextLengthError if exc.code == 400 and _is_context_error(
+                        detail) else EngineError
+                    raise kind(f"{method} {path}: HTTP {exc.code}: {detail}") from None
                 error = f"HTTP {exc.code}: {detail}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.max_retries:
+            if attempt < retries:
                 time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
         raise EngineError(f"{method} {self.base_url}{path} failed after "
-                          f"{self.max_retries + 1} attempts: {error}")
+                          f"{retries + 1} attempts: {error}")
 
     def _complete(self, prompt: str, p: GenerationParams) -> Completion:
         body = {"model": self.model, "prompt": prompt, "max_tokens": p.max_tokens,
@@ -413,6 +489,20 @@ def _unseen_fence_stop(text: str, p: GenerationParams) -> str | None:
     return None
 
 
+def align_token_ids(text: str, ids: list[int], decode: Callable[[list[int]], str],
+                    encode: Callable[[str], list[int]]) -> list[int]:
+    """Token ids that decode to exactly `text`: `ids` when they already do; else the longest
+    prefix of `ids` whose decoding starts `text`, plus `text`'s rest tokenised (a stop string
+    cut inside a token, a trailing EOS)."""
+    if not ids or decode(ids) == text:
+        return ids
+    for k in range(len(ids) - 1, -1, -1):
+        head = decode(ids[:k])
+        if text.startswith(head) and "\ufffd" not in head[-1:]:
+            return ids[:k] + (encode(text[len(head):]) if len(head) < len(text) else [])
+    return encode(text)
+
+
 class ReplicaEngine:
     """Several engines serving the same model (e.g. one OpenAIEngine per vLLM replica): each
     request goes to the replica with the fewest requests in flight."""
@@ -424,8 +514,20 @@ class ReplicaEngine:
             raise ValueError("ReplicaEngine needs at least one replica")
         self.replicas = list(replicas)
         self.names_stop_strings = all(getattr(r, "names_stop_strings", True) for r in replicas)
+        lengths = [getattr(r, "max_model_len", None) for r in replicas]
+        self.max_model_len = min(lengths) if all(lengths) else None
         self._load = [0] * len(self.replicas)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for r in self.replicas:
+            r.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def submit(self, prompt, params: GenerationParams) -> Future:
         with self._lock:
@@ -499,6 +601,30 @@ class VLLMEngine:
             self.llm = None
         else:
             self.llm = vllm.LLM(**kwargs)
+        owner = getattr(self.llm, "llm_engine", None) if self.llm is not None else self.engine
+        length = getattr(getattr(owner, "model_config", None), "max_model_len", None)
+        self.max_model_len = length if isinstance(length, int) else max_model_len
+
+    def close(self) -> None:
+        """Shut the engine (and its worker processes) down; best effort across versions."""
+        target = self.engine if self.async_mode else getattr(self.llm, "llm_engine", None)
+        for name in ("shutdown", "close"):
+            fn = getattr(target, name, None)
+            if callable(fn):
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - already down
+                    pass
+                break
+        if self.async_mode:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self.llm = self.engine = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _sampling(self, p: GenerationParams):
         return self._vllm.SamplingParams(
@@ -506,20 +632,26 @@ class VLLMEngine:
             stop=list(p.stop), include_stop_str_in_output=p.include_stop_str_in_output,
             seed=p.seed)
 
-    @staticmethod
-    def _completion(request_output) -> Completion:
+    def _completion(self, request_output) -> Completion:
         out = request_output.outputs[0]
         if out.finish_reason == "length":
             reason = "length"
         else:  # vLLM reports "stop" for both; stop_reason holds the matched string, if any
             reason = "stop" if isinstance(out.stop_reason, str) else "eos"
         ids = list(out.token_ids)
-        return Completion(out.text, reason, len(ids), ids)
+        # vLLM cuts the text at a stop string but returns the whole last token (and EOS):
+        # keep ids that decode to exactly the text, so a continued sample shows the model
+        # what the solver parsed.
+        kept = align_token_ids(out.text, ids, self._tok().decode, self.tokenize)
+        return Completion(out.text, reason, len(ids), kept)
 
     def _tok(self):
         if self._tokenizer is None:
             if self.llm is not None:
                 self._tokenizer = self.llm.get_tokenizer()
+            elif getattr(self.engine, "tokenizer", None) is not None:  # vLLM V1's AsyncLLM
+                tok = self.engine.tokenizer
+                self._tokenizer = getattr(tok, "tokenizer", tok)  # older: a TokenizerGroup
             else:
                 import transformers
 
@@ -528,6 +660,9 @@ class VLLMEngine:
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         return self._tok()(text, add_special_tokens=special)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text, special=True))
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self._tok().apply_chat_template(messages, tokenize=False,
@@ -539,7 +674,13 @@ class VLLMEngine:
             futures = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
             return [f.result() for f in futures]
         inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
-        outputs = self.llm.generate(inputs, [self._sampling(p) for p in params], use_tqdm=False)
+        try:
+            outputs = self.llm.generate(inputs, [self._sampling(p) for p in params],
+                                        use_tqdm=False)
+        except ValueError as exc:  # vLLM refuses a prompt over max_model_len this way
+            if _is_context_error(str(exc)):
+                raise ContextLengthError(str(exc)) from exc
+            raise
         return [self._completion(o) for o in outputs]
 
     def submit(self, prompt: str | list[int], params: GenerationParams) -> Future:
@@ -552,8 +693,14 @@ class VLLMEngine:
 
         async def run():
             final = None
-            async for out in self.engine.generate(prompt, self._sampling(params), request_id):
-                final = out
+            try:
+                async for out in self.engine.generate(prompt, self._sampling(params),
+                                                      request_id):
+                    final = out
+            except ValueError as exc:
+                if _is_context_error(str(exc)):
+                    raise ContextLengthError(str(exc)) from exc
+                raise
             if final is None:
                 raise EngineError(f"request {request_id} ended with no output (aborted?)")
             return self._completion(final)

@@ -279,7 +279,8 @@ class Sandbox:
             self.close()
             raise
 
-    def _acquire(self, worker: int | None) -> int:
+    def _acquire(self, worker: int | None, deadline: float | None = None) -> int | None:
+        """An idle worker (that one, if given); None if `deadline` passes while waiting."""
         with self._cond:
             while True:
                 if self._closed:
@@ -290,7 +291,11 @@ class Sandbox:
                 if worker is not None and worker in self._idle:
                     i = worker
                     break
-                self._cond.wait()
+                if deadline is None:
+                    self._cond.wait()
+                elif not self._cond.wait(max(0.0, deadline - time.monotonic())) and (
+                        time.monotonic() >= deadline):
+                    return None
             self._idle.discard(i)
             return i
 
@@ -299,13 +304,24 @@ class Sandbox:
             self._idle.add(i)
             self._cond.notify_all()
 
-    def _call(self, msg: dict, worker: int | None, wait_s: float) -> tuple[int, int, dict]:
+    def _call(self, msg: dict, worker: int | None, wait_s: float,
+              deadline: float | None = None) -> tuple[int, int, dict]:
         """Send one request to a worker (any idle one if worker is None).
 
         Returns (worker index, its generation, reply). A worker that dies or hangs is
-        replaced; the reply then reports a crash.
+        replaced; the reply then reports a crash. With a `deadline` (time.monotonic()), a
+        request still waiting for its worker then is not sent (a "timeout" reply says so),
+        and a sent one's timeout is cut to the time left.
         """
-        i = self._acquire(worker)
+        i = self._acquire(worker, deadline)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if i is None or left <= 0:
+                if i is not None:
+                    self._release(i)
+                return -1, -1, dict(NOT_RUN, alive=True)
+            if "timeout" in msg:
+                msg = dict(msg, timeout=min(msg["timeout"], left))
         try:
             gen = self._generation[i]
             try:
@@ -323,20 +339,24 @@ class Sandbox:
 
     # ------------------------------------------------------------ public API
 
-    def run(self, code: str, timeout_s: float | None = None,
-            display: bool = True) -> ExecutionResult:
+    def run(self, code: str, timeout_s: float | None = None, display: bool = True, *,
+            deadline: float | None = None, stderr_on_success: bool = True) -> ExecutionResult:
         """Execute `code` in a fresh isolated process with the preloads as globals.
 
         display: show the value of a bare last expression, as the Python REPL does.
+        deadline (time.monotonic()): do not start after it, and stop by it at the latest.
+        stderr_on_success: False shows stderr (warnings) only when the code fails.
         """
         timeout = self._timeout(timeout_s)
-        msg = {"op": "run", "code": _check_code(code), "timeout": timeout, "display": display}
-        return _result(self._call(msg, None, timeout + 30.0)[2])
+        msg = {"op": "run", "code": _check_code(code), "timeout": timeout, "display": display,
+               "stderr_on_success": stderr_on_success}
+        return _result(self._call(msg, None, timeout + 30.0, deadline)[2])
 
     def run_many(self, codes: list[str], timeout_s: float | None = None,
-                 display: bool = True) -> list[ExecutionResult]:
-        """Execute independent snippets concurrently across workers; results in order."""
-        return list(self._pool.map(lambda c: self.run(c, timeout_s, display), codes))
+                 display: bool = True, **kwargs) -> list[ExecutionResult]:
+        """Execute independent snippets concurrently across workers; results in order.
+        Keyword arguments are run()'s."""
+        return list(self._pool.map(lambda c: self.run(c, timeout_s, display, **kwargs), codes))
 
     def session(self, replay: bool = True) -> Session:
         """A stateful session: names defined by one run are visible to the next."""
@@ -376,13 +396,13 @@ class Sandbox:
         i, gen, _ = handle
         return not self._closed and self._generation[i] == gen
 
-    def _session_call(self, handle, op: str, **kw) -> dict:
+    def _session_call(self, handle, op: str, deadline: float | None = None, **kw) -> dict:
         i, gen, sid = handle
         if self._generation[i] != gen:  # the worker was replaced: the session is gone
             return {"status": "crashed", "output": "", "truncated": False, "duration": 0.0,
                     "alive": False}
         wait = kw.get("timeout", 0.0) + 30.0
-        return self._call({"op": op, "sid": sid, **kw}, i, wait)[2]
+        return self._call({"op": op, "sid": sid, **kw}, i, wait, deadline)[2]
 
     def _session_closed(self, handle) -> None:
         with self._cond:
@@ -404,8 +424,9 @@ class Session:
         self._lock = threading.Lock()
         self._closed = False
 
-    def run(self, code: str, timeout_s: float | None = None,
-            display: bool = True) -> ExecutionResult:
+    def run(self, code: str, timeout_s: float | None = None, display: bool = True, *,
+            deadline: float | None = None, stderr_on_success: bool = True) -> ExecutionResult:
+        """Sandbox.run's arguments; names persist between runs."""
         timeout = self._sb._timeout(timeout_s)
         code = _check_code(code)
         with self._lock:
@@ -413,9 +434,10 @@ class Session:
                 raise SandboxError("this session is closed")
             note = ""
             if self._handle is None or not self._sb._session_alive(self._handle):
-                note = self._restart(timeout)
-            reply = self._sb._session_call(self._handle, "session_run", code=code,
-                                           timeout=timeout, display=display)
+                note = self._restart(timeout, deadline)
+            reply = self._sb._session_call(self._handle, "session_run", deadline, code=code,
+                                           timeout=timeout, display=display,
+                                           stderr_on_success=stderr_on_success)
             if reply["status"] == "ok":
                 self._cells.append(code)
             if not reply.get("alive", True):
@@ -425,7 +447,7 @@ class Session:
                 result.output = note + result.output
             return result
 
-    def _restart(self, timeout: float) -> str:
+    def _restart(self, timeout: float, deadline: float | None = None) -> str:
         """Start a fresh process; replay the successful cells. Returns a note for the model."""
         had_state = bool(self._cells) or self._handle is not None
         self._drop_handle()
@@ -437,7 +459,7 @@ class Session:
             self._cells = []
             return "[sandbox: the session was restarted; earlier names are gone]\n"
         for k, cell in enumerate(self._cells):
-            reply = self._sb._session_call(self._handle, "session_run", code=cell,
+            reply = self._sb._session_call(self._handle, "session_run", deadline, code=cell,
                                            timeout=timeout)
             if reply["status"] != "ok":
                 self._cells = self._cells[:k]
@@ -472,6 +494,10 @@ def _check_code(code: str) -> str:
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, not {type(code).__name__}")
     return code
+
+
+NOT_RUN = {"status": "timeout", "output": "[not run: the time limit was reached]",
+           "truncated": False, "duration": 0.0}
 
 
 def _result(reply: dict) -> ExecutionResult:

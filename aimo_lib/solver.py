@@ -15,15 +15,27 @@ code, restart it, or take its answer. Two drivers share that step:
 
 Presets: "numina_aimo1" reproduces the AIMO-1 winning notebook rule for rule (see
 ../shared/REFERENCE.md section 1); "default" is ours (see PRESETS).
+
+Nothing a model writes, an engine does or the sandbox returns makes solve() raise: a failed
+request fails its sample (transient failures are retried once), a sample whose processing
+breaks is marked "error", and anything else is caught at the top, recorded in
+`SolveResult.error`, and the best answer so far (or the flagged fallback) is returned.
+With `time_limit_s=T`, solve() returns within T + ALLOWANCE_S: no code block starts after the
+deadline, each block's timeout is cut to the time left, requests still running are aborted
+where the engine can abort and abandoned where it cannot.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
+import threading
 import time
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -31,6 +43,7 @@ from .answers import (
     RULES,
     AnswerRules,
     EarlyStop,
+    _closing,
     decided,
     extract_answer,
     extract_boxed,
@@ -40,16 +53,26 @@ from .answers import (
     numina_to_int,
     vote,
 )
-from .engines import EngineError, GenerationParams
+from .engines import ContextLengthError, GenerationParams
 from .prompts import render_prompt
 from .sandbox import ExecutionResult, Sandbox
 
-__all__ = ["CodeCall", "Sample", "SolveResult", "Solver", "SolverConfig", "dump_jsonl"]
+__all__ = ["ALLOWANCE_S", "CodeCall", "Sample", "SolveResult", "Solver", "SolverConfig",
+           "dump_jsonl"]
+
+# How late solve() may return after its time limit: the wind-down (aborting requests, the
+# grace given to an engine that stops at the deadline by itself, reaping a cut code block).
+ALLOWANCE_S = 2.0
+_GRACE_S = 1.0  # wait this long past the deadline for an engine that says it honours it
 
 STOP = "```output\n"
 BOXED = "\\boxed{"
 CODE_END = "\n```\n"  # the closing fence of a block
-_PYTHON_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
+# Our code fences: ```python, ```py, ```python3, any case. The seed's regex is kept for its
+# preset (it counts only ```python, so a ```py block there is "no code").
+_CODE_FENCE = re.compile(r"```(?:python3?|py)(?![\w-])", re.IGNORECASE)
+_CODE_BLOCK = re.compile(r"```(?:python3?|py)(?![\w-])(.*?)```", re.DOTALL | re.IGNORECASE)
+_SEED_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
 _OUTPUT_BLOCK = re.compile(r"```output(.*?)```", re.DOTALL)
 
 
@@ -67,6 +90,8 @@ class SolverConfig:
     code_timeout_s: float = 5.0
     max_output_chars: int = 1000  # what the model sees of one execution
     restart_on_fail: bool = True  # a failed sample starts over from the prompt (else pruned)
+    keep_answered: bool = False  # the seed's: an answered sample stays in the batch, is
+    # generated again each later step, and its answer is re-read after every step
     # The seed notebook's rules, each a switch so that presets differ only in data:
     code_required: bool = False  # no code -> restart/prune, and code-less answers are pruned
     answer_window: int | None = None  # look for the answer only in the last N characters
@@ -121,8 +146,12 @@ PRESETS = {
         name="numina_aimo1", num_samples=48, max_rounds=4, temperature=0.8, max_new_tokens=2048,
         prompt_template="numina", code_timeout_s=5.0, restart_on_fail=True, code_required=True,
         answer_window=100, numina_answers=True, numina_execution=True, stateful=False,
+        keep_answered=True,
         stop_at_boxed=False, stop_at_code_end=False, continue_from_ids=False, pipeline="rounds",
         early_stop=None),
+    # Where it departs from the seed, by necessity: a request that fails fails its sample
+    # (the seed's whole notebook died), and each step's max_tokens is capped to the context
+    # left (vLLM refused the whole batch).
     # Ours: a stateful session per sample with real tracebacks and REPL display; answers read
     # anywhere under strict integer rules, pure-reasoning answers kept; a sample stops at its
     # first \boxed{}; consensus early stop; async where the engine allows; token-id prompts.
@@ -142,7 +171,8 @@ class CodeCall:
 class Sample:
     index: int
     text: str = ""  # everything generated after the prompt, tool outputs included
-    # running | answered | pruned | hallucinated | exhausted | timeout | cancelled | error
+    # running | answered | pruned | hallucinated | exhausted | context_full | timeout |
+    # cancelled | error (its requests failed, or processing its text broke: see `error`)
     status: str = "running"
     raw_answer: str | None = None
     answer: int | None = None  # valid under the competition's rules, else None
@@ -152,15 +182,17 @@ class Sample:
     steps: int = 0  # generation steps taken (restarts do not reset it)
     restarts: int = 0
     elapsed_s: float = 0.0
+    error: str | None = None  # why the sample failed (an exception's type and message)
     # Live state, not part of the record:
     session: Any = field(default=None, repr=False)
     ids: list[int] | None = field(default=None, repr=False)
     answer_tries: int = field(default=0, repr=False)
     resumes: int = field(default=0, repr=False)  # continuations within this step
+    retried: bool = field(default=False, repr=False)  # a transient failure was retried
 
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("session", "ids", "answer_tries", "resumes")}
+               if f.name not in ("session", "ids", "answer_tries", "resumes", "retried")}
         out["code_calls"] = [asdict(c) for c in self.code_calls]
         return out
 
@@ -177,6 +209,15 @@ class SolveResult:
     elapsed_s: float
     preset: str = ""
     timed_out: bool = False  # the deadline cancelled generation
+    error: str | None = None  # a traceback when solving broke down (the answer is still valid)
+
+    @property
+    def engine_failed(self) -> bool:
+        """Nothing came from the engine: every sample's requests failed, or none returned a
+        token before the deadline (a dead or hung engine)."""
+        return bool(self.samples) and (
+            all(s.status == "error" for s in self.samples)
+            or (self.timed_out and self.tokens_generated == 0))
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -207,6 +248,8 @@ class _Run:
     prompt_ids: list[int] | None = None
     stopped_early: bool = False
     timed_out: bool = False
+    finished: bool = False  # solve() returned: code threads still running open nothing new
+    error: str | None = None
 
 
 class Solver:
@@ -216,13 +259,15 @@ class Solver:
         self.engine, self.sandbox = engine, sandbox
         self.config = config or SolverConfig()
         self.config.rules  # noqa: B018 - validate the competition name now
-        # Code runs (and blocking generate calls waiting on a deadline) happen on this pool.
+        # Code runs happen on this pool; blocking generate calls on daemon threads of their
+        # own (a call that never returns must not hold up the interpreter's exit).
         self._pool = ThreadPoolExecutor(max(8, self.config.num_samples),
                                         thread_name_prefix="solver")
         # Extra stop strings need an engine that says which stop string it hit.
         names = getattr(engine, "names_stop_strings", True)
         self._stop_at_boxed = self.config.stop_at_boxed and names
         self._stop_at_code_end = self.config.stop_at_code_end and names
+        self._max_len = getattr(engine, "max_model_len", None)
 
     @property
     def pipeline(self) -> str:
@@ -234,23 +279,31 @@ class Solver:
         return "async" if self.config.pipeline in ("auto", "async") and can else "rounds"
 
     def solve(self, problem: str, time_limit_s: float | None = None) -> SolveResult:
-        """Solve one problem. At `time_limit_s` generation is cancelled and the best answer so
-        far is returned (late by at most one code execution)."""
+        """Solve one problem; never raises for what a model, an engine or the sandbox does.
+        At `time_limit_s` generation is cut and the best answer so far is returned (within
+        ALLOWANCE_S of the limit)."""
         cfg = self.config
         start = time.monotonic()
         deadline = None if time_limit_s is None else start + max(0.0, time_limit_s)
-        run = _Run(problem, render_prompt(cfg.prompt_template, problem, self.engine),
-                   [Sample(i) for i in range(cfg.num_samples)], start, deadline)
-        if cfg.continue_from_ids and callable(getattr(self.engine, "tokenize", None)):
-            run.prompt_ids = self.engine.tokenize(run.prompt, special=True)
-            for s in run.samples:
-                s.ids = list(run.prompt_ids)
+        run = _Run(str(problem), "", [Sample(i) for i in range(cfg.num_samples)], start,
+                   deadline)
         try:
+            run.prompt = render_prompt(cfg.prompt_template, run.problem, self.engine)
+            if cfg.continue_from_ids and callable(getattr(self.engine, "tokenize", None)):
+                run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
+                for s in run.samples:
+                    s.ids = list(run.prompt_ids)
             if self.pipeline == "async":
                 self._solve_async(run)
             else:
                 self._solve_rounds(run)
+        except Exception:  # a bug or a broken engine: keep what the samples have
+            run.error = traceback.format_exc()
+            print(f"[aimo] solve() broke down; answering from what it has:\n{run.error}",
+                  file=sys.stderr, flush=True)
         finally:
+            run.finished = True
+            self._finish_stragglers(run)
             for s in run.samples:
                 self._close_session(s)
         return self._result(run)
@@ -261,13 +314,11 @@ class Solver:
         live = list(run.samples)
         while live and not self._out_of_time(run):
             batch = [(s, "step") for s in live]
-            while batch:  # a step, plus short continuations that close an answer
+            while batch and not self._out_of_time(run):  # a step, plus continuations
                 completions = self._generate_batch(run, batch)
-                if completions is None:
-                    break
                 more, to_run = [], []
                 for (s, kind), c in zip(batch, completions, strict=True):
-                    action = self._on_generated(run, s, c, kind)
+                    action = self._take(run, s, c, kind)
                     if action == "execute":
                         to_run.append(s)
                     elif action in ("answer", "resume"):
@@ -277,37 +328,68 @@ class Solver:
             live = [s for s in live if s.status == "running"]
             if live and self._consensus(run, pending=len(live)):
                 break
-        self._finish_stragglers(run)
 
-    def _generate_batch(self, run: _Run, batch: list[tuple[Sample, str]]):
-        """engine.generate for a batch, cut short by the deadline (None if it passed)."""
-        prompts = [self._prompt(run, s) for s, _ in batch]
-        params = [self._params(s, kind) for s, kind in batch]
+    def _generate_batch(self, run: _Run, batch: list[tuple[Sample, str]]) -> list:
+        """One Completion (or the exception that failed it) per request of the batch; None
+        for requests the deadline cut. A batch that fails as a whole (one bad prompt fails a
+        vLLM batch) is retried request by request, so a failure stays with its sample."""
+        requests = []
+        for s, kind in batch:
+            params = self._params(run, s, kind)
+            requests.append(None if params is None else (self._prompt(run, s), params))
+        todo = [i for i, r in enumerate(requests) if r is not None]
+        out: list = [ContextLengthError("the context is full")] * len(batch)
+        if not todo:
+            return out
+        try:
+            done = self._call_engine(run, [requests[i][0] for i in todo],
+                                     [requests[i][1] for i in todo])
+            if done is not None and len(done) != len(todo):
+                raise ValueError(f"the engine returned {len(done)} completions for "
+                                 f"{len(todo)} prompts")
+        except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
+            one = lambda i: lambda: self._call_engine(run, [requests[i][0]], [requests[i][1]])
+            if len(todo) == 1:
+                done = [_retry_once(exc, one(todo[0]))]
+            else:
+                done = [None if self._out_of_time(run) else _retry_once(None, one(i))
+                        for i in todo]
+        for i, c in zip(todo, done if done is not None else [None] * len(todo), strict=True):
+            out[i] = c
+        return out
+
+    def _call_engine(self, run: _Run, prompts: list, params: list) -> list | None:
+        """engine.generate, waited for until the deadline at most (None: cut by it)."""
+        knows_deadline = getattr(self.engine, "supports_deadline", False)
         if run.deadline is None:
             return self.engine.generate(prompts, params)
-        if getattr(self.engine, "supports_deadline", False):
-            out = self.engine.generate(prompts, params, deadline=run.deadline)
-            return None if self._out_of_time(run) else out
-        # A blocking engine cannot be interrupted: wait for it only until the deadline.
-        future = self._pool.submit(self.engine.generate, prompts, params)
+        if knows_deadline:
+            call = lambda: self.engine.generate(prompts, params, deadline=run.deadline)
+        else:
+            call = lambda: self.engine.generate(prompts, params)
+        future = _in_daemon_thread(call)
+        # An engine that stops at the deadline itself returns what it has a moment later;
+        # one that does not is abandoned at the deadline (its result is dropped).
+        wait_s = run.deadline - time.monotonic() + (_GRACE_S if knows_deadline else 0.0)
         try:
-            return future.result(timeout=max(0.0, run.deadline - time.monotonic()))
-        except TimeoutError:
+            return future.result(timeout=max(0.0, wait_s))
+        except FuturesTimeout:
             run.timed_out = True
             return None
 
     def _execute(self, run: _Run, samples: list[Sample]) -> None:
+        """Run the samples' code blocks concurrently; none starts after the deadline."""
         if not samples:
             return
-        if self.config.stateful:
-            results = list(self._pool.map(lambda s: self._run_code(run, s), samples))
-        else:
-            codes = [self._code(s) for s in samples]
-            done = self.sandbox.run_many([code for _, code in codes], self._code_timeout(run),
-                                         display=not self.config.numina_execution)
-            results = [(written, r) for (written, _), r in zip(codes, done, strict=True)]
-        for s, (code, r) in zip(samples, results, strict=True):
-            self._append_output(s, code, r)
+        futures = [self._pool.submit(self._run_code, run, s) for s in samples]
+        timeout = None if run.deadline is None else max(
+            0.0, run.deadline - time.monotonic() + _GRACE_S)
+        wait(futures, timeout=timeout)
+        for s, f in zip(samples, futures, strict=True):
+            if f.done():
+                self._guard(run, s, lambda s=s, f=f: self._append_output(s, *f.result()))
+            else:  # still running past the deadline: it is cut by its own timeout
+                run.timed_out = True
 
     # ------------------------------------------------------------ the async driver
 
@@ -315,10 +397,18 @@ class Solver:
         pending: dict[Future, tuple[Sample, str]] = {}
 
         def generate(s: Sample, kind: str) -> None:
-            pending[self.engine.submit(self._prompt(run, s), self._params(s, kind))] = (s, kind)
+            params = self._params(run, s, kind)
+            if params is None:
+                return
+            try:
+                future = self.engine.submit(self._prompt(run, s), params)
+            except Exception as exc:  # noqa: BLE001 - the request failed before it started
+                future = Future()
+                future.set_exception(exc)
+            pending[future] = (s, kind)
 
         for s in run.samples:
-            generate(s, "step")
+            self._guard(run, s, lambda s=s: generate(s, "step"))
         while pending:
             timeout = None if run.deadline is None else max(0.0, run.deadline - time.monotonic())
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -329,48 +419,80 @@ class Solver:
                 s, kind = pending.pop(future)
                 if future.cancelled() or s.status != "running":
                     continue
-                try:
-                    result = future.result()
-                except EngineError as exc:
-                    s.status, s.raw_answer = "error", str(exc)[:200]
-                    continue
                 if kind == "code":
-                    self._append_output(s, *result)
-                    generate(s, "step")
-                    continue
-                action = self._on_generated(run, s, result, kind)
-                if action == "execute":
+                    self._guard(run, s, lambda s=s, f=future: self._append_output(s, *f.result()))
+                    action = "step" if s.status == "running" else "done"
+                else:
+                    exc = future.exception()
+                    if exc is not None and _transient(exc) and not s.retried:
+                        s.retried = True  # once per sample: a flapping server gets no more
+                        self._guard(run, s, lambda s=s, k=kind: generate(s, k))
+                        continue
+                    action = self._take(run, s, exc if exc is not None else future.result(),
+                                        kind)
+                if action == "execute" and not self._out_of_time(run):
                     pending[self._pool.submit(self._run_code, run, s)] = (s, "code")
-                elif action in ("step", "answer", "resume"):
-                    generate(s, action)
+                elif action in ("step", "answer", "resume", "continue"):
+                    self._guard(run, s, lambda s=s, a=action: generate(
+                        s, "step" if a == "continue" else a))
             running = sum(s.status == "running" for s in run.samples)
             if running and self._consensus(run, pending=running):
                 break
-        for future in pending:  # stragglers: stop generating (a running code block ends)
-            abort = getattr(self.engine, "abort", None)
-            if abort is not None and pending[future][1] != "code":
-                abort(future)
-            else:
-                future.cancel()
-        self._finish_stragglers(run)
+        abort = getattr(self.engine, "abort", None)
+        for future, (_, kind) in pending.items():  # stragglers: stop generating
+            try:
+                if abort is not None and kind != "code":
+                    abort(future)
+                else:
+                    future.cancel()  # a running code block ends by its own timeout
+            except Exception:  # noqa: BLE001 - an abort that fails changes nothing here
+                pass
 
     # ------------------------------------------------------------ one sample's step
 
+    def _take(self, run: _Run, s: Sample, c, kind: str) -> str:
+        """Take one request's outcome (a Completion, the exception that failed it, or None
+        when the deadline cut it) and return the sample's next action."""
+        if c is None:
+            return "done"  # cut by the deadline; _finish_stragglers marks it
+        if isinstance(c, ContextLengthError):
+            s.status, s.error = "context_full", str(c)[:300]
+            return self._end(run, s)
+        if isinstance(c, BaseException):
+            s.status, s.error = "error", f"{type(c).__name__}: {c}"[:300]
+            return self._end(run, s)
+        return self._guard(run, s, lambda: self._on_generated(run, s, c, kind))
+
+    def _guard(self, run: _Run, s: Sample, fn: Callable[[], str | None]) -> str:
+        """fn() for one sample; whatever it raises fails that sample only."""
+        try:
+            return fn() or "done"
+        except Exception as exc:  # noqa: BLE001 - one sample's breakdown is not the problem's
+            s.status, s.error = "error", f"{type(exc).__name__}: {exc}"[:300]
+            return self._end(run, s)
+
+    def _end(self, run: _Run, s: Sample) -> str:
+        s.elapsed_s = time.monotonic() - run.start
+        self._close_session(s)
+        return "done"
+
     def _on_generated(self, run: _Run, s: Sample, c, kind: str) -> str:
         """Take a completion; return "execute", "step" (generate again: restarted),
-        "answer" (close a \\boxed{), "resume" (carry on), or "done"."""
+        "answer" (close a \\boxed{), "resume" (carry on), "continue" (next step, answered:
+        keep_answered), or "done"."""
         cfg = self.config
-        s.text += c.text
-        s.tokens += c.num_tokens
+        text = c.text if isinstance(c.text, str) else ""
+        s.text += text
+        s.tokens += int(c.num_tokens or 0)
         s.finish_reason = c.finish_reason
         if s.ids is not None:
-            s.ids += c.token_ids if c.token_ids is not None else self.engine.tokenize(c.text)
+            s.ids += list(c.token_ids) if c.token_ids is not None else self.engine.tokenize(text)
         if kind == "step":
             s.steps, s.resumes = s.steps + 1, 0
         if self._stop_at_code_end and c.finish_reason == "stop" and s.text.endswith(CODE_END):
             fences = s.text.count("```")
             opened = s.text.rfind("```", 0, len(s.text) - len(CODE_END))
-            if fences % 2 == 0 and s.text.startswith("```python", opened):
+            if fences % 2 == 0 and _CODE_FENCE.match(s.text, opened):
                 self._append(s, STOP)  # the model closed its code: show it the output
             elif s.resumes < 8:  # a fence that opens a block, or closes a non-code one
                 s.resumes += 1
@@ -381,11 +503,15 @@ class Solver:
                 return "resume"  # "\boxed{" inside a code block is code, not an answer
             s.answer_tries = 0
             return "answer"
-        if kind == "answer" and c.finish_reason == "stop" and s.answer_tries < 4:
+        if kind == "answer" and c.finish_reason == "stop":
             tail = s.text[s.text.rfind(BOXED):]
-            if extract_boxed(tail) is None:  # nested braces: "}" closed an inner group
-                s.answer_tries += 1
+            closed = _closing(tail, len(BOXED) - 1) is not None
+            if not closed and s.answer_tries < 4:
+                s.answer_tries += 1  # nested braces: "}" closed an inner group
                 return "answer"
+            if closed and extract_boxed(tail) is None and s.resumes < 8:
+                s.resumes += 1  # an empty box (the instruction echoed) is no answer: go on
+                return "resume"
         action = self._decide(run.prompt, s, last_step=s.steps >= cfg.max_rounds)
         if action == "restart":
             self._close_session(s)
@@ -396,15 +522,15 @@ class Solver:
                 return "step"
             s.status = "exhausted"  # restarted in its last step: nothing left to generate
         if s.status != "running":
-            s.elapsed_s = time.monotonic() - run.start
-            self._close_session(s)
+            self._end(run, s)
         return action
 
     def _decide(self, prompt: str, s: Sample, last_step: bool) -> str:
-        """"execute", "restart", or "done" (s.status set). The order is the seed notebook's."""
+        """"execute", "restart", "continue" or "done" (s.status set). The order is the seed
+        notebook's."""
         cfg = self.config
         full = prompt + s.text if cfg.code_required else s.text
-        if cfg.code_required and not _PYTHON_BLOCK.search(full):
+        if cfg.code_required and not _SEED_BLOCK.search(full):
             return self._fail(s)  # it never wrote code: the seed discards even a correct answer
         stopped_for_output = s.text.endswith(STOP)
         if not stopped_for_output:
@@ -414,16 +540,20 @@ class Solver:
                 if cfg.code_required and not _OUTPUT_BLOCK.search(full):
                     s.status = "hallucinated"  # claims an answer without ever running code
                     return "done"
-                # Answered samples leave the batch (REFERENCE: the submitted rule set).
-                s.status, s.raw_answer = "answered", raw
+                s.raw_answer = raw
                 s.answer = (numina_to_int(raw) if cfg.numina_answers
                             else normalize_answer(raw, cfg.rules))
+                if cfg.keep_answered and not last_step:
+                    return "continue"  # the seed: generated again, its answer re-read
+                s.status = "answered"
                 return "done"
         if last_step:
             s.status = "exhausted"  # no step left to show it the output
             return "done"
-        if not stopped_for_output:
-            return self._fail(s)  # ended (EOS or max tokens) with neither code nor answer
+        if not stopped_for_output or self._code(s) is None:
+            # ended (EOS or max tokens) with neither code nor answer, or opened an output
+            # block with no code block before it
+            return self._fail(s)
         return "execute"
 
     def _fail(self, s: Sample) -> str:
@@ -446,27 +576,33 @@ class Solver:
 
     # ------------------------------------------------------------ code execution
 
-    def _code(self, s: Sample) -> tuple[str, str]:
-        """(the last block as the model wrote it, the code to execute)."""
-        block = _PYTHON_BLOCK.findall(s.text)[-1]
+    def _code(self, s: Sample) -> tuple[str, str] | None:
+        """(the last block as the model wrote it, the code to execute); None if no block."""
+        blocks = (_SEED_BLOCK if self.config.code_required else _CODE_BLOCK).findall(s.text)
+        if not blocks:
+            return None
+        block = blocks[-1]
         if self.config.numina_execution:
             return block, _numina_code(block)
         code = block[1:] if block.startswith("\n") else block  # line numbers as the model sees
         return code, code
 
-    def _code_timeout(self, run: _Run) -> float:
-        t = self.config.code_timeout_s
-        if run.deadline is not None:  # a block may not run far past the problem's deadline
-            t = min(t, max(0.5, run.deadline - time.monotonic()))
-        return t
-
     def _run_code(self, run: _Run, s: Sample) -> tuple[str, ExecutionResult]:
-        (written, code), display = self._code(s), not self.config.numina_execution
-        if not self.config.stateful:
-            return written, self.sandbox.run(code, self._code_timeout(run), display)
-        if s.session is None:
-            s.session = self.sandbox.session()
-        return written, s.session.run(code, self._code_timeout(run), display)
+        """Execute the sample's last block (never after the deadline); never raises."""
+        written, code = self._code(s) or ("", "")
+        kwargs = dict(timeout_s=self.config.code_timeout_s, deadline=run.deadline,
+                      display=not self.config.numina_execution,
+                      stderr_on_success=not self.config.numina_execution)
+        try:
+            if not self.config.stateful:
+                return written, self.sandbox.run(code, **kwargs)
+            if s.session is None and not run.finished:
+                s.session = self.sandbox.session()
+            if s.session is None:
+                return written, ExecutionResult("timeout", "[not run: the problem is over]", 0.0)
+            return written, s.session.run(code, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a sandbox failure is this block's output
+            return written, ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)
 
     def _append_output(self, s: Sample, code: str, r: ExecutionResult) -> None:
         cfg = self.config
@@ -503,12 +639,13 @@ class Solver:
                 for s in samples]
 
     def _consensus(self, run: _Run, pending: int) -> bool:
+        """Early stop decides on counts of answers (the table's "k of n" are samples);
+        weights belong to the final vote only."""
         cfg = self.config
         if cfg.early_stop is None:
             return False
-        answered = [s for s in run.samples if s.answer is not None]
-        v = vote([s.answer for s in answered], self._weights(answered), cfg.rules)
-        if decided(v.votes, pending, cfg.early_stop, max(1.0, cfg.code_ok_weight)):
+        counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
+        if decided(counts, pending, cfg.early_stop):
             run.stopped_early = True
         return run.stopped_early
 
@@ -516,24 +653,47 @@ class Solver:
         now = time.monotonic() - run.start
         for s in run.samples:
             if s.status == "running":
-                s.status = ("cancelled" if run.stopped_early else
+                s.status = ("answered" if s.answer is not None else  # kept answered samples
+                            "cancelled" if run.stopped_early else
                             "timeout" if run.timed_out else "exhausted")
                 s.elapsed_s = now
 
     def _prompt(self, run: _Run, s: Sample):
         return list(s.ids) if s.ids is not None else run.prompt + s.text
 
-    def _params(self, s: Sample, kind: str) -> GenerationParams:
+    def _params(self, run: _Run, s: Sample, kind: str) -> GenerationParams | None:
+        """The request's parameters; None when the sample's context is full (it then ends,
+        and its answer, if it has one, still counts)."""
         cfg = self.config
         seed = cfg.seed * 1_000_003 + s.steps * 10_007 + s.index * 7 + s.answer_tries
+        max_tokens = cfg.answer_max_tokens if kind == "answer" else cfg.max_new_tokens
+        room = self._room(run, s)
+        if room is not None and room < 1:
+            s.status, s.error = "context_full", f"the context ({self._max_len} tokens) is full"
+            self._end(run, s)
+            return None
+        max_tokens = max_tokens if room is None else min(max_tokens, room)
         if kind == "answer":
-            return GenerationParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
+            return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, stop=("}",), seed=seed)
         stop = (STOP,) + ((BOXED,) if self._stop_at_boxed else ()) + (
             (CODE_END,) if self._stop_at_code_end else ())
-        return GenerationParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, stop=stop, include_stop_str_in_output=True,
                                 seed=seed)
+
+    def _room(self, run: _Run, s: Sample) -> int | None:
+        """Tokens the model may still generate for this sample (None: unknown)."""
+        if not self._max_len:
+            return None
+        if s.ids is not None:
+            used = len(s.ids)
+        else:
+            count = getattr(self.engine, "count_tokens", None)
+            if count is None:
+                return None
+            used = count(run.prompt + s.text)
+        return self._max_len - used
 
     def _result(self, run: _Run) -> SolveResult:
         cfg = self.config
@@ -544,7 +704,51 @@ class Solver:
             problem=run.problem, answer=v.answer, votes=v.votes, fallback=v.fallback,
             stopped_early=run.stopped_early, samples=run.samples,
             tokens_generated=sum(s.tokens for s in run.samples),
-            elapsed_s=time.monotonic() - run.start, preset=cfg.name, timed_out=run.timed_out)
+            elapsed_s=time.monotonic() - run.start, preset=cfg.name, timed_out=run.timed_out,
+            error=run.error)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth one more try: a dropped connection, a timeout, or an engine that says so."""
+    return isinstance(exc, (ConnectionError, TimeoutError, FuturesTimeout)) or bool(
+        getattr(exc, "transient", False))
+
+
+def _retry_once(first: BaseException | None, call: Callable[[], list | None]):
+    """The first completion of call(), retried once after a transient failure (`first`:
+    the failure of a try already made). Returns a Completion, None (cut by the deadline) or
+    the exception that failed the request: nothing is raised."""
+    if first is not None and not _transient(first):
+        return first
+    tries = 1 if first is not None else 2
+    for attempt in range(tries):
+        try:
+            out = call()
+            if out is None:
+                return None
+            if len(out) != 1:
+                raise ValueError(f"the engine returned {len(out)} completions for 1 prompt")
+            return out[0]
+        except Exception as exc:  # noqa: BLE001
+            if attempt == tries - 1 or not _transient(exc):
+                return exc
+    return None  # unreachable
+
+
+def _in_daemon_thread(fn: Callable[[], object]) -> Future:
+    """fn() on a daemon thread of its own: abandoned when it outlives its deadline, without
+    holding up the interpreter's exit (a ThreadPoolExecutor's threads are joined at exit)."""
+    future: Future = Future()
+
+    def target() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    threading.Thread(target=target, daemon=True, name="solver-generate").start()
+    return future
 
 
 # ---------------------------------------------------------------- the seed's executor format

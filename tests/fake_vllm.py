@@ -20,6 +20,9 @@ class _Tokenizer:
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [ord(c) for c in text]}
 
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         return "<chat>" + messages[-1]["content"]
 
@@ -65,6 +68,7 @@ class AsyncEngineArgs:
 
 class AsyncLLMEngine:
     aborted: list[str] = []
+    tokenizer = _Tokenizer()
 
     def __init__(self, args):
         self.args = args

@@ -48,10 +48,21 @@ def test_numina_code_then_answer(sandbox):
     s = res.samples[0]
     assert (s.status, s.answer, res.answer, res.fallback) == ("answered", 42, 42, False)
     # The seed wraps the bare last line in print(); the model saw "42" and a closing fence.
-    assert s.text == ("Compute.\n```python\n6*7\n```\n```output\n42\n```"
-                      "\nSo the answer is $\\boxed{42}$.")
+    assert s.text.startswith("Compute.\n```python\n6*7\n```\n```output\n42\n```"
+                             "\nSo the answer is $\\boxed{42}$.")
     assert [c.output for c in s.code_calls] == ["42"]
-    assert engine.calls == 2  # an answered sample leaves the batch
+    # As in the seed, an answered sample stays in the batch: generated again at steps 3 and
+    # 4, its answer re-read from the last 100 characters each time.
+    assert engine.calls == 4 and s.text.count("So the answer is") == 3
+
+
+def test_numina_answered_sample_keeps_going_and_its_last_answer_counts(sandbox):
+    def follow(prompt):
+        return "\nSo the answer is $\\boxed{%d}$." % (prompt.count("answer is") + 1)
+
+    res, engine = solve(sandbox, numina(), ["```python\nprint(1)\n```\n" + OUT], follow)
+    s = res.samples[0]
+    assert (s.status, s.answer, engine.calls) == ("answered", 3, 4)
 
 
 def test_numina_prints_assignment_as_the_seed_did(sandbox):
@@ -114,7 +125,9 @@ def test_numina_fbox_counts_as_no_answer(sandbox):
     s = res.samples[0]
     # "boxed" is not in the window, so the seed normalised the whole window (cut at the
     # prompt's "Problem:"), which is no number: the sample left with no valid answer.
-    assert (s.status, s.raw_answer, s.answer, res.fallback) == ("answered", "##", None, True)
+    # (Re-read after each later step, the window then holds only the repeated claims.)
+    assert (s.status, s.answer, res.fallback) == ("answered", None, True)
+    assert s.raw_answer.startswith("\\fbox{9}Theansweris")
 
 
 def test_numina_max_tokens_without_stop_restarts(sandbox):
@@ -134,11 +147,8 @@ def test_numina_at_most_three_executions(sandbox):
 def test_numina_vote_mod_1000_negatives_dropped_ties_first_seen(sandbox):
     answers = ["1042", "-5", "7", "7", "42", "4.6"]
     first = [f"```python\nprint(0)\n```\n{OUT}" for _ in answers]
-    idx = iter(range(100))
-    table = {}
-
-    def follow(prompt):
-        k = table.setdefault(prompt, next(idx))
+    def follow(prompt):  # sample k printed k; an answered sample gives the same answer again
+        k = int(prompt.split("print(")[-1][0])
         return f"\nThe answer is \\boxed{{{answers[k % len(answers)]}}}"
 
     # Every first prompt is identical, so the k-th first continuation is the k-th sample.
