@@ -69,6 +69,38 @@ class TimeBudget:
         self.recorded_s = 0.0
 
     @classmethod
+    def for_run(cls, competition: str, total_hours: float | None = None,
+                n_problems: int | None = None) -> TimeBudget:
+        """The notebook's budget: the competition's hours (or `total_hours`), a tenth of it
+        (at most 10 min) for start-up, a twentieth (at most 5 min) in reserve, and a problem
+        may draw up to 60% of a base share from the bank (NeMo-Skills: 210 of 350 s).
+        n_problems: the problems actually served when known (a local file of 90 problems),
+        else the competition's 50; resize() corrects it later."""
+        if competition not in COMPETITIONS:
+            raise ValueError(f"unknown competition {competition!r}; one of "
+                             f"{sorted(COMPETITIONS)}")
+        c = COMPETITIONS[competition]
+        total = total_hours * 3600 if total_hours else c.total_s
+        budget = cls(total, n_problems or c.n_problems, startup_s=min(600.0, total / 10),
+                     reserve_s=min(300.0, total / 20))
+        budget.draw_share = 0.6
+        budget.resize(budget.n_problems)
+        return budget
+
+    draw_share: float | None = None  # max_draw_s as a share of base_s, kept on resize()
+
+    def resize(self, n_problems: int) -> None:
+        """The run serves `n_problems` in all (those done included): shares are recomputed
+        from what is left, so problems after the 50th of a longer file still get time."""
+        if n_problems < 1:
+            raise ValueError("n_problems must be >= 1")
+        with self._lock:
+            self.n_problems = max(n_problems, self.done)
+            self.base_s = (self.total_s - self.startup_s - self.reserve_s) / self.n_problems
+            if self.draw_share is not None:
+                self.max_draw_s = self.draw_share * self.base_s
+
+    @classmethod
     def for_competition(cls, name: str, *, startup_s: float = 600.0, reserve_s: float = 300.0,
                         **kwargs) -> TimeBudget:
         """The competition's total time and problem count; 10 min for start-up, 5 in reserve."""

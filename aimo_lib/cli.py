@@ -131,10 +131,13 @@ def cmd_eval(argv: list[str]) -> None:
         def solve(self, problem):
             return self.solver.solve(problem, time_limit_s=args.time_limit)
 
-    summary = evaluation.run_eval(
-        problems, lambda seed: _Timed(Solver(engine, sandbox, solver_config(args, seed))),
-        seeds, out, config, args.competition, args.concurrency, not args.no_progress)
-    sandbox.close()
+    try:
+        summary = evaluation.run_eval(
+            problems, lambda seed: _Timed(Solver(engine, sandbox, solver_config(args, seed))),
+            seeds, out, config, args.competition, args.concurrency, not args.no_progress)
+    finally:
+        sandbox.close()
+        engine.close()
     m, pn = summary["maj_at_n"], summary["pass_at_n"]
     print(f"{name}: maj@{summary['num_samples']} {m['mean']:.1%} ± {m['std']:.1%}, "
           f"pass@{summary['num_samples']} {pn['mean']:.1%} over seeds {seeds}; "
@@ -152,8 +155,8 @@ def cmd_solve(argv: list[str]) -> None:
     from .sandbox import Sandbox
     from .solver import Solver
 
-    with Sandbox() as sandbox:
-        result = Solver(build_engine(args), sandbox, solver_config(args, args.seed)).solve(
+    with Sandbox() as sandbox, build_engine(args) as engine:
+        result = Solver(engine, sandbox, solver_config(args, args.seed)).solve(
             args.problem, time_limit_s=args.time_limit)
     for s in result.samples:
         print(f"--- sample {s.index}: {s.status}, answer {s.answer}\n{s.text}\n")

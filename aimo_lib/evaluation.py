@@ -20,6 +20,7 @@ import random
 import statistics
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -141,9 +142,16 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
                                   for x in r["result"]["samples"]) for r in by_seed[s])
               for s in seeds]
     ks = sorted({1, 2, 4, 8, 16, 32, 48, 64, n} & set(range(1, n + 1)))
-    curve = {k: statistics.mean(statistics.mean(
-        maj_at_k([x["answer"] for x in r["result"]["samples"]], truth[r["id"]], k, competition)
-        for r in by_seed[s]) for s in seeds) for k in ks}
+
+    def maj_k(r: dict, k: int) -> float:  # a failed solve has fewer (no) samples: its answer
+        answers = [x["answer"] for x in r["result"]["samples"]]
+        if len(answers) < k:
+            return float(not r["result"]["fallback"] and _correct(
+                r["result"]["answer"], truth[r["id"]], competition))
+        return maj_at_k(answers, truth[r["id"]], k, competition)
+
+    curve = {k: statistics.mean(statistics.mean(maj_k(r, k) for r in by_seed[s]) for s in seeds)
+             for k in ks}
     per_problem = []
     for p in problems:
         rs = [r for s in seeds for r in by_seed[s] if r["id"] == p.id]
@@ -174,7 +182,9 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
         "maj_at_k": {str(k): v for k, v in curve.items()},
         "tokens_per_problem": statistics.mean(r["tokens_generated"] for r in results),
         "seconds_per_problem": statistics.mean(r["elapsed_s"] for r in results),
-        "code_calls_per_sample": statistics.mean(len(x["code_calls"]) for x in samples),
+        "code_calls_per_sample": statistics.mean(len(x["code_calls"]) for x in samples)
+        if samples else 0.0,
+        "failed": sum(bool(r.get("failed")) for r in records),
         "stopped_early": statistics.mean(r["stopped_early"] for r in results),
         "timed_out": statistics.mean(r.get("timed_out", False) for r in results),
         "per_problem": per_problem,
@@ -185,8 +195,17 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
 
 
 def load_records(out_dir: str) -> list[dict]:
-    """Every (problem, seed) result saved so far; a line torn by a crash is redone."""
-    return read_jsonl(os.path.join(out_dir, "samples.jsonl"))
+    """Every (problem, seed) result saved so far, the latest per pair; a line torn by a crash
+    is redone."""
+    latest = {(r["id"], r["seed"]): r for r in read_jsonl(os.path.join(out_dir, "samples.jsonl"))}
+    return list(latest.values())
+
+
+def _failed_result(error: str, elapsed_s: float, fallback: int) -> dict:
+    """The record of a solve that raised: the fallback answer and the traceback."""
+    return {"answer": fallback, "votes": {}, "fallback": True, "stopped_early": False,
+            "samples": [], "tokens_generated": 0, "elapsed_s": elapsed_s, "timed_out": False,
+            "error": error}
 
 
 def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], seeds: list[int],
@@ -195,24 +214,43 @@ def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], 
     """Solve every (problem, seed) pair not yet in out_dir/samples.jsonl; then summarise.
 
     make_solver(seed) returns a Solver for that seed (built once per seed). `config` is
-    written to config.json beside the results.
+    written to config.json beside the results. A solve that raises is recorded with its
+    traceback and the fallback answer (and redone by the next run); once the engine looks
+    dead (guard.EngineHealth) the remaining problems are recorded that way at once.
     """
     from tqdm.auto import tqdm
+
+    from .guard import EngineHealth
 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, default=str)
-    done = {(r["id"], r["seed"]) for r in load_records(out_dir)}
+    done = {(r["id"], r["seed"]) for r in load_records(out_dir) if not r.get("failed")}
     todo = [(p, s) for s in seeds for p in problems if (p.id, s) not in done]
     solvers = {s: make_solver(s) for s in seeds if any(t[1] == s for t in todo)}
     lock = threading.Lock()
     path = os.path.join(out_dir, "samples.jsonl")
+    health = EngineHealth()
+    fallback = RULES[competition].fallback
 
     def one(problem: EvalProblem, seed: int) -> None:
-        result = solvers[seed].solve(problem.problem)
+        start = time.monotonic()
+        record = {"id": problem.id, "seed": seed, "truth": problem.answer}
+        if health.dead:
+            error = f"not attempted: the engine is dead ({health.reason.strip()})"
+            record.update(failed=True, result=_failed_result(error, 0.0, fallback))
+        else:
+            try:
+                result = solvers[seed].solve(problem.problem)
+                health.record(result.engine_failed, result.error or "")
+                record["result"] = result.to_dict()
+            except Exception:  # noqa: BLE001 - one problem's failure is not the run's
+                error = traceback.format_exc()
+                health.record(True, error)
+                record.update(failed=True, result=_failed_result(
+                    error, time.monotonic() - start, fallback))
         with lock:
-            append_jsonl(path, {"id": problem.id, "seed": seed, "truth": problem.answer,
-                                "result": result.to_dict()})
+            append_jsonl(path, record)
 
     with tqdm(total=len(problems) * len(seeds), initial=len(problems) * len(seeds) - len(todo),
               desc="eval", unit="problem", disable=not progress) as bar:

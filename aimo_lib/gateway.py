@@ -190,8 +190,9 @@ class LocalGateway:
                 raise GatewayError(f"predict() was not called for problem {p.id} before "
                                    "asking for the next one")
 
-    def predict(self, problem_id: str, answer, result=None) -> None:
-        """Answer the problem just served. `result` (a SolveResult) adds votes to the table."""
+    def predict(self, problem_id: str, answer, result=None, error: str | None = None) -> None:
+        """Answer the problem just served. `result` (a SolveResult) adds votes to the table;
+        `error`: why the answer is a fallback (solving failed)."""
         p = self._waiting
         if p is None or p.id != problem_id:
             raise GatewayError(f"predict() for {problem_id!r}, but the problem being served is "
@@ -204,18 +205,24 @@ class LocalGateway:
         row = {"id": p.id, "answer": value, "truth": p.answer, "elapsed_s": round(elapsed, 3),
                "correct": p.answer is not None and value == p.answer % (RANGES[
                    self.competition][1] + 1),
-               "votes": {str(k): v for k, v in (getattr(result, "votes", None) or {}).items()}}
+               "votes": {str(k): v for k, v in (getattr(result, "votes", None) or {}).items()},
+               "error": error.strip().splitlines()[-1] if error else None}
         append_jsonl(self._progress, row)
         self._done[p.id] = row
         self._waiting = None
         self._write_submission()
 
     def run(self, solve: Callable[[str, str], object]) -> Report:
-        """Serve every problem to solve(problem, id) -> int or SolveResult; write the files."""
+        """Serve every problem to solve(problem, id) -> int or SolveResult; write the files.
+        A solve that raises or answers out of range gets the fallback answer (see guard)."""
+        from .guard import GuardedSolve
+
+        guarded = solve if isinstance(solve, GuardedSolve) else GuardedSolve(
+            solve, self.competition, os.path.join(self.out_dir, "results.jsonl"))
         for p in self.iter_test():
-            out = solve(p.problem, p.id)
-            answer = getattr(out, "answer", out)
-            self.predict(p.id, answer, out if hasattr(out, "votes") else None)
+            out = guarded(p.problem, p.id)
+            self.predict(p.id, out.answer, out.result if hasattr(out.result, "votes") else None,
+                         out.error)
         report = Report(self.competition, [self._done[p.id] for p in self.problems
                                            if p.id in self._done], self.out_dir)
         with open(os.path.join(self.out_dir, "report.txt"), "w", encoding="utf-8") as f:

@@ -10,6 +10,10 @@
   `kaggle_evaluation` over the competition's test.csv.
 - Anywhere else: `aimo_lib.gateway.LocalGateway` over a problem file (default: the sample
   problems shipped with aimo_lib), with a score when answers are known.
+
+Every path answers through `aimo_lib.guard`: a solve that fails, for any reason, submits the
+fallback answer (its traceback goes to results.jsonl and the log) and the run goes on; a dead
+engine gets the remaining problems answered at once rather than each waiting out its budget.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
-from .gateway import LocalGateway, Report, load_problems, validate_answer
+from .gateway import LocalGateway, Report, append_jsonl, load_problems, read_rows
+from .guard import EngineHealth, GuardedSolve, log
 
 __all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
 
@@ -133,53 +138,100 @@ def _build_engine(config: NotebookConfig):
     raise ValueError(f"unknown engine {kind!r}: auto, vllm, hf or openai")
 
 
-def make_solve_fn(config: NotebookConfig) -> Callable[[str, str], object]:
-    """solve(problem, problem_id) -> SolveResult. Nothing heavy happens until the first call
-    (so an AIMO 2/3 server starts within Kaggle's 15 minutes); each call gets its deadline
-    from the run's TimeBudget; results are appended to <out_dir>/results.jsonl."""
-    from .budget import COMPETITIONS, TimeBudget
-    from .sandbox import Sandbox
-    from .solver import Solver
+class SolveFn:
+    """solve(problem, problem_id) -> SolveResult, as make_solve_fn builds it.
 
-    c = COMPETITIONS[config.competition]
-    total = config.total_hours * 3600 if config.total_hours else c.total_s
-    startup, reserve = min(600.0, total / 10), min(300.0, total / 20)
-    base = (total - startup - reserve) / c.n_problems
-    # A problem may draw up to 60% of a base share from the bank (NeMo-Skills: 210 of 350 s).
-    budget = TimeBudget(total, c.n_problems, startup_s=startup, reserve_s=reserve,
-                        max_draw_s=0.6 * base)
-    state: dict = {}
-    lock = threading.Lock()
-    os.makedirs(config.out_dir, exist_ok=True)
-    with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"notebook": asdict(config), "solver": config.solver_config().to_dict()}, f,
-                  indent=2, default=str)
+    Nothing heavy happens until the first call (so an AIMO 2/3 server starts within Kaggle's
+    15 minutes); each call gets its deadline from the run's TimeBudget (`expect(n)` sizes it
+    for the problems actually served); results are appended to <out_dir>/results.jsonl.
+    Never raises: an engine that cannot be built, or that has died, gives the flagged
+    fallback (and the records say why).
+    """
 
-    def solve(problem: str, problem_id: str = ""):
-        with lock:  # one problem at a time, as the gateways serve them
-            if "solver" not in state:
-                start = time.monotonic()
-                state["solver"] = Solver(_build_engine(config), Sandbox(),
-                                         config.solver_config())
-                print(f"[aimo] model and sandbox ready in {time.monotonic() - start:.0f} s",
-                      file=sys.stderr, flush=True)
-            limit = budget.next_limit_s()
-            result = state["solver"].solve(problem, time_limit_s=limit)
-            budget.record(result.elapsed_s)
-            with open(os.path.join(config.out_dir, "results.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"id": problem_id, **result.to_dict()}) + "\n")
-            print(f"[aimo] {problem_id}: answer {result.answer} votes {dict(result.votes)} "
-                  f"in {result.elapsed_s:.1f} s (limit {limit:.0f} s); {budget}",
-                  file=sys.stderr, flush=True)
+    def __init__(self, config: NotebookConfig, engine=None):
+        from .budget import TimeBudget
+
+        self.config = config
+        self.budget = TimeBudget.for_run(config.competition, config.total_hours)
+        self.health = EngineHealth()
+        self._engine = engine  # an engine, a callable building one, or None: from config
+        self._solver = None
+        self._lock = threading.Lock()
+        self.results_path = os.path.join(config.out_dir, "results.jsonl")
+        os.makedirs(config.out_dir, exist_ok=True)
+        with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"notebook": asdict(config), "solver": config.solver_config().to_dict()},
+                      f, indent=2, default=str)
+
+    def expect(self, n_problems: int) -> None:
+        """The run serves `n_problems` in all: size the per-problem budget for them."""
+        self.budget.resize(n_problems)
+
+    def __call__(self, problem: str, problem_id: str = ""):
+        from .solver import SolveResult
+
+        with self._lock:  # one problem at a time, as the gateways serve them
+            limit = self.budget.next_limit_s()
+            start = time.monotonic()
+            result = error = None
+            if self.health.dead:
+                error = f"not attempted: the engine is dead ({self.health.reason.strip()})"
+            else:
+                try:
+                    result = self._get_solver().solve(problem, time_limit_s=limit)
+                except Exception:  # building the engine failed (solve() itself never raises)
+                    error = traceback.format_exc()
+            if result is None:
+                rules = self.config.solver_config().rules
+                result = SolveResult(problem, rules.fallback, {}, True, False, [], 0,
+                                     time.monotonic() - start, self.config.preset, error=error)
+                log(f"{problem_id}: no solver; fallback {result.answer}:\n{error}")
+            self.health.record(result.engine_failed or result.samples == [],
+                               error or _first_error(result))
+            self.budget.record(result.elapsed_s)
+            append_jsonl(self.results_path, {"id": problem_id, **result.to_dict()})
+            log(f"{problem_id}: answer {result.answer} votes {dict(result.votes)} in "
+                f"{result.elapsed_s:.1f} s (limit {limit:.0f} s); {self.budget}")
             return result
 
-    return solve
+    def _get_solver(self):
+        if self._solver is None:
+            from .sandbox import Sandbox
+            from .solver import Solver
+
+            start = time.monotonic()
+            engine = self._engine
+            if engine is None:
+                engine = _build_engine(self.config)
+            elif not hasattr(engine, "generate") and callable(engine):
+                engine = engine()
+            self._solver = Solver(engine, Sandbox(), self.config.solver_config())
+            log(f"model and sandbox ready in {time.monotonic() - start:.0f} s")
+        return self._solver
+
+    def close(self) -> None:
+        """Shut the engine and the sandbox down."""
+        if self._solver is not None:
+            for part in (self._solver.engine, self._solver.sandbox):
+                close = getattr(part, "close", None)
+                if callable(close):
+                    close()
+            self._solver = None
+
+
+def _first_error(result) -> str:
+    return next((s.error for s in result.samples if s.error), "") or (result.error or "")
+
+
+def make_solve_fn(config: NotebookConfig, engine=None) -> SolveFn:
+    """The notebook's solve(problem, problem_id) -> SolveResult; see SolveFn. `engine`: an
+    engine or a function building one (default: from the config, at the first call)."""
+    return SolveFn(config, engine)
 
 
 # ---------------------------------------------------------------- AIMO 2 / 3
 
-_solve: Callable[[str, str], object] | None = None
-_competition = "aimo2"
+_solve: GuardedSolve | None = None
 
 
 def _scalar(column):
@@ -189,14 +241,17 @@ def _scalar(column):
 
 def predict(id_, problem, *rest):
     """The AIMO 2/3 inference servers' callback: a plain module-level function named `predict`
-    (they reject lambdas, partials and bound methods). One polars Series per CSV column."""
+    (they reject lambdas, partials and bound methods). One polars Series per CSV column.
+    Never raises: an exception here would stop Kaggle's gateway and lose the submission."""
     import polars as pl
 
     if _solve is None:
         raise RuntimeError("aimo_lib.kaggle.serve() must be called before predict()")
-    problem_id, text = str(_scalar(id_)), str(_scalar(problem))
-    out = _solve(text, problem_id)
-    answer = validate_answer(getattr(out, "answer", out), _competition)
+    try:
+        problem_id, text = str(_scalar(id_)), str(_scalar(problem))
+    except Exception:  # noqa: BLE001 - malformed input: still answer the row
+        problem_id, text = str(id_), str(problem)
+    answer = _solve(text, problem_id).answer
     return pl.DataFrame({"id": [problem_id], "answer": [answer]})
 
 
@@ -214,35 +269,45 @@ def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report
 
     Returns the local gateway's Report when our gateway ran (off Kaggle), else None.
     """
-    global _solve, _competition
+    global _solve
     competition = config.competition
     if competition not in COMPETITION_DIRS:
         raise ValueError(f"competition must be one of {sorted(COMPETITION_DIRS)}")
+    guarded = GuardedSolve(solve, competition,
+                           os.path.join(config.out_dir, "results.jsonl"))
+    expect = getattr(solve, "expect", None)
     if competition == "aimo1" and is_rerun():
         import aimo  # shipped with the AIMO 1 competition data
 
         env = aimo.make_env()
         for test, sample_submission in env.iter_test():
-            problem_id, text = str(test["id"].values[0]), str(test["problem"].values[0])
-            out = solve(text, problem_id)
-            sample_submission["answer"] = validate_answer(getattr(out, "answer", out), "aimo1")
+            try:
+                problem_id, text = str(test["id"].values[0]), str(test["problem"].values[0])
+            except Exception:  # noqa: BLE001 - malformed input: still answer the row
+                problem_id, text = "?", str(test)
+            sample_submission["answer"] = guarded(text, problem_id).answer
             env.predict(sample_submission)
         return None
     if competition in SERVERS and importlib.util.find_spec("kaggle_evaluation") is not None:
         module, name = SERVERS[competition]
-        _solve, _competition = solve, competition
+        _solve = guarded
         server = getattr(importlib.import_module(module), name)(predict)
         if is_rerun():
             server.serve()
         else:
-            server.run_local_gateway((_problems_path(config),))
+            path = _problems_path(config)
+            if callable(expect) and path.endswith((".csv", ".jsonl")) and os.path.exists(path):
+                expect(len(read_rows(path)))
+            server.run_local_gateway((path,))
         return None
     if is_rerun():
         raise RuntimeError(f"a {competition} rerun without its evaluation API: attach the "
                            "competition's data to the notebook")
     gateway = LocalGateway(load_problems(_problems_path(config), config.limit), competition,
                            seed=config.seed, out_dir=config.out_dir)
-    report = gateway.run(solve)
+    if callable(expect):
+        expect(len(gateway.problems))
+    report = gateway.run(guarded)
     print(report.table(), flush=True)
     return report
 

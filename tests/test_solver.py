@@ -58,7 +58,7 @@ def test_numina_code_then_answer(sandbox):
 
 def test_numina_answered_sample_keeps_going_and_its_last_answer_counts(sandbox):
     def follow(prompt):
-        return "\nSo the answer is $\\boxed{%d}$." % (prompt.count("answer is") + 1)
+        return f"\nSo the answer is $\\boxed{{{prompt.count('answer is') + 1}}}$."
 
     res, engine = solve(sandbox, numina(), ["```python\nprint(1)\n```\n" + OUT], follow)
     s = res.samples[0]

@@ -15,6 +15,8 @@ already in --out (or in <out>.rejected.jsonl) are skipped.
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
 from dataclasses import replace
 
 import common  # noqa: F401 - puts aimo_lib on the path
@@ -33,7 +35,8 @@ def user_turn(problem: str) -> str:
 def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
              config: SolverConfig | None = None, competition: str = "aimo3",
              progress: bool = True) -> dict:
-    """Returns counts: kept, rejected (wrong attempts), failed (problems with none kept)."""
+    """Returns counts: kept, rejected (wrong attempts), failed (problems with none kept),
+    errors (attempts whose solve raised: recorded with the traceback in the rejected file)."""
     from tqdm.auto import tqdm
 
     config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
@@ -41,14 +44,22 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
     rejected_path = out_path + ".rejected.jsonl"
     done = {row["id"] for path in (out_path, rejected_path) for row in read_jsonl(path)}
     rules = RULES[competition]
-    counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0}
+    counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0, "errors": 0}
     for p in tqdm(problems, desc="tir data", disable=not progress):
         if p.id in done:
             counts["skipped"] += 1
             continue
+        error = None
         for attempt in range(attempts):
-            solver = Solver(engine, sandbox, replace(config, seed=config.seed + attempt))
-            sample = solver.solve(p.problem).samples[0]
+            try:
+                solver = Solver(engine, sandbox, replace(config, seed=config.seed + attempt))
+                sample = solver.solve(p.problem).samples[0]
+            except Exception:  # one problem's failure is not the run's: record it, go on
+                error = traceback.format_exc()
+                counts["errors"] += 1
+                print(f"[tir data] {p.id}: attempt {attempt + 1} failed:\n{error}",
+                      file=sys.stderr, flush=True)
+                continue
             if sample.answer is not None and sample.answer == rules.apply(p.answer):
                 append_jsonl(out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
                     {"role": "user", "content": user_turn(p.problem)},
@@ -57,7 +68,7 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
                 break
             counts["rejected"] += 1
         else:
-            append_jsonl(rejected_path, {"id": p.id, "attempts": attempts})
+            append_jsonl(rejected_path, {"id": p.id, "attempts": attempts, "error": error})
             counts["failed"] += 1
     return counts
 

@@ -13,6 +13,7 @@ Sampling appends to <output_dir>/kto_data.jsonl and resumes.
 from __future__ import annotations
 
 import os
+import traceback
 
 from common import load_tokenizer, prepare_model, recipe_from_argv, write_json
 
@@ -44,8 +45,14 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
         with Sandbox() as sandbox:
             solver = Solver(engine, sandbox, cfg)
             for p in tqdm(todo, desc="kto sampling"):
-                result = solver.solve(p.problem)
-                prompt = render_prompt(cfg.prompt_template, p.problem, engine)
+                try:
+                    result = solver.solve(p.problem)
+                    prompt = render_prompt(cfg.prompt_template, p.problem, engine)
+                except Exception:  # one problem's failure is not the run's: record it, go on
+                    error = traceback.format_exc()
+                    print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
+                    append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
+                    continue
                 for s in result.samples:
                     if not s.text:
                         continue
