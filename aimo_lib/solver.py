@@ -189,10 +189,12 @@ class Sample:
     answer_tries: int = field(default=0, repr=False)
     resumes: int = field(default=0, repr=False)  # continuations within this step
     retried: bool = field(default=False, repr=False)  # a transient failure was retried
+    capped: bool = field(default=False, repr=False)  # this step's max_tokens is the context left
 
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("session", "ids", "answer_tries", "resumes", "retried")}
+               if f.name not in ("session", "ids", "answer_tries", "resumes", "retried",
+                                 "capped")}
         out["code_calls"] = [asdict(c) for c in self.code_calls]
         return out
 
@@ -550,6 +552,9 @@ class Solver:
         if last_step:
             s.status = "exhausted"  # no step left to show it the output
             return "done"
+        if s.capped and s.finish_reason == "length":
+            s.status = "context_full"  # a restart would not help it: end it (an answer counts)
+            return "done"
         if not stopped_for_output or self._code(s) is None:
             # ended (EOS or max tokens) with neither code nor answer, or opened an output
             # block with no code block before it
@@ -672,6 +677,7 @@ class Solver:
             s.status, s.error = "context_full", f"the context ({self._max_len} tokens) is full"
             self._end(run, s)
             return None
+        s.capped = room is not None and room <= max_tokens
         max_tokens = max_tokens if room is None else min(max_tokens, room)
         if kind == "answer":
             return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
