@@ -197,6 +197,62 @@ def test_an_out_of_range_answer_never_reaches_kaggle(standins, capsys):
     assert len(records) == 6 and all("outside 0..999" in r["error"] for r in records)
 
 
+@pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
+@pytest.mark.parametrize("fault", ["raise", "cuda"])
+def test_serve_survives_a_faulty_engine_through_the_gateway(standins, competition, fault):
+    """The real path: make_solve_fn's solver, Kaggle's server and gateway (stand-ins), an
+    engine that fails on one problem (a raise out of the engine, or a CUDA error inside every
+    request): a complete submission comes out, that problem with the fallback."""
+    from aimo_lib.engines import ScriptedEngine
+
+    class Faulty(ScriptedEngine):
+        def submit(self, prompt, params):
+            if "3 + 3" in prompt and fault == "raise":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().submit(prompt, params)
+
+        def _one(self, prompt, p, deadline=None, aborted=None):
+            if "3 + 3" in prompt and fault == "cuda":
+                raise RuntimeError("CUDA error: device-side assert triggered")
+            return super()._one(prompt, p, deadline, aborted)
+
+    def answer(prompt, k):
+        i = int(prompt.split("What is ")[-1].split()[0])
+        return f"```python\nprint({i} + {i})\n```\n```output\n" if "output" not in prompt else (
+            f"So \\boxed{{{2 * i}}}.")
+
+    cfg = kg.NotebookConfig(competition=competition, model=None, out_dir=str(standins / "out"),
+                            problems=str(standins / "test.csv"), num_samples=2, total_hours=0.2)
+    solve = kg.make_solve_fn(cfg, engine=Faulty(answer))
+    try:
+        assert kg.serve(solve, cfg) is None
+    finally:
+        solve.close()
+    import polars as pl
+
+    got = dict(pl.read_parquet(standins / "submission.parquet").iter_rows())
+    assert got == {p.id: (0 if p.id == "p3" else p.answer) for p in PROBLEMS}
+    records = {r["id"]: r for r in map(json.loads, open(standins / "out" / "results.jsonl"))}
+    assert records["p3"]["fallback"] and "CUDA error" in records["p3"]["samples"][0]["error"]
+    assert solve.budget.n_problems == len(PROBLEMS)  # sized from the CSV, not the 50
+
+
+def test_the_aimo1_loop_answers_every_problem_when_solve_raises(standins, monkeypatch):
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setenv("AIMO_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+
+    def broken(problem, pid):
+        if pid == "p2":
+            raise MemoryError("CUDA out of memory")
+        return adder(problem, pid)
+
+    kg.serve(broken, kg.NotebookConfig(competition="aimo1", model=None,
+                                       out_dir=str(standins / "out")))
+    aimo = importlib.import_module("aimo")
+    assert sorted(aimo.predictions) == sorted((p.id, 0 if p.id == "p2" else p.answer)
+                                              for p in PROBLEMS)
+
+
 def test_the_servers_reject_anything_but_a_module_level_predict(standins):
     import functools
 

@@ -1,0 +1,105 @@
+"""Fault injection: a simulated engine that writes hostile text and fails in the ways real
+engines fail, to check that a pipeline survives them (tests/test_chaos.py, bench/chaos.py).
+
+    engine = ChaosEngine(seed=3, p_raise=0.1, p_stall=0.05)
+    Solver(engine, sandbox, config).solve(problem, time_limit_s=2)   # must not raise
+
+Each request draws, from `seed` and the request itself (so a run is reproducible), either a
+failure (one of several exception types, raised at submit or from the future), a stall (a
+request that outlives any deadline and ignores it unless aborted), or a continuation built
+from hostile fragments: broken and unclosed fences, ```py/```Python blocks, runaway, crashing
+and flooding code, empty/huge/negative/fractional boxes, NULs, special tokens.
+It is a simulation: no model is involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from concurrent.futures import Future
+
+from .engines import Completion, ContextLengthError, EngineError, ScriptedEngine
+
+__all__ = ["FRAGMENTS", "ChaosEngine"]
+
+FRAGMENTS = (
+    # reasoning and answers, good and bad
+    "Let me think. ", "So the answer is 42. ", "\\boxed{42}", "\\boxed{7}", "\\boxed{}",
+    "\\boxed{-5}", "\\boxed{3.5}", "\\boxed{10^{400}}", "\\boxed{(10^{400})^2}",
+    "\\boxed{" + "9" * 5000 + "}", "\\boxed{\\frac{1}{2}}", "\\boxed{99999}", "\\boxed{{{",
+    "\\boxed{1}}}", "\\fbox{12}", "The answer is \\boxed{", "final answer: 100000",
+    # fences, broken and well formed
+    "```", "```python\n", "```py\nprint(2)\n```\n", "```Python\n1+1\n```\n", "```output\n",
+    "```python\nprint(6*7)\n```\n```output\n", "```python\nx = 5\n", "\n```\n",
+    "```python\nprint('unclosed'", "```output\n```output\n",
+    # hostile code
+    "```python\nwhile True:\n    pass\n```\n```output\n",
+    "```python\nimport os\nos._exit(3)\n```\n```output\n",
+    "```python\n1/0\n```\n```output\n",
+    "```python\nprint('x' * 10**6)\n```\n```output\n",
+    "```python\nimport time\ntime.sleep(60)\n```\n```output\n",
+    "```python\nx = bytearray(10**11)\n```\n```output\n",
+    # bytes a tokenizer would not expect
+    "\x00\x00", "<|im_end|>", "<|endoftext|>", "<|start|>assistant<|channel|>final<|message|>",
+    "\ud7ff\u202e", " " * 50,
+)
+
+_ERRORS = (
+    lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
+    lambda: ValueError("zip() argument 2 is longer than argument 1"),
+    lambda: ContextLengthError("the prompt is longer than the maximum model length"),
+    lambda: ConnectionError("connection reset by peer"),
+    lambda: TimeoutError("read timed out"),
+    lambda: EngineError("HTTP 500: internal server error"),
+    lambda: KeyError("choices"),
+    lambda: MemoryError("CUDA out of memory"),
+)
+
+
+class ChaosEngine(ScriptedEngine):
+    """A simulated hostile engine (see the module docstring). Probabilities per request:
+    p_raise (an exception), p_stall (never finishes unless aborted); max_delay_s: latency of
+    the others. fragments: what continuations are made of."""
+
+    def __init__(self, seed: int = 0, *, p_raise: float = 0.1, p_stall: float = 0.05,
+                 max_delay_s: float = 0.05, fragments: tuple[str, ...] = FRAGMENTS,
+                 max_fragments: int = 6, **kwargs):
+        self.seed, self.p_raise, self.p_stall = seed, p_raise, p_stall
+        self.fragments, self.max_fragments = fragments, max_fragments
+        self.max_delay_s = max_delay_s
+        super().__init__(self._text, delay_s=self._delay, **kwargs)
+
+    def _rng(self, prompt, k: int, salt: str) -> random.Random:
+        key = f"{self.seed}|{salt}|{k}|{prompt if isinstance(prompt, str) else list(prompt)}"
+        return random.Random(hashlib.sha256(key.encode("utf-8", "replace")).digest())
+
+    def _text(self, prompt: str, k: int) -> str:
+        rng = self._rng(prompt, k, "text")
+        return "".join(rng.choice(self.fragments)
+                       for _ in range(rng.randint(0, self.max_fragments)))
+
+    def _delay(self, n_tokens: int) -> float:
+        return random.random() * self.max_delay_s
+
+    def _fate(self, prompt, k: int) -> str:
+        r = self._rng(prompt, k, "fate").random()
+        return "raise" if r < self.p_raise else "stall" if r < self.p_raise + self.p_stall else (
+            "ok")
+
+    def _one(self, prompt, p, deadline=None, aborted=None) -> Completion:
+        with self._lock:
+            k = self._seen.get(f"fate|{prompt}", 0)
+            self._seen[f"fate|{prompt}"] = k + 1
+        fate = self._fate(prompt, k)
+        if fate == "raise":
+            raise _ERRORS[self._rng(prompt, k, "error").randrange(len(_ERRORS))]()
+        if fate == "stall":  # ignores its deadline: only an abort ends it
+            (aborted or threading.Event()).wait(3600)
+            return Completion("", "length", 0)
+        return super()._one(prompt, p, deadline, aborted)
+
+    def submit(self, prompt, params) -> Future:
+        if self._rng(prompt, 0, "submit").random() < self.p_raise / 4:
+            raise ConnectionError("the server closed the connection")  # at submit time
+        return super().submit(prompt, params)
