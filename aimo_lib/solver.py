@@ -63,7 +63,7 @@ __all__ = ["ALLOWANCE_S", "CodeCall", "Sample", "SolveResult", "Solver", "Solver
 # How late solve() may return after its time limit: the wind-down (aborting requests, the
 # grace given to an engine that stops at the deadline by itself, reaping a cut code block).
 ALLOWANCE_S = 2.0
-_GRACE_S = 1.0  # wait this long past the deadline for an engine that says it honours it
+_GRACE_S = 0.5  # wait this long past the deadline for an engine that says it honours it
 
 STOP = "```output\n"
 BOXED = "\\boxed{"

@@ -178,6 +178,7 @@ def test_openai_engine_unreachable_server():
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    pytest.importorskip("torch")  # real vLLM always brings torch; VLLMEngine uses it
     import fake_vllm
 
     fake_vllm.calls.clear()

@@ -1,0 +1,88 @@
+"""How late solve() returns after its time limit under a hostile engine, per pipeline.
+
+    python bench/chaos.py                  # 40 problems per row, about 4 minutes on 2 cores
+    python bench/chaos.py --problems 10 --limit 1.5
+
+Each problem is solved with `time_limit_s=--limit` by aimo_lib.chaos.ChaosEngine (simulated:
+broken fences, runaway/crashing/flooding code, odd boxes, exceptions of eight types, requests
+that stall past any deadline, random latency; seed = problem index), N=8, M=4, 1 s code
+timeout, real sandboxed execution. Overrun = elapsed - limit (negative: it finished early).
+Baseline, in the same run: a well-behaved engine whose every request takes longer than the
+limit (so every problem is cut by the deadline), which shows the overrun the wind-down itself
+costs. `solve` must never raise and must return within limit + ALLOWANCE_S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from aimo_lib import Solver, SolverConfig  # noqa: E402
+from aimo_lib.chaos import ChaosEngine  # noqa: E402
+from aimo_lib.engines import ScriptedEngine  # noqa: E402
+from aimo_lib.sandbox import Sandbox  # noqa: E402
+from aimo_lib.solver import ALLOWANCE_S  # noqa: E402
+
+
+def p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
+
+
+def measure(make_engine, preset: str, pipeline: str, problems: int, limit: float,
+            sandbox: Sandbox) -> dict:
+    overruns, raised, cut = [], 0, 0
+    for i in range(problems):
+        engine = make_engine(i)
+        config = SolverConfig.preset(preset, num_samples=8, max_rounds=4, max_new_tokens=64,
+                                     code_timeout_s=1.0, pipeline=pipeline)
+        start = time.monotonic()
+        try:
+            result = Solver(engine, sandbox, config).solve(f"problem {i}", time_limit_s=limit)
+            cut += result.timed_out
+        except Exception:  # noqa: BLE001 - counted: the target is zero
+            raised += 1
+        overruns.append(time.monotonic() - start - limit)
+        engine.close()
+    return {"max": max(overruns), "p99": p99(overruns), "median": statistics.median(overruns),
+            "cut": cut, "raised": raised}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=40, help="problems per row")
+    ap.add_argument("--limit", type=float, default=2.0, help="time_limit_s per problem")
+    args = ap.parse_args()
+    chaos = lambda i: ChaosEngine(i, p_raise=0.15, p_stall=0.1, max_delay_s=0.2)
+    slow = lambda i: ScriptedEngine(lambda p, k: "\\boxed{1}", delay_s=args.limit + 5)
+    print(f"# {platform.node()} ({os.cpu_count()} cores), Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}; {args.problems} problems per row, limit "
+          f"{args.limit:g} s, allowance {ALLOWANCE_S:g} s")
+    print(f"{'engine':<10}{'preset':<14}{'pipeline':<10}{'max s':>8}{'p99 s':>8}"
+          f"{'median s':>10}{'cut':>6}{'raised':>8}{'max - baseline s':>18}")
+    with Sandbox(timeout_s=1.0) as sandbox:
+        for pipeline in ("rounds", "async"):
+            base = measure(slow, "default", pipeline, max(5, args.problems // 4), args.limit,
+                           sandbox)
+            rows = [("baseline", "default", base)]
+            for preset in ("default", "numina_aimo1"):
+                rows.append(("chaos", preset, measure(chaos, preset, pipeline, args.problems,
+                                                      args.limit, sandbox)))
+            for name, preset, r in rows:
+                # A difference, not a ratio: the baseline's overrun is close to zero.
+                print(f"{name:<10}{preset:<14}{pipeline:<10}{r['max']:>8.2f}{r['p99']:>8.2f}"
+                      f"{r['median']:>10.2f}{r['cut']:>6}{r['raised']:>8}"
+                      f"{r['max'] - base['max']:>18.2f}")
+                if r["raised"] or r["max"] > ALLOWANCE_S:
+                    print(f"  !! target missed: raised {r['raised']}, max overrun "
+                          f"{r['max']:.2f} s > {ALLOWANCE_S:g} s")
+
+
+if __name__ == "__main__":
+    main()
