@@ -391,7 +391,7 @@ def test_an_engine_that_cannot_be_built_still_answers(tmp_path):
     def build():
         raise EngineError("no GPU memory left")
 
-    config = kg.NotebookConfig(competition="aimo3", model=None, out_dir=str(tmp_path),
+    config = kg.NotebookConfig(competition="aimo1", model=None, out_dir=str(tmp_path),
                                problems="samples", limit=3)
     report = kg.serve(kg.make_solve_fn(config, engine=build), config)
     assert [r["answer"] for r in report.rows] == [0, 0, 0]

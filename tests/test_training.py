@@ -152,7 +152,8 @@ def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
     out = str(tmp_path / "tir.jsonl")
     counts = generate_tir_data.generate(problems, ScriptedEngine(teacher), sandbox, out,
                                         attempts=3, config=cfg, progress=False)
-    assert counts == {"kept": 3, "rejected": 4, "failed": 1, "skipped": 0}
+    assert counts == {"kept": 3, "rejected": 4, "failed": 1, "skipped": 0,
+                      "errors": 0}
     rows = [json.loads(line) for line in open(out)]
     assert [(r["id"], r["attempts"]) for r in rows] == [("p1", 1), ("p2", 2), ("p4", 1)]
     assert rows[0]["messages"][1]["content"].startswith("```python\nprint(1 * 3)\n```\n"
