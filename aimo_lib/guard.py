@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .answers import RULES
 from .gateway import append_jsonl, validate_answer
 
-__all__ = ["EngineHealth", "GuardedSolve", "Outcome", "log"]
+__all__ = ["EngineHealth", "GuardedSolve", "Outcome", "log", "probe"]
 
 
 def log(message: str) -> None:
@@ -75,6 +75,22 @@ class GuardedSolve:
             except OSError as exc:  # a full disk must not cost the answer either
                 log(f"could not record the failure in {self.log_path}: {exc}")
         return Outcome(self.fallback, None, error)
+
+
+def probe(engine, timeout_s: float = 30.0) -> str | None:
+    """Ask the engine for one token; None if it answers within `timeout_s`, else why not.
+    Tells a hung engine from one whose steps are just longer than a problem's time limit."""
+    from .engines import GenerationParams
+    from .solver import _in_daemon_thread
+
+    future = _in_daemon_thread(lambda: engine.generate(["1 + 1 ="], GenerationParams(
+        max_tokens=1, temperature=0.0)))
+    try:
+        future.result(timeout=timeout_s)
+        return None
+    except Exception as exc:  # noqa: BLE001 - a timeout or any failure: the engine is unwell
+        return f"a one-token probe failed: {type(exc).__name__}: {exc}" if str(exc) else (
+            f"a one-token probe got no answer in {timeout_s:g} s ({type(exc).__name__})")
 
 
 class EngineHealth:

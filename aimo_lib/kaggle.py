@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from .gateway import LocalGateway, Report, append_jsonl, load_problems, read_rows
-from .guard import EngineHealth, GuardedSolve, log
+from .guard import EngineHealth, GuardedSolve, log, probe
 
 __all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
 
@@ -148,10 +148,10 @@ class SolveFn:
     fallback (and the records say why).
     """
 
-    def __init__(self, config: NotebookConfig, engine=None):
+    def __init__(self, config: NotebookConfig, engine=None, probe_timeout_s: float = 30.0):
         from .budget import TimeBudget
 
-        self.config = config
+        self.config, self.probe_timeout_s = config, probe_timeout_s
         self.budget = TimeBudget.for_run(config.competition, config.total_hours)
         self.health = EngineHealth()
         self._engine = engine  # an engine, a callable building one, or None: from config
@@ -186,8 +186,12 @@ class SolveFn:
                 result = SolveResult(problem, rules.fallback, {}, True, False, [], 0,
                                      time.monotonic() - start, self.config.preset, error=error)
                 log(f"{problem_id}: no solver; fallback {result.answer}:\n{error}")
-            self.health.record(result.engine_failed or result.samples == [],
-                               error or _first_error(result))
+            failed, why = result.engine_failed or result.samples == [], error or _first_error(
+                result)
+            if not failed and result.nothing_back and self._solver is not None:
+                why = probe(self._solver.engine, self.probe_timeout_s)  # hung, or just slow?
+                failed = why is not None
+            self.health.record(failed, why or "")
             self.budget.record(result.elapsed_s)
             append_jsonl(self.results_path, {"id": problem_id, **result.to_dict()})
             log(f"{problem_id}: answer {result.answer} votes {dict(result.votes)} in "
@@ -223,10 +227,10 @@ def _first_error(result) -> str:
     return next((s.error for s in result.samples if s.error), "") or (result.error or "")
 
 
-def make_solve_fn(config: NotebookConfig, engine=None) -> SolveFn:
+def make_solve_fn(config: NotebookConfig, engine=None, **kwargs) -> SolveFn:
     """The notebook's solve(problem, problem_id) -> SolveResult; see SolveFn. `engine`: an
     engine or a function building one (default: from the config, at the first call)."""
-    return SolveFn(config, engine)
+    return SolveFn(config, engine, **kwargs)
 
 
 # ---------------------------------------------------------------- AIMO 2 / 3

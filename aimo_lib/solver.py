@@ -215,11 +215,14 @@ class SolveResult:
 
     @property
     def engine_failed(self) -> bool:
-        """Nothing came from the engine: every sample's requests failed, or none returned a
-        token before the deadline (a dead or hung engine)."""
-        return bool(self.samples) and (
-            all(s.status == "error" for s in self.samples)
-            or (self.timed_out and self.tokens_generated == 0))
+        """Every sample's requests failed (a dead engine, or a broken set-up)."""
+        return bool(self.samples) and all(s.status == "error" for s in self.samples)
+
+    @property
+    def nothing_back(self) -> bool:
+        """The deadline passed with no request completed: a hung engine, or steps longer
+        than the time limit (guard.probe tells which)."""
+        return self.timed_out and self.tokens_generated == 0
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

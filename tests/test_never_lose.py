@@ -353,7 +353,7 @@ def test_a_dead_engine_does_not_make_each_problem_wait_its_budget(tmp_path, caps
 
     config = kg.NotebookConfig(competition="aimo1", model=None, out_dir=str(tmp_path),
                                total_hours=0.02, num_samples=2)
-    solve = kg.make_solve_fn(config, engine=Hung(lambda p, k: ""))
+    solve = kg.make_solve_fn(config, engine=Hung(lambda p, k: ""), probe_timeout_s=0.5)
     solve.expect(10)
     times = []
     for i in range(10):
@@ -364,6 +364,24 @@ def test_a_dead_engine_does_not_make_each_problem_wait_its_budget(tmp_path, caps
     assert "THE ENGINE LOOKS DEAD" in capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(records) == 10 and "engine is dead" in records[-1]["error"]
+    solve.close()
+
+
+def test_a_slow_engine_is_not_taken_for_a_dead_one(tmp_path):
+    from aimo_lib import kaggle as kg
+
+    # Every step takes longer than the problem's limit (nothing comes back), but the engine
+    # answers a one-token probe: it is alive, and every problem is still tried.
+    engine = ScriptedEngine(lambda p, k: "\\boxed{1}" if len(p) < 20 else "long " * 100,
+                            delay_s=lambda n: 0.0 if n <= 1 else 60.0)
+    config = kg.NotebookConfig(competition="aimo1", model=None, out_dir=str(tmp_path),
+                               total_hours=0.006, num_samples=2)
+    solve = kg.make_solve_fn(config, engine=engine, probe_timeout_s=2.0)
+    solve.expect(3)
+    for i in range(3):
+        result = solve(f"problem {i}", str(i))
+        assert result.nothing_back and result.samples
+    assert not solve.health.dead
     solve.close()
 
 
