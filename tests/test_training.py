@@ -161,7 +161,8 @@ def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
     assert rows[0]["messages"][0]["content"].startswith("What is 1 times 3?\n\n")
     again = generate_tir_data.generate(problems, ScriptedEngine(teacher), sandbox, out,
                                        attempts=3, config=cfg, progress=False)
-    assert again == {"kept": 0, "rejected": 0, "failed": 0, "skipped": 4}  # resumed
+    assert again == {"kept": 0, "rejected": 0, "failed": 0, "skipped": 4,
+                     "errors": 0}  # resumed
 
 
 def test_toy_problems_and_teacher_agree(sandbox):
