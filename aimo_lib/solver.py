@@ -386,6 +386,15 @@ class Solver:
         """Run the samples' code blocks concurrently; none starts after the deadline."""
         if not samples:
             return
+        if not self.config.stateful:  # one batch on the sandbox's own pool, a worker each
+            codes = [self._code(s) or ("", "") for s in samples]
+            try:
+                done = self.sandbox.run_many([c for _, c in codes], **self._run_kwargs(run))
+            except Exception as exc:  # noqa: BLE001 - a sandbox failure is these blocks' output
+                done = [ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)] * len(codes)
+            for s, (written, _), r in zip(samples, codes, done, strict=True):
+                self._guard(run, s, lambda s=s, w=written, r=r: self._append_output(s, w, r))
+            return
         futures = [self._pool.submit(self._run_code, run, s) for s in samples]
         timeout = None if run.deadline is None else max(
             0.0, run.deadline - time.monotonic() + _GRACE_S)
@@ -598,9 +607,7 @@ class Solver:
     def _run_code(self, run: _Run, s: Sample) -> tuple[str, ExecutionResult]:
         """Execute the sample's last block (never after the deadline); never raises."""
         written, code = self._code(s) or ("", "")
-        kwargs = dict(timeout_s=self.config.code_timeout_s, deadline=run.deadline,
-                      display=not self.config.numina_execution,
-                      stderr_on_success=not self.config.numina_execution)
+        kwargs = self._run_kwargs(run)
         try:
             if not self.config.stateful:
                 return written, self.sandbox.run(code, **kwargs)
@@ -611,6 +618,11 @@ class Solver:
             return written, s.session.run(code, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a sandbox failure is this block's output
             return written, ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)
+
+    def _run_kwargs(self, run: _Run) -> dict:
+        seed_format = self.config.numina_execution  # no REPL display, stdout only on success
+        return dict(timeout_s=self.config.code_timeout_s, deadline=run.deadline,
+                    display=not seed_format, stderr_on_success=not seed_format)
 
     def _append_output(self, s: Sample, code: str, r: ExecutionResult) -> None:
         cfg = self.config

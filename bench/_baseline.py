@@ -38,5 +38,6 @@ class SubprocessExecutor:
     def __init__(self, workers: int | None = None):
         self.pool = ThreadPoolExecutor(workers or os.cpu_count())
 
-    def run_many(self, codes, timeout_s=5.0, display=True) -> list[ExecutionResult]:
+    def run_many(self, codes, timeout_s=5.0, display=True, **_) -> list[ExecutionResult]:
+        """Sandbox.run_many's signature; its deadline and stderr options are not modelled."""
         return list(self.pool.map(lambda c: subprocess_run(c, timeout_s), codes))
