@@ -186,8 +186,8 @@ class SolveFn:
                 result = SolveResult(problem, rules.fallback, {}, True, False, [], 0,
                                      time.monotonic() - start, self.config.preset, error=error)
                 log(f"{problem_id}: no solver; fallback {result.answer}:\n{error}")
-            failed, why = result.engine_failed or result.samples == [], error or _first_error(
-                result)
+            failed = result.engine_failed or not result.samples
+            why = error or _first_error(result)
             if not failed and result.nothing_back and self._solver is not None:
                 why = probe(self._solver.engine, self.probe_timeout_s)  # hung, or just slow?
                 failed = why is not None
