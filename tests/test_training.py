@@ -114,6 +114,17 @@ def test_numina_chat_template_renders_like_the_seed(tiny):
     assert prompt == f"{tok.bos_token}### Problem: P\n### Solution: "
 
 
+def test_kto_labels_need_a_valid_reference_and_an_answer():
+    from aimo_lib.answers import RULES
+
+    rules = RULES["aimo3"]
+    assert kto.label(12, 12, rules) is True
+    assert kto.label(None, 12, rules) is False and kto.label(13, 12, rules) is False
+    # A reference the rules reject (negative, over 99999): no label at all, not "desirable"
+    # for every sample without an answer (None == None).
+    assert kto.label(None, -3, rules) is None and kto.label(None, 123456, rules) is None
+
+
 def test_kto_two_steps_reports_implicit_rewards(tiny, tmp_path):
     rows = []
     for i in range(4):

@@ -23,6 +23,15 @@ from aimo_lib.gateway import append_jsonl, read_jsonl
 from aimo_lib.prompts import render_prompt
 
 
+def label(answer: int | None, reference: int, rules) -> bool | None:
+    """A sample's KTO label: desirable only when it gave the reference answer; None when the
+    reference itself is no valid answer under `rules` (skip the problem: nothing to match)."""
+    truth = rules.apply(reference)
+    if truth is None:
+        return None
+    return answer is not None and answer == truth
+
+
 def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -> list[dict]:
     """KTO rows {"prompt", "completion", "label"} from the model's own SC-TIR samples."""
     from aimo_lib import engines
@@ -40,9 +49,14 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
         solver_cfg.setdefault("num_samples", recipe.get("samples_per_prompt", 4))
         cfg = SolverConfig.preset(preset, early_stop=None, competition="aimo3", **solver_cfg)
         rules = RULES["aimo3"]
+        invalid = [p.id for p in todo if label(None, p.answer, rules) is None]
+        if invalid:  # a negative or out-of-range reference would make every miss "desirable"
+            print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "
+                  f"under the aimo3 rules ({', '.join(invalid[:5])}...)", flush=True)
+            todo = [p for p in todo if p.id not in set(invalid)]
         from tqdm.auto import tqdm
 
-        with Sandbox() as sandbox:
+        with Sandbox() as sandbox, engine:  # the engine is shut down before training starts
             solver = Solver(engine, sandbox, cfg)
             for p in tqdm(todo, desc="kto sampling"):
                 try:
@@ -57,7 +71,7 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
                     if not s.text:
                         continue
                     append_jsonl(out_path, {"id": p.id, "prompt": prompt, "completion": s.text,
-                                            "label": s.answer == rules.apply(p.answer)})
+                                            "label": label(s.answer, p.answer, rules)})
     return read_jsonl(out_path)
 
 
