@@ -188,6 +188,24 @@ def test_toy_problems_and_teacher_agree(sandbox):
     assert all(solver.solve(p.problem).answer == p.answer for p in problems)
 
 
+def test_gptq_calibration_is_a_seeded_shuffle_with_one_bos(tiny):
+    import quantize
+    from common import load_tokenizer
+
+    tok = load_tokenizer(str(tiny / "model"), "numina")
+    recipe = {"calibration_dataset": str(tiny / "tir.jsonl"), "calibration_samples": 3,
+              "seed": 1}
+    rows = quantize.calibration_rows(recipe, tok)
+    assert rows == quantize.calibration_rows(recipe, tok) and len(rows) == 3
+    assert rows != quantize.calibration_rows({**recipe, "seed": 2}, tok)
+    for r in rows:
+        ids = r["input_ids"]
+        assert ids.count(tok.bos_token_id) <= 1 and len(r["attention_mask"]) == len(ids)
+        text = tok.decode(ids)
+        assert text.startswith(tok.bos_token or "") and not text.startswith(
+            2 * (tok.bos_token or "x"))
+
+
 def test_quantize_reload_generate(tiny, tmp_path):
     pytest.importorskip("gptqmodel")
     script = f"""

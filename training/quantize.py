@@ -4,8 +4,10 @@ no longer imports with current transformers).
 
     python training/quantize.py --recipe training/recipes/deepseek-math-7b/quantize.yaml
 
-Calibration: `calibration_samples` rows of the TIR training data rendered through the chat
-template. float16 throughout (T4 has no bfloat16). On 2 CPU cores set GPTQMODEL_CPU_WORKERS=2.
+Calibration: `calibration_samples` rows of the TIR training data, shuffled with `seed` first
+(as Numina did), rendered through the chat template and tokenised without adding special
+tokens (the rendered text already starts with the template's BOS). float16 throughout (T4
+has no bfloat16). On 2 CPU cores set GPTQMODEL_CPU_WORKERS=2.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import os
 from common import load_dataset_any, load_tokenizer, prepare_model, recipe_from_argv, write_json
 
 
-def calibration_texts(recipe: dict, tokenizer) -> list[str]:
-    ds = load_dataset_any(recipe["calibration_dataset"], "train",
-                          recipe.get("calibration_samples", 256))
-    return [tokenizer.apply_chat_template(row["messages"], tokenize=False) for row in ds]
+def calibration_rows(recipe: dict, tokenizer) -> list[dict]:
+    """Token ids (one BOS, the template's) of a seeded random sample of the training data."""
+    ds = load_dataset_any(recipe["calibration_dataset"], "train")
+    ds = ds.shuffle(seed=recipe.get("seed", 42))
+    ds = ds.select(range(min(recipe.get("calibration_samples", 256), len(ds))))
+    texts = [tokenizer.apply_chat_template(row["messages"], tokenize=False) for row in ds]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids]
 
 
 def quantize(recipe: dict) -> str:
@@ -27,11 +33,11 @@ def quantize(recipe: dict) -> str:
 
     model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
     tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
-    texts = calibration_texts(recipe, tokenizer)
+    rows = calibration_rows(recipe, tokenizer)
     config = QuantizeConfig(bits=recipe.get("bits", 8), group_size=recipe.get("group_size", 128),
                             desc_act=recipe.get("desc_act", True))
     model = GPTQModel.load(model_path, config, dtype=torch.float16)
-    model.quantize(texts, batch_size=recipe.get("batch_size", 4), tokenizer=tokenizer)
+    model.quantize(rows, batch_size=recipe.get("batch_size", 4), tokenizer=tokenizer)
     out = recipe["output_dir"]
     model.save(out)
     tokenizer.save_pretrained(out)
