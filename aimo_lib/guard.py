@@ -53,7 +53,6 @@ class GuardedSolve:
             raise ValueError(f"competition must be one of {sorted(RULES)}")
         self.solve, self.competition, self.log_path = solve, competition, log_path
         self.fallback = RULES[competition].fallback
-        self.failures = 0  # problems answered with the fallback because solve() failed
 
     def __call__(self, problem: str, problem_id: str = "") -> Outcome:
         start = time.monotonic()
@@ -63,7 +62,6 @@ class GuardedSolve:
             return Outcome(answer, out)
         except Exception:  # noqa: BLE001 - anything (GatewayError too): the answer must go out
             error = traceback.format_exc()
-        self.failures += 1
         log(f"{problem_id}: solving failed; submitting the fallback answer {self.fallback}:\n"
             f"{error}")
         if self.log_path:
