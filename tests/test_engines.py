@@ -173,7 +173,10 @@ def test_openai_engine_unreachable_server():
                      ).generate(["q"], TIR)
 
 
-# ---------------------------------------------------------------- VLLMEngine (contract)
+# ---------------------------------------------------------------- VLLMEngine on 2xT4 (stand-in)
+# Real vLLM is tested in test_vllm.py. What a CPU cannot show is how the engine is configured
+# on Kaggle's two T4s (tensor parallel over both, fp16 as T4s lack bf16): checked here against a
+# stand-in module that records the constructor's arguments, and on a GPU by scripts/gpu_smoke.py.
 
 
 @pytest.fixture
@@ -186,7 +189,7 @@ def fake_vllm(monkeypatch):
     return fake_vllm
 
 
-def test_vllm_engine_offline_contract_on_2xT4(fake_vllm, monkeypatch, sandbox):
+def test_vllm_engine_configuration_on_2xT4(fake_vllm, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -199,36 +202,10 @@ def test_vllm_engine_offline_contract_on_2xT4(fake_vllm, monkeypatch, sandbox):
                           quantization=None, gpu_memory_utilization=0.9, max_model_len=4096,
                           enable_prefix_caching=True, seed=7, disable_custom_all_reduce=True,
                           attention_backend="TRITON_ATTN")
-    res = Solver(engine, sandbox, SolverConfig.preset("default", num_samples=2)).solve("1?")
-    assert res.answer == 1 and res.samples[0].code_calls[0].output == "1"
-    sampling = [c[1] for c in fake_vllm.calls if c[0] == "SamplingParams"][0]
-    assert sampling["stop"] == [STOP, "\\boxed{", "\n```\n"]
-    assert sampling["include_stop_str_in_output"]
-    assert sampling["n"] == 1 and sampling["temperature"] == 0.8 and "seed" in sampling
-    generate_calls = [c[1] for c in fake_vllm.calls if c[0] == "generate"]
-    assert all(use_tqdm is False for _, use_tqdm in generate_calls)
-    # Later steps continue from token ids (here, characters) instead of re-tokenised text.
-    later = generate_calls[1][0][0]
-    assert isinstance(later, dict) and "".join(map(chr, later["prompt_token_ids"])).endswith(
-        "```output\n1\n```\n")
-
-
-def test_vllm_engine_async_mode_continues_and_aborts(fake_vllm):
-    engine = VLLMEngine("m", async_mode=True)
-    assert [c[0] for c in fake_vllm.calls] == ["AsyncLLMEngine.from_engine_args"]
-    done = engine.submit([1, 2, 3], TIR)  # token ids: continued without re-tokenising
-    assert done.result(5).finish_reason == "stop"
-    prompt, request_id = [c[1] for c in fake_vllm.calls if c[0] == "async generate"][0]
-    assert prompt == {"prompt_token_ids": [1, 2, 3]}
-    hanging = engine.submit("hang", TIR)
-    time.sleep(0.05)
-    engine.abort(hanging)
-    deadline = time.monotonic() + 5
-    while hanging.request_id not in fake_vllm.AsyncLLMEngine.aborted:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert hanging.cancelled()
-    assert engine.generate(["a"], TIR)[0].text.endswith(STOP)
+    assert engine.max_model_len == 4096 and engine.supports_deadline
+    VLLMEngine("m", async_mode=True)
+    (name, kwargs), = [c for c in fake_vllm.calls if c[0] == "AsyncLLMEngine.from_engine_args"]
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["dtype"] == "float16"
 
 
 def test_vllm_engine_without_vllm_says_what_to_do(monkeypatch):

@@ -40,10 +40,11 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
     done = {row["id"] for row in read_jsonl(out_path)}
     todo = [p for p in problems if p.id not in done]
     if todo:
-        kind = recipe.get("engine", "hf")
-        engine = (engines.VLLMEngine(model_path, async_mode=True) if kind == "vllm" else
-                  engines.OpenAIEngine(recipe["openai_url"], recipe.get("served_model"))
-                  if kind == "openai" else engines.HFEngine(model_path))
+        kind = recipe.get("engine", "auto")
+        served = kind == "openai"
+        engine = engines.build_engine(
+            kind, recipe.get("served_model") if served else model_path,
+            openai_urls=[recipe["openai_url"]] if served else [])
         solver_cfg = dict(recipe.get("solver", {}))
         preset = solver_cfg.pop("preset", "default")
         solver_cfg.setdefault("num_samples", recipe.get("samples_per_prompt", 4))

@@ -1,0 +1,114 @@
+"""vLLM's OpenAI-compatible server as a child process: for scale-out on one machine, the
+real-server tests and bench/engines.py.
+
+    with VLLMServer(checkpoint) as server:          # waits until /v1/models answers
+        engine = OpenAIEngine(server.url)
+
+The server and its engine processes never outlive this process (aimo_lib.reaper). The `vllm`
+console script of the CPU build fails (it looks up a distribution named `vllm`), so the
+server runs as `python -m vllm.entrypoints.openai.api_server`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from .engines import EngineError
+from .reaper import Reaper
+
+__all__ = ["VLLMServer", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _on_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class VLLMServer:
+    """`python -m vllm.entrypoints.openai.api_server` for `model`, started and waited for.
+
+    gpu_memory_utilization: vLLM's default on GPUs; on CPU the share of RAM kept for the KV
+    cache, default 0.3, and the model runs eagerly (pass "--no-enforce-eager" in extra_args
+    to compile it). extra_args: more server flags. The server's output goes to `log_path`
+    (default: a temporary file, named in errors).
+    """
+
+    def __init__(self, model: str, *, port: int | None = None, host: str = "127.0.0.1",
+                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                 seed: int = 0, extra_args: tuple[str, ...] = (), log_path: str | None = None,
+                 startup_timeout_s: float = 600.0):
+        self.model, self.port = model, port or free_port()
+        self.url = f"http://{host}:{self.port}/v1"
+        on_gpu = _on_gpu()
+        if gpu_memory_utilization is None and not on_gpu:
+            gpu_memory_utilization = 0.3
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+               "--host", host, "--port", str(self.port), "--seed", str(seed)]
+        if max_model_len:
+            cmd += ["--max-model-len", str(max_model_len)]
+        if gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+        if not on_gpu and "--no-enforce-eager" not in extra_args:
+            cmd.append("--enforce-eager")  # as VLLMEngine: no ~50 s torch.compile on CPU
+        cmd += [a for a in extra_args if a != "--no-enforce-eager"]
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self._reaper = Reaper([self.proc.pid])
+        try:
+            self._wait_ready(startup_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise EngineError(f"the vLLM server exited with code {self.proc.returncode} "
+                                  f"before it was ready:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                    if json.load(r).get("data"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise EngineError(f"the vLLM server was not ready after {timeout_s:.0f} s (log: "
+                          f"{self.log_path}):\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+    def close(self) -> None:
+        """Stop the server and its engine processes (SIGTERM, then SIGKILL after 10 s)."""
+        self._reaper.stop(grace_s=10.0)
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
