@@ -586,6 +586,7 @@ class VLLMEngine:
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
         if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
             engine_kwargs.setdefault("enforce_eager", True)
+            _check_cpu_quantization(model)
         kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                       quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
@@ -766,6 +767,22 @@ class VLLMEngine:
         if self.async_mode and not future.done() and self.engine is not None:
             asyncio.run_coroutine_threadsafe(self.engine.abort(future.request_id), self._loop)
             future.cancel()
+
+
+def _check_cpu_quantization(model: str) -> None:
+    """vLLM's CPU build runs GPTQ and AWQ at 4 bits only (its CPUWNA16 kernel); anything else
+    fails deep in a worker ("Marlin does not support weight_bits = uint8b128"): say so first."""
+    try:
+        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+            quant = json.load(f).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return
+    method = str(quant.get("quant_method", "")).lower()
+    if method in ("gptq", "awq") and quant.get("bits") != 4:
+        raise EngineError(
+            f"{model} is {quant.get('bits')}-bit {method.upper()}: vLLM's CPU build runs GPTQ and "
+            "AWQ at 4 bits only. Quantize with bits: 4 to serve it with vLLM on CPU, serve this "
+            "one on a GPU, or load it with HFEngine (transformers + gptqmodel).")
 
 
 def _vllm_prompt(prompt):

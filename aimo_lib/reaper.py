@@ -88,11 +88,21 @@ kill_tree(same)
 """
 
 
+def _shared(pid: int) -> bool:
+    """multiprocessing's resource tracker: started by whoever first needs it, shared by the
+    whole process, and gone by itself when its owner is (killing it leaks semaphores)."""
+    try:
+        with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 class Reaper:
     """Kills `pids` (and their children) when this process dies, or at stop()."""
 
     def __init__(self, pids):
-        self.pids = {p: st[1] for p in pids if (st := _stat(p)) is not None}
+        self.pids = {p: st[1] for p in pids if (st := _stat(p)) is not None and not _shared(p)}
         self._watchdog = None
         if self.pids:
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -53,29 +53,15 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
 def prepare_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str = "runs/models"
                   ) -> str:
     """A directory transformers can train from. A GGUF file cannot be trained or saved as it
-    is: dequantise it once (GgufConfig-style), drop the quantizer and save it as safetensors."""
-    if name_or_path == "smollm2-gguf":
-        from aimo_lib.engines import default_model_path
+    is: it is written once as a plain checkpoint (aimo_lib.models.checkpoint_from_gguf)."""
+    from aimo_lib.models import checkpoint_from_gguf, default_model_path
 
+    if name_or_path == "smollm2-gguf":
         name_or_path, gguf_file = default_model_path()
     if not gguf_file:
         return name_or_path
     out = os.path.join(cache_dir, os.path.splitext(os.path.basename(gguf_file))[0])
-    if os.path.exists(os.path.join(out, "config.json")):
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, gguf_file=gguf_file,
-                                                 dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out + ".tmp")
-    tokenizer.save_pretrained(out + ".tmp")
-    os.replace(out + ".tmp", out)
-    return out
+    return checkpoint_from_gguf(name_or_path, gguf_file, out)
 
 
 def load_tokenizer(path: str, chat_template: str = "model"):

@@ -34,8 +34,15 @@ def quantize(recipe: dict) -> str:
     model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
     tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
     rows = calibration_rows(recipe, tokenizer)
-    config = QuantizeConfig(bits=recipe.get("bits", 8), group_size=recipe.get("group_size", 128),
-                            desc_act=recipe.get("desc_act", True))
+    group_size, desc_act = recipe.get("group_size", 128), recipe.get("desc_act", False)
+    if desc_act and group_size != -1:
+        raise SystemExit(
+            "desc_act: true with grouped quantization (group_size != -1) writes a checkpoint that "
+            "vLLM refuses to load ('GPTQ group activation ordering (desc_act=True) is no longer "
+            "supported', vLLM 0.32/0.33). Use desc_act: false with act_group_aware: true (static "
+            "activation ordering: the accuracy of act-order at no cost when serving).")
+    config = QuantizeConfig(bits=recipe.get("bits", 8), group_size=group_size, desc_act=desc_act,
+                            act_group_aware=recipe.get("act_group_aware", True))
     model = GPTQModel.load(model_path, config, dtype=torch.float16)
     model.quantize(rows, batch_size=recipe.get("batch_size", 4), tokenizer=tokenizer)
     out = recipe["output_dir"]

@@ -8,8 +8,9 @@
    (generate_tir_data.generate: aimo_lib's solver, real sandboxed execution, answer check,
    re-sampling; the teacher writes a wrong program a quarter of the time);
 3. stage-2 SFT of SmolLM2-135M (recipes/smollm2-135m/toy-tir.yaml);
-4. `aimo eval`'s harness on the held-out problems for the base and the tuned model, and the
-   gain in solve rate (maj@N) between them. Every step resumes if interrupted.
+4. `aimo eval`'s harness on the held-out problems for the base and the tuned model, served as
+   the notebook serves them (vLLM where it is importable, CPU too; else transformers), and
+   the gain in solve rate (maj@N) between them. Every step resumes if interrupted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import replace
 from common import load_recipe, prepare_model, write_json
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.engines import HFEngine, ScriptedEngine
+from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine, build_engine
 from aimo_lib.evaluation import EvalProblem, run_eval
 from aimo_lib.sandbox import Sandbox
 
@@ -92,10 +93,11 @@ def evaluate(model_dir: str, problems, out: str, args) -> float:
     cfg = SolverConfig.preset("default", num_samples=args.samples, max_rounds=3,
                               max_new_tokens=args.eval_tokens, temperature=0.7,
                               prompt_template="chat", competition="aimo3", early_stop=None)
-    engine = HFEngine(model_dir)
-    with Sandbox() as sandbox:
+    # The notebook's path: vLLM where it is importable (CPU too), else transformers.
+    with build_engine(args.engine, model_dir) as engine, Sandbox() as sandbox:
         summary = run_eval(problems, lambda seed: Solver(engine, sandbox, replace(cfg, seed=seed)),
                            [0], out, {"dataset": "toy-heldout", "model": model_dir,
+                                      "engine": type(engine).__name__,
                                       "solver": cfg.to_dict()}, "aimo3")
     return summary["maj_at_n"]["mean"]
 
@@ -108,6 +110,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=24, help="held-out problems")
     ap.add_argument("--samples", type=int, default=4, help="N at evaluation")
     ap.add_argument("--eval-tokens", type=int, default=96, help="tokens per step at evaluation")
+    ap.add_argument("--engine", default="auto", choices=ENGINE_KINDS[:3],
+                    help="evaluation engine (auto: vLLM where importable, else transformers)")
     ap.add_argument("--recipe", default=os.path.join(HERE, "recipes", "smollm2-135m",
                                                      "toy-tir.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
