@@ -119,7 +119,8 @@ def bench_demo(engines: list[str]) -> list[dict]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - start
             with open(os.path.join(out, "report.txt"), encoding="utf-8") as f:
-                score = next((line.strip() for line in f if "score" in line), "?")
+                score = next((line.split("score:", 1)[1].strip() for line in f
+                              if "score:" in line), "?")
         print(f"[bench] demo with ENGINE={engine}: {wall:.0f} s, {score}", flush=True)
         rows.append(dict(engine=engine, wall_s=wall, score=score))
     return rows

@@ -208,6 +208,43 @@ def test_vllm_engine_configuration_on_2xT4(fake_vllm, monkeypatch):
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["dtype"] == "float16"
 
 
+def test_build_engine_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
+    """The one factory: auto = vLLM wherever importable (the embedded model as a cached
+    checkpoint), transformers when vLLM is missing or fails to start; vllm asked for by name
+    fails loudly instead."""
+    from aimo_lib import engines, models
+
+    built = []
+
+    class FakeHF:
+        def __init__(self, model=None):
+            built.append(("hf", model))
+
+    def fake_vllm_engine(model, **kwargs):
+        built.append(("vllm", model))
+        if model == "/broken":
+            raise RuntimeError("Engine core initialization failed")
+        return "a vllm engine"
+
+    monkeypatch.setattr(engines, "HFEngine", FakeHF)
+    monkeypatch.setattr(engines, "VLLMEngine", fake_vllm_engine)
+    monkeypatch.setattr(models, "embedded_checkpoint", lambda: "/cache/SmolLM2")
+    monkeypatch.setattr(engines, "vllm_available", lambda: True)
+    assert engines.build_engine("auto") == "a vllm engine"
+    assert built == [("vllm", "/cache/SmolLM2")]
+    assert isinstance(engines.build_engine("auto", "/broken"), FakeHF)
+    assert built[-2:] == [("vllm", "/broken"), ("hf", "/broken")]
+    with pytest.raises(RuntimeError, match="initialization failed"):
+        engines.build_engine("vllm", "/broken")
+    monkeypatch.setattr(engines, "vllm_available", lambda: False)
+    built.clear()
+    assert isinstance(engines.build_engine("auto"), FakeHF) and built == [("hf", None)]
+    with pytest.raises(ValueError, match="unknown engine"):
+        engines.build_engine("tgi")
+    with pytest.raises(ValueError, match="base URL"):
+        engines.build_engine("openai")
+
+
 def test_vllm_engine_without_vllm_says_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(EngineError, match="HFEngine or OpenAIEngine"):

@@ -96,7 +96,7 @@ def main() -> None:
                                  temperature=args.temperature, max_rounds=args.max_rounds,
                                  prompt_template=args.prompt_template,
                                  competition=args.competition)
-    with Sandbox() as sandbox:
+    with Sandbox() as sandbox, engine:
         counts = generate(problems, engine, sandbox, args.out, args.attempts, config,
                           args.competition)
     print(f"{counts} ({len(skipped)} problems without an integer answer skipped)")
