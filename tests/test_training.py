@@ -17,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = os.path.join(REPO, "training")
 sys.path.insert(0, TRAINING)
 
+import build_problems  # noqa: E402
 import common  # noqa: E402
 import generate_tir_data  # noqa: E402
 import kto  # noqa: E402
@@ -76,6 +77,59 @@ def test_sft_loss_is_finite_and_falls_on_repeated_data(tiny, tmp_path, stage):
     assert len(losses) == 16 and all(loss == loss and loss < 100 for loss in losses)  # finite
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
     assert os.path.exists(tmp_path / "out" / "train_report.json")
+
+
+def test_packing_loses_no_token_and_counts_the_overflow():
+    """The issue's rows (1500, 300, 700 tokens at block 1024): TRL's "bfd" kept 2024 of 2500
+    tokens; the default strategy keeps them all, and the overflow is counted."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    rows = Dataset.from_dict({"input_ids": [[1] * 1500, [2] * 300, [3] * 700]})
+    assert sft.overflow_report(rows, None, 1024) == {
+        "rows": 3, "block_size": 1024, "rows_over": 1, "tokens_over": 476, "tokens": 2500}
+    kept = lambda strategy: sum(map(len, pack_dataset(rows, 1024, strategy)["input_ids"]))
+    assert kept(sft.PACKING) == 2500 and kept("bfd") == 2024
+
+
+def test_problems_builder_keeps_checkable_integer_answers(tmp_path):
+    """NuminaMath rows -> problems.jsonl: the last boxed answer, kept only when it is an exact
+    integer; validation problems, repeats and rows without an answer are dropped and counted."""
+    tir = lambda a: [{"role": "user", "content": "q"}, {
+        "role": "assistant", "content": f"First \\boxed{{9}}, finally $\\boxed{{{a}}}$."}]
+    rows = [
+        {"problem": "A?", "messages": tir("1,000")},
+        {"problem": "B?", "solution": "so \\boxed{-3}"},
+        {"problem": "C?", "solution": "\\boxed{12.0}"},
+        {"problem": "D?", "messages": tir("\\frac{1}{2}")},
+        {"problem": "E?", "solution": "no box here, the answer is 5"},
+        {"problem": "  a? ", "solution": "\\boxed{7}"},  # a repeat of "A?"
+        {"problem": "Valid set problem", "solution": "\\boxed{4}"},
+        {"problem": "", "solution": "\\boxed{4}"},
+        {"problem": "F?", "solution": "\\boxed{x + 1}"},
+    ]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = tmp_path / "valid.jsonl"
+    held.write_text(json.dumps({"problem": "valid  set problem", "answer": "4"}) + "\n")
+    out = tmp_path / "problems.jsonl"
+    r = subprocess.run([sys.executable, os.path.join(TRAINING, "build_problems.py"), "--source",
+                        str(src), "--out", str(out), "--exclude", str(held)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(p["problem"], p["answer"]) for p in kept] == [("A?", 1000), ("B?", -3), ("C?", 12)]
+    counts = json.loads((tmp_path / "problems.jsonl.counts.json").read_text())
+    assert counts == {"source": str(src), "rows": 9, "kept": 3, "not_an_integer": 2,
+                      "no_boxed_answer": 1, "duplicate": 1, "in_an_excluded_set": 1,
+                      "no_problem": 1}
+    assert "kept 3 of 9 rows" in r.stdout
+    assert [build_problems.integer_answer(b) for b in ("1{,}000", "\\!42", "0.5", "1e3")] == [
+        1000, 42, None, None]
+    from aimo_lib.evaluation import load_eval_dataset
+
+    problems, skipped = load_eval_dataset(str(out))  # what KTO and TIR generation read
+    assert [p.answer for p in problems] == [1000, -3, 12] and not skipped
 
 
 def test_masks_cover_only_what_they_should(tiny):
@@ -142,6 +196,25 @@ def test_kto_two_steps_reports_implicit_rewards(tiny, tmp_path):
     assert os.path.exists(tmp_path / "kto" / "kto_report.json")
 
 
+def test_kto_at_the_recipes_precision_moves_every_weight(tiny, tmp_path):
+    """kto.yaml's settings (float32 weights, bf16 autocast, lr 5e-7): one AdamW step changes
+    (nearly) every weight; with bf16 weights it changed about 1% (the issue's measurement)."""
+    import torch
+    from safetensors.torch import load_file
+
+    rows = [{"prompt": f"### Problem: {i}?\n### Solution: ", "completion": f"\\boxed{{{i}}}",
+             "label": i % 2 == 0} for i in range(4)]
+    recipe = {"output_dir": str(tmp_path / "kto"), "max_steps": 1, "learning_rate": 5e-7,
+              "per_device_train_batch_size": 4, "max_length": 64, "dtype": "float32",
+              "bf16": True}
+    kto.train(recipe, rows, str(tiny / "model"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    before = load_file(str(tiny / "model" / "model.safetensors"))[name]
+    after = load_file(str(tmp_path / "kto" / "model.safetensors"))[name]
+    assert after.dtype == torch.float32
+    assert (after != before).float().mean().item() > 0.9
+
+
 def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
     from aimo_lib import SolverConfig
     from aimo_lib.engines import ScriptedEngine
@@ -166,7 +239,7 @@ def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
                                         attempts=3, config=cfg, progress=False)
     assert counts == {"kept": 3, "rejected": 4, "failed": 1, "skipped": 0,
                       "errors": 0}
-    rows = [json.loads(line) for line in open(out)]
+    rows = sorted((json.loads(line) for line in open(out)), key=lambda r: r["id"])
     assert [(r["id"], r["attempts"]) for r in rows] == [("p1", 1), ("p2", 2), ("p4", 1)]
     assert rows[0]["messages"][1]["content"].startswith("```python\nprint(1 * 3)\n```\n"
                                                         "```output\n3\n```")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -225,30 +224,49 @@ class TestServer:
         engine.close()
 
 
-# ---------------------------------------------------------------- an owner that is killed
+# ---------------------------------------------------------------- owners that end
 
 
-def test_no_vllm_process_outlives_a_killed_owner(checkpoint, tmp_path):
-    """SIGKILL runs no atexit handler: without the watchdog, EngineCore and its worker live on
-    at 60-75% CPU."""
+_OWNER = """
+import sys, time
+if __name__ == "__main__":
+    from aimo_lib import Solver, SolverConfig
+    from aimo_lib.engines import VLLMEngine
+    from aimo_lib.sandbox import Sandbox
+    engine = VLLMEngine({checkpoint!r}, max_model_len=512, async_mode={async_mode})
+    with Sandbox() as sandbox:  # a problem cut by its deadline, requests still in flight
+        Solver(engine, sandbox, SolverConfig.preset("default", num_samples=4,
+               max_new_tokens=400)).solve("Count to 1000.", time_limit_s=0.5)
+    print("PIDS", *engine._reaper.pids, flush=True)
+    if sys.argv[1] == "kill":
+        time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("async_mode,end", [(False, "kill"), (True, "exit")])
+def test_no_vllm_process_outlives_its_owner(checkpoint, tmp_path, async_mode, end):
+    """kill: SIGKILL runs no atexit handler; without the watchdog, EngineCore and its worker
+    live on at 60-75% CPU. exit: an owner that never calls close() exits promptly (it used to
+    hang after a cut problem) and cleanly (async mode logged EngineDeadError)."""
     script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys, time
-        if __name__ == "__main__":
-            from aimo_lib.engines import GenerationParams, VLLMEngine
-            engine = VLLMEngine({checkpoint!r}, max_model_len=512)
-            engine.generate(["1 2 3"], GenerationParams(max_tokens=2))
-            print("PIDS", *engine._reaper.pids, flush=True)
-            time.sleep(600)
-    """))
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    script.write_text(_OWNER.format(checkpoint=checkpoint, async_mode=async_mode))
+    owner = subprocess.Popen([sys.executable, str(script), end], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    seen = []
     try:
-        line = next(x for x in owner.stdout if x.startswith("PIDS ") or owner.poll() is not None)
-        pids = [int(p) for p in line.split()[1:]]
-        assert pids and all(_stat(p) is not None for p in pids), line
-        assert any(_cmdline(p).startswith("VLLM::EngineCore") for p in pids)
+        for line in owner.stdout:
+            seen.append(line)
+            if line.startswith("PIDS "):
+                break
+        pids = [int(p) for p in seen[-1].split()[1:]] if seen[-1].startswith("PIDS ") else []
+        assert pids and any(_cmdline(p).startswith("VLLM::EngineCore") for p in pids), seen[-20:]
+        if end == "kill":
+            owner.send_signal(signal.SIGKILL)
+        rest = owner.communicate(timeout=60)[0]
     finally:
-        owner.send_signal(signal.SIGKILL)
-        owner.wait()
+        owner.kill()
     assert _gone(pids, 20), [(_cmdline(p), _stat(p)) for p in pids]
+    if end == "exit":
+        assert owner.returncode == 0, rest[-3000:]
+        assert "EngineDeadError" not in rest and "Traceback" not in rest, rest[-3000:]

@@ -34,9 +34,13 @@ def user_turn(problem: str) -> str:
 
 def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
              config: SolverConfig | None = None, competition: str = "aimo3",
-             progress: bool = True) -> dict:
+             progress: bool = True, concurrency: int = 8) -> dict:
     """Returns counts: kept, rejected (wrong attempts), failed (problems with none kept),
-    errors (attempts whose solve raised: recorded with the traceback in the rejected file)."""
+    errors (attempts whose solve raised: recorded with the traceback in the rejected file).
+    `concurrency` problems are in flight at once (the engine batches their requests); each
+    is written as soon as it is done, so an interrupted run loses at most those in flight."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm.auto import tqdm
 
     config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
@@ -45,31 +49,38 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
     done = {row["id"] for path in (out_path, rejected_path) for row in read_jsonl(path)}
     rules = RULES[competition]
     counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0, "errors": 0}
-    for p in tqdm(problems, desc="tir data", disable=not progress):
-        if p.id in done:
-            counts["skipped"] += 1
-            continue
-        error = None
+    todo = [p for p in problems if p.id not in done]
+    counts["skipped"] = len(problems) - len(todo)
+
+    def one(p) -> tuple[str, dict, int, int]:
+        """(file, row, wrong attempts, errors) for one problem, attempts in turn."""
+        error, wrong, errors = None, 0, 0
         for attempt in range(attempts):
             try:
                 solver = Solver(engine, sandbox, replace(config, seed=config.seed + attempt))
                 sample = solver.solve(p.problem).samples[0]
             except Exception:  # one problem's failure is not the run's: record it, go on
                 error = traceback.format_exc()
-                counts["errors"] += 1
+                errors += 1
                 print(f"[tir data] {p.id}: attempt {attempt + 1} failed:\n{error}",
                       file=sys.stderr, flush=True)
                 continue
             if sample.answer is not None and sample.answer == rules.apply(p.answer):
-                append_jsonl(out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
+                return out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
                     {"role": "user", "content": user_turn(p.problem)},
-                    {"role": "assistant", "content": sample.text}]})
-                counts["kept"] += 1
-                break
-            counts["rejected"] += 1
-        else:
-            append_jsonl(rejected_path, {"id": p.id, "attempts": attempts, "error": error})
-            counts["failed"] += 1
+                    {"role": "assistant", "content": sample.text}]}, wrong, errors
+            wrong += 1
+        return rejected_path, {"id": p.id, "attempts": attempts, "error": error}, wrong, errors
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="tir-data") as pool:
+        futures = [pool.submit(one, p) for p in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="tir data",
+                           disable=not progress):
+            path, row, wrong, errors = future.result()
+            append_jsonl(path, row)  # only this thread writes
+            counts["kept" if path == out_path else "failed"] += 1
+            counts["rejected"] += wrong
+            counts["errors"] += errors
     return counts
 
 
@@ -86,6 +97,8 @@ def main() -> None:
     ap.add_argument("--prompt-template", default="chatml_tir")
     ap.add_argument("--competition", default="aimo3", help="answer rules for the match")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=16,
+                    help="problems in flight at once (the teacher serves their requests together)")
     args = ap.parse_args()
     from aimo_lib.engines import OpenAIEngine
     from aimo_lib.sandbox import Sandbox
@@ -98,7 +111,7 @@ def main() -> None:
                                  competition=args.competition)
     with Sandbox() as sandbox, engine:
         counts = generate(problems, engine, sandbox, args.out, args.attempts, config,
-                          args.competition)
+                          args.competition, concurrency=args.concurrency)
     print(f"{counts} ({len(skipped)} problems without an integer answer skipped)")
 
 

@@ -1,13 +1,20 @@
 """On-policy KTO (Numina's blog: "+ a few points"; no code was released).
 
     python training/kto.py --recipe training/recipes/deepseek-math-7b/kto.yaml
+    python training/kto.py --recipe ... --step sample        # on the inference machine
+    accelerate launch --config_file training/deepspeed_zero3.yaml training/kto.py \
+        --recipe ... --step train                              # ZeRO-3, like SFT
 
-1. sample `samples_per_prompt` TIR completions per problem from the SFT model with aimo_lib's
-   solver (real code execution; vLLM, transformers or an OpenAI-compatible server);
-2. label each by answer correctness (desirable / undesirable);
-3. train with TRL's KTOTrainer (the reference model is the frozen starting point);
-4. report the implicit chosen/rejected rewards, to kto_report.json.
-Sampling appends to <output_dir>/kto_data.jsonl and resumes.
+1. sample (`--step sample`): `samples_per_prompt` TIR completions per problem of `problems`
+   (a problems.jsonl from build_problems.py) from the SFT model with aimo_lib's solver (real
+   code execution; vLLM, transformers or an OpenAI-compatible server), each labelled by answer
+   correctness; appended to <output_dir>/kto_data.jsonl, resumed if interrupted;
+2. train (`--step train`): TRL's KTOTrainer on those rows (the reference model is the frozen
+   starting point), with fp32 master weights (load in float32, bf16 autocast: a bf16 AdamW
+   step at lr 5e-7 changes about 1% of the weights), checkpoints every `save_steps` and resume;
+   the implicit chosen/rejected rewards go to kto_report.json.
+`--step all` (the default) samples in a child process, so the sampling engine's GPU memory is
+free before the policy and the reference model load, then trains.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import os
 import traceback
 
-from common import load_tokenizer, prepare_model, recipe_from_argv, write_json
+from common import load_recipe, load_tokenizer, prepare_model, write_json
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
@@ -55,30 +62,42 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
             print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "
                   f"under the aimo3 rules ({', '.join(invalid[:5])}...)", flush=True)
             todo = [p for p in todo if p.id not in set(invalid)]
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
         from tqdm.auto import tqdm
 
         with Sandbox() as sandbox, engine:  # the engine is shut down before training starts
-            solver = Solver(engine, sandbox, cfg)
-            for p in tqdm(todo, desc="kto sampling"):
-                try:
-                    result = solver.solve(p.problem)
-                    prompt = render_prompt(cfg.prompt_template, p.problem, engine)
-                except Exception:  # one problem's failure is not the run's: record it, go on
-                    error = traceback.format_exc()
-                    print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
-                    append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
-                    continue
-                for s in result.samples:
-                    if not s.text:
+            def one(p):  # a solver per problem: concurrent solves share no state
+                return (Solver(engine, sandbox, cfg).solve(p.problem),
+                        render_prompt(cfg.prompt_template, p.problem, engine))
+
+            # Many problems in flight at once (the engine batches their requests); each is
+            # written as it finishes, so an interrupted run resumes losing only those in flight.
+            with ThreadPoolExecutor(max(1, recipe.get("concurrency", 8))) as pool:
+                futures = {pool.submit(one, p): p for p in todo}
+                for future in tqdm(as_completed(futures), total=len(futures),
+                                   desc="kto sampling"):
+                    p = futures[future]
+                    try:
+                        result, prompt = future.result()
+                    except Exception:  # one problem's failure is not the run's: record it
+                        error = traceback.format_exc()
+                        print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
+                        append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
                         continue
-                    append_jsonl(out_path, {"id": p.id, "prompt": prompt, "completion": s.text,
-                                            "label": label(s.answer, p.answer, rules)})
+                    for s in result.samples:
+                        if not s.text:
+                            continue
+                        append_jsonl(out_path, {"id": p.id, "prompt": prompt,
+                                                "completion": s.text,
+                                                "label": label(s.answer, p.answer, rules)})
     return read_jsonl(out_path)
 
 
 def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
     import datasets
     import torch
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import KTOConfig, KTOTrainer
 
     labels = [r["label"] for r in rows]
@@ -99,14 +118,19 @@ def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
         gradient_accumulation_steps=recipe.get("gradient_accumulation_steps", 1),
         max_length=recipe.get("max_length", 2048), bf16=recipe.get("bf16", False),
         gradient_checkpointing=recipe.get("gradient_checkpointing", False),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         model_init_kwargs={"dtype": getattr(torch, recipe.get("dtype", "float32"))},
-        logging_steps=1, report_to="none", use_cpu=not torch.cuda.is_available(),
-        save_strategy="no")
+        logging_steps=recipe.get("logging_steps", 1), report_to=recipe.get("report_to", "none"),
+        use_cpu=not torch.cuda.is_available(), ddp_backend=recipe.get("ddp_backend"),
+        save_strategy="steps", save_steps=recipe.get("save_steps", 500), save_total_limit=2)
     trainer = KTOTrainer(model=model_path, ref_model=None, args=args, train_dataset=ds,
                          processing_class=tokenizer)
-    trainer.train()
+    out = recipe["output_dir"]
+    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    trainer.train(resume_from_checkpoint=last)
     trainer.save_model(recipe["output_dir"])
-    tokenizer.save_pretrained(recipe["output_dir"])
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(recipe["output_dir"])
     logs = [h for h in trainer.state.log_history if any(k.startswith("rewards/") for k in h)]
     rewards = {k: v for h in logs for k, v in h.items() if k.startswith(("rewards/", "logps/"))}
     report = {"examples": len(rows), "desirable": n_good, "steps": trainer.state.global_step,
@@ -116,15 +140,36 @@ def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
 
 
 def main() -> None:
-    recipe = recipe_from_argv(__doc__)
-    from aimo_lib.evaluation import load_eval_dataset
+    import argparse
 
-    problems, skipped = load_eval_dataset(recipe["problems"], limit=recipe.get("max_problems"))
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe key (repeatable; the value is YAML)")
+    ap.add_argument("--step", choices=["all", "sample", "train"], default="all",
+                    help="all: sample in a child process (its GPU memory freed), then train")
+    args = ap.parse_args()
+    recipe = load_recipe(args.recipe, args.set)
     model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
     os.makedirs(recipe["output_dir"], exist_ok=True)
-    rows = sample_completions(recipe, model_path,
-                              problems, os.path.join(recipe["output_dir"], "kto_data.jsonl"))
-    report = train(recipe, rows, model_path)
+    data = os.path.join(recipe["output_dir"], "kto_data.jsonl")
+    if args.step == "all":
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", args.recipe,
+                        *(f"--set={x}" for x in args.set), "--step", "sample"], check=True)
+    elif args.step == "sample":
+        from aimo_lib.evaluation import load_eval_dataset
+
+        problems, skipped = load_eval_dataset(recipe["problems"],
+                                              limit=recipe.get("max_problems"))
+        rows = sample_completions(recipe, model_path, problems, data)
+        print(f"KTO sampling: {len(rows)} rows in {data} ({len(skipped)} problems without an "
+              "integer answer skipped)")
+        return
+    report = train(recipe, read_jsonl(data), model_path)
     print(f"KTO: {report['examples']} examples ({report['desirable']} desirable), "
           f"{report['steps']} steps; implicit rewards {report['last_logged_rewards']}")
 

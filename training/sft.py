@@ -5,8 +5,9 @@
         --recipe training/recipes/deepseek-math-7b/stage2-tir.yaml
     python training/sft.py --recipe ... --set max_steps=10 --set output_dir=runs/try
 
-The dataset has a `messages` column (user problem, assistant solution). Packing (TRL's
-padding-free "bfd") into `block_size` tokens; loss on every token as in the seed, unless
+The dataset has a `messages` column (user problem, assistant solution). Packing into
+`block_size` tokens with `packing_strategy` (default "bfd_split", which loses no token; the
+rows and tokens beyond the block are counted and logged); loss on every token as in the seed, unless
 `completion_only_loss` (only the assistant's turn) or `mask_output_blocks` (not the
 interpreter's ```output blocks). A rerun resumes from the last checkpoint in output_dir.
 """
@@ -48,6 +49,24 @@ def build_dataset(recipe: dict, tokenizer):
     return ds.map(tokenize, remove_columns=ds.column_names)
 
 
+# TRL's "bfd" truncates a row longer than the block (rows of 1500, 300 and 700 tokens packed at
+# 1024 keep 2024 of 2500 tokens); "bfd_split" splits it over blocks and loses nothing, like the
+# seed's ConstantLengthDataset; "wrapped" loses nothing but ignores row boundaries.
+PACKING = "bfd_split"
+
+
+def overflow_report(dataset, tokenizer, block_size: int) -> dict:
+    """How many rows, and tokens, lie beyond `block_size` (what truncation would drop)."""
+    if "input_ids" in dataset.column_names:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    else:
+        texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in dataset["messages"]]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    over = [n - block_size for n in lengths if n > block_size]
+    return {"rows": len(lengths), "block_size": block_size, "rows_over": len(over),
+            "tokens_over": sum(over), "tokens": sum(lengths)}
+
+
 def train(recipe: dict) -> dict:
     import torch
     from transformers.trainer_utils import get_last_checkpoint
@@ -56,6 +75,12 @@ def train(recipe: dict) -> dict:
     model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
     tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
     dataset = build_dataset(recipe, tokenizer)
+    overflow = overflow_report(dataset, tokenizer, recipe.get("block_size", 1024))
+    print(f"[sft] {overflow['rows_over']} of {overflow['rows']} rows exceed block_size "
+          f"{overflow['block_size']} ({overflow['tokens_over']} tokens beyond it); packing "
+          f"{recipe.get('packing_strategy', PACKING)!r}"
+          + (" keeps them" if recipe.get("packing_strategy", PACKING) != "bfd" else
+             " drops those tokens"), flush=True)
     out = recipe["output_dir"]
     masked = recipe.get("completion_only_loss", False) or recipe.get("mask_output_blocks", False)
     args = SFTConfig(
@@ -67,10 +92,12 @@ def train(recipe: dict) -> dict:
         per_device_train_batch_size=recipe.get("per_device_train_batch_size", 4),
         gradient_accumulation_steps=recipe.get("gradient_accumulation_steps", 1),
         max_length=recipe.get("block_size", 1024), packing=recipe.get("packing", True),
-        packing_strategy="bfd", completion_only_loss=masked,
+        packing_strategy=recipe.get("packing_strategy", PACKING), completion_only_loss=masked,
         # TRL defaults to bf16 and gradient checkpointing: say what the recipe wants.
         bf16=recipe.get("bf16", False), gradient_checkpointing=recipe.get(
             "gradient_checkpointing", False),
+        # torch warns on every checkpointed layer unless use_reentrant is said explicitly
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         model_init_kwargs={"dtype": getattr(torch, recipe.get("dtype", "float32"))},
         logging_steps=recipe.get("logging_steps", 10), save_strategy="steps",
         save_steps=recipe.get("save_steps", 500), save_total_limit=2,
@@ -80,13 +107,14 @@ def train(recipe: dict) -> dict:
                          processing_class=tokenizer)
     last = get_last_checkpoint(out) if os.path.isdir(out) else None
     result = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(out)
-    tokenizer.save_pretrained(out)
+    trainer.save_model(out)  # rank 0 writes (ZeRO-3 gathers the shards first)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     report = {"recipe": recipe, "train_loss": result.training_loss, "losses": losses,
               "steps": trainer.state.global_step, "resumed_from": last,
-              "world_size": trainer.args.world_size,
+              "world_size": trainer.args.world_size, "overflow": overflow,
               "zero_stage": getattr(plugin, "zero_stage", None)}
     if trainer.is_world_process_zero():
         write_json(os.path.join(out, "train_report.json"), report)

@@ -64,7 +64,6 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
     """Writes the ToRA-format solution of a synthetic problem: a program, then (after seeing
     its real output) a boxed answer. Sometimes it writes a wrong program, so answers are
     checked and re-sampled as for a real teacher."""
-    rng = random.Random(seed)
     by_text = {}
     for problem, expr in TEMPLATES:
         pattern = re.escape(problem).replace(r"\{", "{").replace(r"\}", "}")
@@ -81,7 +80,9 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
             m = re.match(pattern, problem)
             if m:
                 code = expr.format(**m.groupdict())
-                if rng.random() < wrong_rate:
+                # Drawn from (seed, problem, attempt), not a shared stream: the data do not
+                # depend on the order in which concurrent problems ask.
+                if random.Random(f"{seed}:{problem}:{k}").random() < wrong_rate:
                     code += " + 1"
                 return f"Let me compute it with Python.\n```python\nprint({code})\n```\n```output\n"
         return "I cannot solve this."
