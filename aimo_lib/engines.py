@@ -633,21 +633,16 @@ class VLLMEngine:
     def close(self) -> None:
         """Shut the engine and its processes down (idempotent)."""
         target = self.engine if self.async_mode else getattr(self.llm, "llm_engine", None)
-        for obj in (target, getattr(target, "engine_core", None)):
-            fn = getattr(obj, "shutdown", None)
-            if callable(fn):
-                try:
-                    if self.async_mode:  # on the loop its output handler runs on
-
-                        async def shutdown(fn=fn):
-                            fn()
-
-                        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(60)
-                    else:
-                        fn()
-                except Exception:  # noqa: BLE001 - already down, or half built
-                    pass
-                break
+        # AsyncLLM and older LLMEngines have shutdown(); V1's LLMEngine leaves it to its core.
+        shutdown = getattr(target, "shutdown", None) or getattr(
+            getattr(target, "engine_core", None), "shutdown", None)
+        try:
+            if callable(shutdown) and self.async_mode:  # on the loop its output handler uses
+                asyncio.run_coroutine_threadsafe(_call(shutdown), self._loop).result(60)
+            elif callable(shutdown):
+                shutdown()
+        except Exception:  # noqa: BLE001 - already down, or half built
+            pass
         if self.async_mode and getattr(self, "_loop", None) is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self.llm = self.engine = None
@@ -729,9 +724,8 @@ class VLLMEngine:
                     break
                 for out in engine.step():
                     latest[out.request_id] = out
-        except Exception as exc:  # a ValueError, or VLLMValidationError (0.2x+)
-            if _is_context_error(str(exc)) and not isinstance(exc, ContextLengthError):
-                raise ContextLengthError(str(exc)) from exc
+        except Exception as exc:
+            _raise_context_error(exc)
             raise
         finally:  # never leave a request running into the next call
             unfinished = [r for r in ids if r not in latest or not latest[r].finished]
@@ -753,9 +747,8 @@ class VLLMEngine:
                 async for out in engine.generate(_vllm_prompt(prompt), self._sampling(params),
                                                  request_id):
                     final = out
-            except Exception as exc:  # a ValueError, or VLLMValidationError (0.2x+)
-                if _is_context_error(str(exc)):
-                    raise ContextLengthError(str(exc)) from exc
+            except Exception as exc:
+                _raise_context_error(exc)
                 raise
             if final is None:
                 raise EngineError(f"request {request_id} ended with no output (aborted?)")
@@ -785,6 +778,17 @@ def _check_cpu_quantization(model: str) -> None:
             f"{model} is {quant.get('bits')}-bit {method.upper()}: vLLM's CPU build runs GPTQ and "
             "AWQ at 4 bits only. Quantize with bits: 4 to serve it with vLLM on CPU, serve this "
             "one on a GPU, or load it with HFEngine (transformers + gptqmodel).")
+
+
+def _raise_context_error(exc: Exception) -> None:
+    """vLLM refuses a prompt over max_model_len with a ValueError (VLLMValidationError, not a
+    ValueError, since 0.2x): raise it as ContextLengthError; anything else is left alone."""
+    if _is_context_error(str(exc)) and not isinstance(exc, ContextLengthError):
+        raise ContextLengthError(str(exc)) from exc
+
+
+async def _call(fn):
+    return fn()
 
 
 def _vllm_prompt(prompt):
@@ -817,8 +821,6 @@ def build_engine(kind: str = "auto", model: str | None = None, *,
     file (openai: the served model's name); None, the embedded SmolLM2 (vLLM gets it written
     once as a checkpoint in the cache folder). openai_urls: one per replica.
     """
-    from .models import checkpoint_from_gguf, embedded_checkpoint
-
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}: one of {', '.join(ENGINE_KINDS)}")
     if kind == "openai":
@@ -830,17 +832,9 @@ def build_engine(kind: str = "auto", model: str | None = None, *,
         return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
     if kind == "hf" or (kind == "auto" and not vllm_available()):
         return HFEngine(model)
-    if model is None:
-        checkpoint = embedded_checkpoint()
-    elif model.endswith(".gguf"):
-        from .models import cache_dir
+    from .models import as_checkpoint
 
-        name = os.path.splitext(os.path.basename(model))[0]
-        checkpoint = checkpoint_from_gguf(os.path.dirname(os.path.abspath(model)),
-                                          os.path.basename(model),
-                                          os.path.join(cache_dir(), "models", name))
-    else:
-        checkpoint = model
+    checkpoint = as_checkpoint(model)  # vLLM reads no GGUF
     try:
         return VLLMEngine(checkpoint, async_mode=async_mode, **vllm_kwargs)
     except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly

@@ -13,8 +13,8 @@ import os
 import shutil
 import uuid
 
-__all__ = ["EMBEDDED_GGUF", "cache_dir", "checkpoint_from_gguf", "default_model_path",
-           "embedded_checkpoint"]
+__all__ = ["EMBEDDED_GGUF", "ModelNotFoundError", "as_checkpoint", "cache_dir",
+           "checkpoint_from_gguf", "default_model_path", "embedded_checkpoint"]
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -69,8 +69,19 @@ def checkpoint_from_gguf(directory: str, gguf_file: str, out: str) -> str:
     return out
 
 
+def as_checkpoint(model: str | None = None) -> str:
+    """A checkpoint folder for `model`: None, the embedded SmolLM2; a .gguf file, written once
+    under the cache folder (~20 s, 540 MB for SmolLM2); anything else as it is."""
+    if model is None:
+        directory, gguf = default_model_path()
+    elif model.endswith(".gguf"):
+        directory, gguf = os.path.split(os.path.abspath(model))
+    else:
+        return model
+    return checkpoint_from_gguf(directory, gguf,
+                                os.path.join(cache_dir(), "models", os.path.splitext(gguf)[0]))
+
+
 def embedded_checkpoint() -> str:
-    """The embedded SmolLM2 as a checkpoint folder (written once, ~20 s, 540 MB)."""
-    directory, gguf = default_model_path()
-    out = os.path.join(cache_dir(), "models", os.path.splitext(gguf)[0])
-    return checkpoint_from_gguf(directory, gguf, out)
+    """The embedded SmolLM2 as a checkpoint folder (written once)."""
+    return as_checkpoint(None)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-__all__ = ["Reaper", "descendants", "kill_tree"]
+__all__ = ["Reaper", "cmdline", "descendants", "kill_tree"]
 
 _PROC = "/proc"
 
@@ -88,14 +88,20 @@ kill_tree(same)
 """
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line ("" if it is gone); vLLM names its own `VLLM::EngineCore`,
+    `VLLM::Worker`."""
+    try:
+        with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _shared(pid: int) -> bool:
     """multiprocessing's resource tracker: started by whoever first needs it, shared by the
     whole process, and gone by itself when its owner is (killing it leaks semaphores)."""
-    try:
-        with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
-            return b"multiprocessing.resource_tracker" in f.read()
-    except OSError:
-        return False
+    return "multiprocessing.resource_tracker" in cmdline(pid)
 
 
 class Reaper:

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aimo_lib.engines import GenerationParams, HFEngine, OpenAIEngine, VLLMEngine  # noqa: E402
 from aimo_lib.gateway import load_problems  # noqa: E402
 from aimo_lib.models import embedded_checkpoint  # noqa: E402
-from aimo_lib.reaper import descendants  # noqa: E402
+from aimo_lib.reaper import cmdline, descendants  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -91,20 +91,12 @@ def bench_engines(kinds: list[str], n: int, new_tokens: int) -> list[dict]:
             engine.close()
             if server is not None:
                 server.close()
-        left = [p for p in descendants() if _cmd(p).startswith("VLLM")]
+        left = [p for p in descendants() if cmdline(p).startswith("VLLM")]
         if left:
             raise SystemExit(f"vLLM processes outlived {kind}'s close(): {left}")
         print(f"[bench] {kind}: {row}", flush=True)
         rows.append(row)
     return rows
-
-
-def _cmd(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def bench_demo(engines: list[str]) -> list[dict]:

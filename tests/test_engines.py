@@ -228,7 +228,7 @@ def test_build_engine_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
 
     monkeypatch.setattr(engines, "HFEngine", FakeHF)
     monkeypatch.setattr(engines, "VLLMEngine", fake_vllm_engine)
-    monkeypatch.setattr(models, "embedded_checkpoint", lambda: "/cache/SmolLM2")
+    monkeypatch.setattr(models, "as_checkpoint", lambda m: m or "/cache/SmolLM2")
     monkeypatch.setattr(engines, "vllm_available", lambda: True)
     assert engines.build_engine("auto") == "a vllm engine"
     assert built == [("vllm", "/cache/SmolLM2")]

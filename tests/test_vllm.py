@@ -25,7 +25,7 @@ from aimo_lib.engines import (  # noqa: E402
     OpenAIEngine,
     VLLMEngine,
 )
-from aimo_lib.reaper import _stat, descendants  # noqa: E402
+from aimo_lib.reaper import _stat, cmdline, descendants  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -43,15 +43,7 @@ def checkpoint():
 
 
 def _vllm_processes() -> set[int]:
-    return {p for p in descendants() if _cmdline(p).startswith("VLLM")}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return {p for p in descendants() if cmdline(p).startswith("VLLM")}
 
 
 def _gone(pids, timeout_s: float) -> bool:
@@ -75,6 +67,19 @@ def _closed(engine) -> None:
 def _consistent(engine, c) -> None:
     """Token ids decode to exactly the text (what a continued sample shows the model)."""
     assert engine._tok().decode(c.token_ids) == c.text
+
+
+def _continue_after_a_stop(engine):
+    """Stop inside a token; the ids kept decode to the text, and continuing from prompt ids +
+    those ids equals continuing from the text the solver parsed. Returns the first step."""
+    first = engine.generate([CODE], GenerationParams(max_tokens=200, temperature=0.0,
+                                                     stop=("print",)))[0]
+    _consistent(engine, first)
+    ids = engine.tokenize(CODE, special=True) + first.token_ids
+    greedy = GenerationParams(max_tokens=16, temperature=0.0)
+    by_ids, by_text = engine.generate([ids, CODE + first.text], greedy)
+    assert by_ids.text == by_text.text
+    return first
 
 
 def _solve_both_presets(engine, sandbox) -> None:
@@ -130,14 +135,7 @@ class TestOffline:
     def test_token_id_prompts_continue_exactly(self, engine):
         """A stop string cut inside a token: the ids kept decode to the text, and continuing
         from prompt ids + those ids is continuing from the text the solver parsed."""
-        first = engine.generate([CODE], GenerationParams(max_tokens=200, temperature=0.0,
-                                                         stop=("print",)))[0]
-        assert first.finish_reason == "stop"
-        _consistent(engine, first)
-        ids = engine.tokenize(CODE, special=True) + first.token_ids
-        greedy = GenerationParams(max_tokens=16, temperature=0.0)
-        by_ids, by_text = engine.generate([ids, CODE + first.text], greedy)
-        assert by_ids.text == by_text.text
+        assert _continue_after_a_stop(engine).finish_reason == "stop"
 
     def test_deadline_aborts_and_the_next_call_is_served(self, engine):
         start = time.monotonic()
@@ -184,13 +182,7 @@ class TestAsync:
         time.sleep(0.5)
         engine.abort(long)
         assert long.cancelled()
-        first = engine.submit(CODE, GenerationParams(max_tokens=200, temperature=0.0,
-                                                     stop=("print",))).result(60)
-        _consistent(engine, first)
-        ids = engine.tokenize(CODE, special=True) + first.token_ids
-        greedy = GenerationParams(max_tokens=16, temperature=0.0)
-        assert (engine.submit(ids, greedy).result(60).text
-                == engine.submit(CODE + first.text, greedy).result(60).text)
+        _continue_after_a_stop(engine)  # generate() submits each request
 
     def test_prompt_over_the_context_length(self, engine):
         with pytest.raises(ContextLengthError):
@@ -260,13 +252,13 @@ def test_no_vllm_process_outlives_its_owner(checkpoint, tmp_path, async_mode, en
             if line.startswith("PIDS "):
                 break
         pids = [int(p) for p in seen[-1].split()[1:]] if seen[-1].startswith("PIDS ") else []
-        assert pids and any(_cmdline(p).startswith("VLLM::EngineCore") for p in pids), seen[-20:]
+        assert pids and any(cmdline(p).startswith("VLLM::EngineCore") for p in pids), seen[-20:]
         if end == "kill":
             owner.send_signal(signal.SIGKILL)
         rest = owner.communicate(timeout=60)[0]
     finally:
         owner.kill()
-    assert _gone(pids, 20), [(_cmdline(p), _stat(p)) for p in pids]
+    assert _gone(pids, 20), [(cmdline(p), _stat(p)) for p in pids]
     if end == "exit":
         assert owner.returncode == 0, rest[-3000:]
         assert "EngineDeadError" not in rest and "Traceback" not in rest, rest[-3000:]

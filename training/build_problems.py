@@ -53,36 +53,36 @@ def _key(problem: str) -> str:
     return " ".join(problem.split()).lower()
 
 
+def reference(row) -> tuple[str, int] | str:
+    """(problem, integer answer) of a row, or why it has none."""
+    problem = row.get("problem") if isinstance(row, dict) else None
+    if not isinstance(problem, str) or not problem.strip():
+        return "no_problem"
+    solution = _solution(row)
+    if solution is None:
+        return "no_solution"
+    boxed = extract_boxed(solution)
+    if boxed is None:
+        return "no_boxed_answer"
+    answer = integer_answer(boxed)
+    return "not_an_integer" if answer is None else (problem, answer)
+
+
 def build(rows, name: str, exclude: set[str]) -> tuple[list[dict], Counter]:
     """Kept problems, and counts: `kept` and one key per reason a row was dropped."""
     kept, counts, seen = [], Counter(), set()
     for i, row in enumerate(rows):
-        problem = row.get("problem") if isinstance(row, dict) else None
-        if not isinstance(problem, str) or not problem.strip():
-            counts["no_problem"] += 1
-            continue
-        solution = _solution(row)
-        if solution is None:
-            counts["no_solution"] += 1
-            continue
-        boxed = extract_boxed(solution)
-        if boxed is None:
-            counts["no_boxed_answer"] += 1
-            continue
-        answer = integer_answer(boxed)
-        if answer is None:
-            counts["not_an_integer"] += 1
-            continue
-        key = _key(problem)
-        if key in exclude:
-            counts["in_an_excluded_set"] += 1
-            continue
-        if key in seen:
-            counts["duplicate"] += 1
+        got = reference(row)
+        if isinstance(got, tuple):
+            key = _key(got[0])
+            got = ("in_an_excluded_set" if key in exclude else "duplicate" if key in seen
+                   else got)
+        if isinstance(got, str):
+            counts[got] += 1
             continue
         seen.add(key)
-        kept.append({"id": str(row.get("id", f"{name}-{i}")), "problem": problem,
-                     "answer": answer})
+        kept.append({"id": str(row.get("id", f"{name}-{i}")), "problem": got[0],
+                     "answer": got[1]})
         counts["kept"] += 1
     return kept, counts
 

@@ -25,8 +25,9 @@ NUMINA_CHAT_TEMPLATE = (
 )
 
 
-def recipe_from_argv(doc: str) -> dict:
-    """The CLI every training script shares: --recipe FILE [--set key=value ...]."""
+def recipe_parser(doc: str):
+    """The CLI every training script shares: --recipe FILE [--set key=value ...]; a script
+    may add its own arguments."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc,
@@ -34,8 +35,27 @@ def recipe_from_argv(doc: str) -> dict:
     ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe key (repeatable; the value is YAML)")
-    args = ap.parse_args()
+    return ap
+
+
+def recipe_from_argv(doc: str) -> dict:
+    args = recipe_parser(doc).parse_args()
     return load_recipe(args.recipe, args.set)
+
+
+def in_flight(items, fn, concurrency: int, desc: str, progress: bool = True):
+    """fn(item) for every item, `concurrency` at a time (an engine serves their requests
+    together); yields (item, future) as each finishes, with a progress bar, so the caller
+    writes each result at once and an interrupted run loses only what was in flight."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix=desc) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
+                           disable=not progress):
+            yield futures[future], future
 
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> dict:

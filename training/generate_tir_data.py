@@ -19,7 +19,7 @@ import sys
 import traceback
 from dataclasses import replace
 
-import common  # noqa: F401 - puts aimo_lib on the path
+from common import in_flight  # also puts aimo_lib on the path
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
@@ -39,10 +39,6 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
     errors (attempts whose solve raised: recorded with the traceback in the rejected file).
     `concurrency` problems are in flight at once (the engine batches their requests); each
     is written as soon as it is done, so an interrupted run loses at most those in flight."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
     config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
                                            prompt_template="chatml_tir")
     rejected_path = out_path + ".rejected.jsonl"
@@ -72,15 +68,12 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
             wrong += 1
         return rejected_path, {"id": p.id, "attempts": attempts, "error": error}, wrong, errors
 
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="tir-data") as pool:
-        futures = [pool.submit(one, p) for p in todo]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="tir data",
-                           disable=not progress):
-            path, row, wrong, errors = future.result()
-            append_jsonl(path, row)  # only this thread writes
-            counts["kept" if path == out_path else "failed"] += 1
-            counts["rejected"] += wrong
-            counts["errors"] += errors
+    for _, future in in_flight(todo, one, concurrency, "tir data", progress):
+        path, row, wrong, errors = future.result()  # one() records its own failures
+        append_jsonl(path, row)  # only this thread writes
+        counts["kept" if path == out_path else "failed"] += 1
+        counts["rejected"] += wrong
+        counts["errors"] += errors
     return counts
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import traceback
 
-from common import load_recipe, load_tokenizer, prepare_model, write_json
+from common import in_flight, load_recipe, load_tokenizer, prepare_model, recipe_parser, write_json
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
@@ -46,7 +46,13 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
 
     done = {row["id"] for row in read_jsonl(out_path)}
     todo = [p for p in problems if p.id not in done]
-    if todo:
+    rules = RULES["aimo3"]
+    invalid = {p.id for p in todo if label(None, p.answer, rules) is None}
+    if invalid:  # a negative or out-of-range reference would make every miss "desirable"
+        print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "
+              f"under the aimo3 rules ({', '.join(sorted(invalid)[:5])}...)", flush=True)
+        todo = [p for p in todo if p.id not in invalid]
+    if todo:  # no engine is built when there is nothing to sample
         kind = recipe.get("engine", "auto")
         served = kind == "openai"
         engine = engines.build_engine(
@@ -56,38 +62,21 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
         preset = solver_cfg.pop("preset", "default")
         solver_cfg.setdefault("num_samples", recipe.get("samples_per_prompt", 4))
         cfg = SolverConfig.preset(preset, early_stop=None, competition="aimo3", **solver_cfg)
-        rules = RULES["aimo3"]
-        invalid = [p.id for p in todo if label(None, p.answer, rules) is None]
-        if invalid:  # a negative or out-of-range reference would make every miss "desirable"
-            print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "
-                  f"under the aimo3 rules ({', '.join(invalid[:5])}...)", flush=True)
-            todo = [p for p in todo if p.id not in set(invalid)]
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        from tqdm.auto import tqdm
-
         with Sandbox() as sandbox, engine:  # the engine is shut down before training starts
             def one(p):  # a solver per problem: concurrent solves share no state
                 return (Solver(engine, sandbox, cfg).solve(p.problem),
                         render_prompt(cfg.prompt_template, p.problem, engine))
 
-            # Many problems in flight at once (the engine batches their requests); each is
-            # written as it finishes, so an interrupted run resumes losing only those in flight.
-            with ThreadPoolExecutor(max(1, recipe.get("concurrency", 8))) as pool:
-                futures = {pool.submit(one, p): p for p in todo}
-                for future in tqdm(as_completed(futures), total=len(futures),
-                                   desc="kto sampling"):
-                    p = futures[future]
-                    try:
-                        result, prompt = future.result()
-                    except Exception:  # one problem's failure is not the run's: record it
-                        error = traceback.format_exc()
-                        print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
-                        append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
-                        continue
-                    for s in result.samples:
-                        if not s.text:
-                            continue
+            for p, future in in_flight(todo, one, recipe.get("concurrency", 8), "kto sampling"):
+                try:
+                    result, prompt = future.result()
+                except Exception:  # one problem's failure is not the run's: record it, go on
+                    error = traceback.format_exc()
+                    print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
+                    append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
+                    continue
+                for s in result.samples:
+                    if s.text:
                         append_jsonl(out_path, {"id": p.id, "prompt": prompt,
                                                 "completion": s.text,
                                                 "label": label(s.answer, p.answer, rules)})
@@ -140,13 +129,7 @@ def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
 
 
 def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key (repeatable; the value is YAML)")
+    ap = recipe_parser(__doc__)
     ap.add_argument("--step", choices=["all", "sample", "train"], default="all",
                     help="all: sample in a child process (its GPU memory freed), then train")
     args = ap.parse_args()
