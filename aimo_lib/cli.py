@@ -37,7 +37,11 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--prompt-template", default=None,
-                   help="numina | chatml_tir | chatml_tir_1shot | chat | a string with {problem}")
+                   help="auto (default: the model's own chat template, the bare problem as the "
+                   "user turn, the format training/ saves with a checkpoint; chatml_tir if the "
+                   "model has none) | "
+                   "model | chat (own template + TIR instruction) | numina | chatml_tir | "
+                   "chatml_tir_1shot | a string with {problem}")
     g.add_argument("--competition", default="aimo1", choices=["aimo1", "aimo2", "aimo3"],
                    help="answer rules (mod 1000 for aimo1/2; 0..99999 for aimo3)")
     g.add_argument("--time-limit", type=float, default=None, help="seconds per problem")

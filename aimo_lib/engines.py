@@ -271,9 +271,12 @@ class HFEngine(_AsyncMixin):
     supports_async = False  # one batched forward pass beats many single requests
     supports_deadline = True
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     def apply_chat_template(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True)
+        return render_chat(self.tokenizer, messages)
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
@@ -369,7 +372,9 @@ class _Deadline:
 
 
 class OpenAIEngine(_AsyncMixin):
-    """Any OpenAI-compatible /v1/completions server.
+    """Any OpenAI-compatible server: /v1/completions (text in, text out), or, with
+    api="chat", /v1/chat/completions (messages in, the assistant's text out: GPT-4o as a TIR
+    teacher, or any chat endpoint).
 
     base_url: e.g. "http://127.0.0.1:8000/v1". model: the served model name (None: the first
     one /v1/models lists). api_key: sent as a bearer token (default $OPENAI_API_KEY).
@@ -379,11 +384,23 @@ class OpenAIEngine(_AsyncMixin):
     echo it with include_stop_str_in_output / name it in stop_reason; llama.cpp's server in
     stopping_word). Set False for servers that do neither: the solver then stops only at the
     code-output fence, which it can still recognise.
+
+    Chat mode: prompts are rendered by this engine's `apply_chat_template` (prompt_template
+    "chat" or "model"); each request turns the prompt back into messages, the transcript's
+    ```output blocks becoming user turns between assistant turns (the tool's result shown to
+    the model, as in ToRA). A partial assistant turn at the end (a step cut at max_tokens) is
+    continued with vLLM's `continue_final_message`; set continue_partial=False for servers
+    without it (OpenAI's): the model then answers in a new turn.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  max_concurrency: int = 32, timeout_s: float = 600.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, names_stop_strings: bool = True):
+                 backoff_s: float = 0.5, names_stop_strings: bool = True,
+                 api: str = "completions", continue_partial: bool = True):
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', not {api!r}")
+        self.api, self.continue_partial = api, continue_partial
+        self.has_chat_template = api == "chat"
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
@@ -435,17 +452,35 @@ class OpenAIEngine(_AsyncMixin):
         raise EngineError(f"{method} {self.base_url}{path} failed after "
                           f"{retries + 1} attempts: {error}")
 
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        """Chat mode: the messages as text that `_complete` turns back into messages."""
+        if self.api != "chat":
+            raise EngineError("OpenAIEngine(api='completions') cannot render a chat template: "
+                              "name a prompt template, or use api='chat'")
+        return "".join(f"{_TURN}{m['role']}\n{m['content']}{_END}" for m in messages
+                       ) + f"{_TURN}assistant\n"
+
     def _complete(self, prompt: str, p: GenerationParams) -> Completion:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": p.max_tokens,
+        body = {"model": self.model, "max_tokens": p.max_tokens,
                 "temperature": p.temperature, "top_p": p.top_p, "n": 1,
                 "stop": list(p.stop) or None,
                 # vLLM's extension; other servers ignore it and we restore the stop string below
                 "include_stop_str_in_output": p.include_stop_str_in_output}
         if p.seed is not None:
             body["seed"] = p.seed
-        reply = self._request("POST", "/completions", body)
-        choice = reply["choices"][0]
-        text, stopped = cut_at_stop(choice.get("text") or "", p)
+        if self.api == "chat":
+            body["messages"] = chat_messages(prompt)
+            if body["messages"][-1]["role"] == "assistant" and self.continue_partial:
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            reply = self._request("POST", "/chat/completions", body)
+            choice = reply["choices"][0]
+            raw = (choice.get("message") or {}).get("content") or ""
+        else:
+            body["prompt"] = prompt
+            reply = self._request("POST", "/completions", body)
+            choice = reply["choices"][0]
+            raw = choice.get("text") or ""
+        text, stopped = cut_at_stop(raw, p)
         finish = choice.get("finish_reason") or "stop"
         if finish == "length" and not stopped:
             reason = "length"
@@ -474,6 +509,32 @@ class OpenAIEngine(_AsyncMixin):
         return self._pool.submit(self._complete, prompt, params)
 
 
+_TURN, _END = "<|im_start|>", "<|im_end|>\n"
+_OUTPUT = re.compile(r"```output\n.*?```\n?", re.DOTALL)
+
+
+def chat_messages(prompt: str) -> list[dict]:
+    """The messages of a chat-mode prompt: the turns OpenAIEngine.apply_chat_template wrote,
+    then the transcript so far, its ```output blocks as user turns between assistant turns
+    (the last assistant turn, if any text follows the last output, is a partial one)."""
+    head, sep, transcript = prompt.partition(f"{_TURN}assistant\n")
+    if not sep or not head.startswith(_TURN):
+        raise EngineError("a chat-mode OpenAIEngine needs prompts rendered by its own "
+                          "apply_chat_template (prompt_template 'chat' or 'model')")
+    messages = []
+    for turn in head[len(_TURN):].split(_TURN):
+        role, _, content = turn.partition("\n")
+        messages.append({"role": role, "content": content.removesuffix(_END)})
+    at = 0
+    for m in _OUTPUT.finditer(transcript):
+        messages.append({"role": "assistant", "content": transcript[at:m.start()]})
+        messages.append({"role": "user", "content": m.group(0)})
+        at = m.end()
+    if transcript[at:]:
+        messages.append({"role": "assistant", "content": transcript[at:]})
+    return messages
+
+
 def _unseen_fence_stop(text: str, p: GenerationParams) -> str | None:
     """A server that neither echoes nor names the stop string it hit (plain OpenAI servers,
     llama-cpp-python) still leaves a clue in TIR: the text ends by closing a code fence, and
@@ -482,6 +543,19 @@ def _unseen_fence_stop(text: str, p: GenerationParams) -> str | None:
     if len(fences) == 1 and text.rstrip().endswith("```") and text.count("```") % 2 == 0:
         return fences[0]
     return None
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The chat template's text with the generation prompt, ready for this tokenizer: a
+    template that writes the BOS itself (as the Numina template does) loses it here when the
+    tokenizer adds one on encoding, so the model never sees two."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        ids = tokenizer("x")["input_ids"]
+        if ids and ids[0] == tokenizer.bos_token_id:
+            text = text[len(bos):]
+    return text
 
 
 def align_token_ids(text: str, ids: list[int], decode: Callable[[list[int]], str],
@@ -692,9 +766,12 @@ class VLLMEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, special=True))
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tok(), "chat_template", None))
+
     def apply_chat_template(self, messages: list[dict]) -> str:
-        return self._tok().apply_chat_template(messages, tokenize=False,
-                                               add_generation_prompt=True)
+        return render_chat(self._tok(), messages)
 
     def _alive(self):
         if self.llm is None and self.engine is None:

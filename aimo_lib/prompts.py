@@ -1,5 +1,8 @@
 """Prompt formats: a named template, a custom string with {problem}, or the model's own chat
-template ("chat", rendered by the engine's tokenizer)."""
+template, rendered by the engine's tokenizer: "model" (the bare problem as the user turn, the
+format of NuminaMath's data and of checkpoints trained by training/), "chat" (the problem with
+the TIR instruction, for instruct models), or "auto" (the default: "model" where the engine's
+model has a chat template, else "chatml_tir")."""
 
 from __future__ import annotations
 
@@ -39,16 +42,23 @@ TEMPLATES = {
 def render_prompt(template: str, problem: str, engine: object = None) -> str:
     """The prompt text for `problem`.
 
-    template: a name from TEMPLATES, "chat" (the engine's tokenizer chat template, with the
-    TIR instruction), or a custom string containing "{problem}" (other braces are kept as is).
+    template: a name from TEMPLATES; "model" (the engine's chat template, the bare problem as
+    the user turn); "chat" (the same with the TIR instruction); "auto" ("model" when the
+    engine's model has a chat template, else "chatml_tir"); or a custom string containing
+    "{problem}" (other braces are kept as is).
     """
-    if template == "chat":
+    if template == "auto":
+        template = "model" if getattr(engine, "has_chat_template", False) else "chatml_tir"
+    if template in ("model", "chat"):
         render = getattr(engine, "apply_chat_template", None)
-        if render is None:
-            raise ValueError("prompt_template='chat' needs an engine with a chat template")
-        return render([{"role": "user", "content": f"{problem}\n\n{TIR_INSTRUCTION}"}])
+        if render is None or not getattr(engine, "has_chat_template", True):
+            raise ValueError(f"prompt_template={template!r} needs an engine whose model has a "
+                             "chat template; name a template instead (e.g. 'chatml_tir')")
+        content = problem if template == "model" else f"{problem}\n\n{TIR_INSTRUCTION}"
+        return render([{"role": "user", "content": content}])
     text = TEMPLATES.get(template, template)
     if "{problem}" not in text:
         raise ValueError(f"unknown prompt template {template!r}: use one of "
-                         f"{sorted(TEMPLATES)} or 'chat', or a string containing {{problem}}")
+                         f"{sorted(TEMPLATES)}, 'auto', 'model' or 'chat', or a string "
+                         "containing {problem}")
     return text.replace("{problem}", problem)

@@ -86,7 +86,9 @@ class SolverConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 2048  # per step
-    prompt_template: str = "chatml_tir"
+    # "auto": the model's own chat template (a checkpoint is served in the format it was
+    # trained on), else "chatml_tir"; see prompts.render_prompt
+    prompt_template: str = "auto"
     code_timeout_s: float = 5.0
     max_output_chars: int = 1000  # what the model sees of one execution
     restart_on_fail: bool = True  # a failed sample starts over from the prompt (else pruned)
@@ -212,6 +214,7 @@ class SolveResult:
     preset: str = ""
     timed_out: bool = False  # the deadline cancelled generation
     error: str | None = None  # a traceback when solving broke down (the answer is still valid)
+    prompt: str = ""  # the rendered prompt every sample continued
 
     @property
     def engine_failed(self) -> bool:
@@ -726,7 +729,7 @@ class Solver:
             stopped_early=run.stopped_early, samples=run.samples,
             tokens_generated=sum(s.tokens for s in run.samples),
             elapsed_s=time.monotonic() - run.start, preset=cfg.name, timed_out=run.timed_out,
-            error=run.error)
+            error=run.error, prompt=run.prompt)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -5,6 +5,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.engines import (
@@ -13,7 +15,10 @@ from aimo_lib.engines import (
     OpenAIEngine,
     ScriptedEngine,
     VLLMEngine,
+    chat_messages,
+    render_chat,
 )
+from aimo_lib.prompts import TIR_INSTRUCTION, render_prompt
 
 STOP = "```output\n"
 TIR = GenerationParams(max_tokens=50, stop=(STOP,))
@@ -53,7 +58,7 @@ class _Server:
 
     def __init__(self, style="vllm", fail_first=0, delay_s=0.0):
         self.style, self.fail_left, self.delay_s = style, fail_first, delay_s
-        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
+        self.requests, self.paths, self.in_flight, self.max_in_flight = [], [], 0, 0
         self.lock = threading.Lock()
         server = self
 
@@ -76,6 +81,7 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append((body, self.headers.get("Authorization")))
+                    server.paths.append(self.path)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     fail = server.fail_left > 0
@@ -96,7 +102,9 @@ class _Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def complete(self, body):
-        prompt = body["prompt"]
+        # chat: a tool result arrives as the last (user) turn; a partial turn is continued
+        prompt = body["prompt"] if "prompt" in body else "".join(
+            m["content"] for m in body["messages"])
         text = ("I'll compute.\n```python\nprint(6 * 7)\n```\n```output\nHALLUCINATED"
                 if "```output" not in prompt else "42}." if prompt.endswith("\\boxed{")
                 else "\nSo the answer is \\boxed{42}.")
@@ -107,7 +115,10 @@ class _Server:
             text = text[: text.index(hit) + (len(hit) if keep else 0)]
             if self.style == "vllm":
                 choice["stop_reason"] = hit
-        choice["text"] = text
+        if "messages" in body:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
         return {"choices": [choice], "usage": {"completion_tokens": len(text.split())}}
 
     def close(self):
@@ -138,6 +149,90 @@ def test_openai_engine_solves_through_a_real_server(server, sandbox):
     assert auth == "Bearer sk-test" and body["seed"] is not None
     assert body["stop"] == ([STOP, "\\boxed{", "\n```\n"] if vllm_like else [STOP])
     assert body["model"] == "scripted-model" and body["max_tokens"] == cfg.max_new_tokens
+
+
+@pytest.mark.parametrize("server", [{"style": "plain"}], indirect=True)
+def test_openai_chat_engine_shows_tool_outputs_as_user_turns(server, sandbox):
+    """A chat teacher (GPT-4o's API): messages in, the assistant's text out; each code
+    block's real output goes back as a user turn; the answer is read as from a text model."""
+    engine = OpenAIEngine(server.url, api="chat", names_stop_strings=False, max_concurrency=2)
+    cfg = SolverConfig.preset("default", num_samples=2, max_rounds=3, early_stop=None,
+                              prompt_template="chat", stop_at_boxed=False)
+    result = Solver(engine, sandbox, cfg).solve("What is 6*7?")
+    assert result.answer == 42 and result.votes == {42: 2.0}
+    assert set(server.paths) == {"/v1/chat/completions"}
+    bodies = [b for b, _ in server.requests]
+    assert all("prompt" not in b and b["stop"] == [STOP] for b in bodies)
+    first = next(b["messages"] for b in bodies if len(b["messages"]) == 1)
+    assert first == [{"role": "user", "content": f"What is 6*7?\n\n{TIR_INSTRUCTION}"}]
+    after = next(b["messages"] for b in bodies if len(b["messages"]) == 3)
+    assert [m["role"] for m in after] == ["user", "assistant", "user"]
+    assert after[1]["content"] == "I'll compute.\n```python\nprint(6 * 7)\n```\n"
+    assert after[2]["content"].startswith("```output\n42\n")  # the sandbox's, not HALLUCINATED
+    assert not any(b.get("continue_final_message") for b in bodies)
+    partial = engine.apply_chat_template([{"role": "user", "content": "q"}]) + "Half a thought"
+    engine.generate([partial], TIR)
+    body = server.requests[-1][0]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Half a thought"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    with pytest.raises(EngineError, match="apply_chat_template"):
+        engine.generate(["a text prompt"], TIR)
+    with pytest.raises(EngineError, match="api='chat'"):
+        OpenAIEngine(server.url).apply_chat_template([{"role": "user", "content": "q"}])
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(problem=_TEXT, parts=st.lists(st.tuples(_TEXT, _TEXT), max_size=4), tail=_TEXT)
+def test_chat_messages_partition_the_transcript(problem, parts, tail):
+    """Whatever the model wrote: the messages hold the transcript exactly, turns alternate,
+    and every output block is a user turn of its own."""
+    assume("<|im_start|>" not in problem and "```" not in "".join(p + o for p, o in parts)
+           and "```" not in tail)
+    head = OpenAIEngine.apply_chat_template(_ChatOnly(), [{"role": "user", "content": problem}])
+    transcript = "".join(f"{text}```output\n{out}\n```\n" for text, out in parts) + tail
+    messages = chat_messages(head + transcript)
+    assert messages[0] == {"role": "user", "content": problem}
+    assert "".join(m["content"] for m in messages[1:]) == transcript
+    roles = [m["role"] for m in messages[1:]]
+    assert roles == ["assistant", "user"] * len(parts) + (["assistant"] if tail else [])
+
+
+class _ChatOnly:
+    api = "chat"
+
+
+def test_prompt_auto_is_the_models_own_template_else_chatml_tir():
+    class Chat:
+        has_chat_template = True
+
+        def apply_chat_template(self, messages):
+            return f"<turn>{messages[0]['content']}</turn>"
+
+    assert render_prompt("auto", "P?", Chat()) == "<turn>P?</turn>"  # the bare problem
+    assert render_prompt("chat", "P?", Chat()) == f"<turn>P?\n\n{TIR_INSTRUCTION}</turn>"
+    assert render_prompt("auto", "P?", ScriptedEngine(lambda p, k: "")) == render_prompt(
+        "chatml_tir", "P?")
+    assert SolverConfig().prompt_template == "auto"
+    with pytest.raises(ValueError, match="chat template"):
+        render_prompt("model", "P?", ScriptedEngine(lambda p, k: ""))
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_a_template_that_writes_the_bos_is_not_doubled(adds_bos):
+    class Tok:
+        bos_token, bos_token_id = "<s>", 1
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"<s>### Problem: {messages[0]['content']}\n### Solution: "
+
+        def __call__(self, text):
+            return {"input_ids": ([1] if adds_bos else []) + [7]}
+
+    text = render_chat(Tok(), [{"role": "user", "content": "P"}])
+    assert text == ("" if adds_bos else "<s>") + "### Problem: P\n### Solution: "
 
 
 @pytest.mark.parametrize("server", [{"fail_first": 2}], indirect=True)
