@@ -60,23 +60,67 @@ def tiny(tmp_path_factory):
     return root
 
 
-def recipe(tiny, out, **kw):
-    return {"model_name_or_path": str(tiny / "model"), "dataset": str(tiny / "tir.jsonl"),
+def recipe_values(tiny, out, **kw) -> dict:
+    return {"model_name_or_path": str(tiny / "model"), "dataset_name": str(tiny / "tir.jsonl"),
             "output_dir": str(out), "max_steps": 16, "learning_rate": 2e-3,
-            "per_device_train_batch_size": 2, "block_size": 128, "logging_steps": 1,
-            "save_steps": 8, "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **kw}
+            "per_device_train_batch_size": 2, "max_length": 128, "logging_steps": 1,
+            "save_steps": 8, "lr_scheduler_type": "constant", "gradient_checkpointing": False,
+            **kw}
+
+
+def recipe(tiny, out, **kw) -> tuple:
+    """An SFT recipe as sft.py parses it (TRL's own config fields)."""
+    return sft.parse_recipe(sft.RECIPE, recipe_values(tiny, out, **kw))
 
 
 @pytest.mark.parametrize("stage", [
-    {"chat_template": "numina", "block_size": 256},  # stage 1 shape: seed template, packing
+    {"chat_template": "numina", "max_length": 256},  # stage 1 shape: seed template, packing
     {"chat_template": "model", "mask_output_blocks": True, "completion_only_loss": True},
 ])
 def test_sft_loss_is_finite_and_falls_on_repeated_data(tiny, tmp_path, stage):
-    report = sft.train(recipe(tiny, tmp_path / "out", **stage))
+    report = sft.train(*recipe(tiny, tmp_path / "out", **stage))
     losses = report["losses"]
     assert len(losses) == 16 and all(loss == loss and loss < 100 for loss in losses)  # finite
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
     assert os.path.exists(tmp_path / "out" / "train_report.json")
+
+
+def test_recipes_are_trl_fields_and_unknown_keys_fail(tiny, tmp_path, capsys):
+    """Every shipped recipe parses into TRL's own dataclasses; a misspelled key is an error
+    (it used to be ignored), from a file or a dict; the command line overrides the file."""
+    import glob
+
+    import quantize
+    import yaml
+
+    for path in sorted(glob.glob(os.path.join(TRAINING, "recipes", "*", "*.yaml"))):
+        stage = os.path.basename(path)
+        module = kto if "kto" in stage else quantize if ("quantize" in stage or "gptq" in
+                                                           stage) else sft
+        module.parse_recipe(module.RECIPE, ["--config", path])
+    stage2 = sft.parse_recipe(sft.RECIPE, ["--config", os.path.join(
+        TRAINING, "recipes", "deepseek-math-7b", "stage2-tir.yaml"), "--learning_rate", "1e-5"])
+    script, config, model, chat, data = stage2
+    assert (config.max_length, config.warmup_steps, config.learning_rate) == (1024, 0.1, 1e-5)
+    assert (model.attn_implementation, config.dataset_num_proc) == ("flash_attention_2", 12)
+    assert (config.packing_strategy, chat.chat_template) == ("bfd_split", "numina")
+    assert script.dataset_test_split == "test" and config.eval_strategy == "epoch"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**recipe_values(tiny, tmp_path), "learning_rat": 1e-5}))
+    with pytest.raises(SystemExit, match="learning_rat"):
+        sft.parse_recipe(sft.RECIPE, ["--config", str(bad)])
+    with pytest.raises(SystemExit, match="block_size"):
+        recipe(tiny, tmp_path, block_size=512)
+    with pytest.raises(SystemExit, match="chat_template"):  # values are checked too
+        recipe(tiny, tmp_path, chat_template="mine")
+
+
+def test_eval_split_from_a_fraction_of_a_file(tiny, tmp_path):
+    report = sft.train(*recipe(tiny, tmp_path / "out", max_steps=4, eval_strategy="steps",
+                               eval_steps=2, eval_fraction=0.25))
+    assert len(report["eval_losses"]) == 2 and all(x == x for x in report["eval_losses"])
+    with pytest.raises(SystemExit, match="eval_fraction"):  # a file has no test split
+        sft.train(*recipe(tiny, tmp_path / "o2", eval_strategy="steps"))
 
 
 def test_packing_loses_no_token_and_counts_the_overflow():
@@ -134,8 +178,8 @@ def test_problems_builder_keeps_checkable_integer_answers(tmp_path):
 
 def test_masks_cover_only_what_they_should(tiny):
     tokenizer = common.load_tokenizer(str(tiny / "model"), "model")
-    ds = sft.build_dataset({"dataset": str(tiny / "tir.jsonl"), "mask_output_blocks": True,
-                            "completion_only_loss": True}, tokenizer)
+    rows = common.load_dataset_any(str(tiny / "tir.jsonl"))
+    ds = sft.build_dataset(rows, tokenizer, completion_only=True, mask_outputs=True)
     row = ds[3]
     kept = tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"],
                                                strict=True) if m])
@@ -148,7 +192,7 @@ def test_save_reload_generate_and_resume(tiny, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "out"
-    sft.train(recipe(tiny, out, max_steps=8, chat_template="numina"))
+    sft.train(*recipe(tiny, out, max_steps=8, chat_template="numina"))
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     ids = tok("### Problem: What is 2 + 2?\n### Solution: ", return_tensors="pt")
@@ -156,8 +200,32 @@ def test_save_reload_generate_and_resume(tiny, tmp_path):
         gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] == ids["input_ids"].shape[1] + 8
     assert tok.chat_template == common.NUMINA_CHAT_TEMPLATE  # saved with the model
-    again = sft.train(recipe(tiny, out, max_steps=12, chat_template="numina"))
+    again = sft.train(*recipe(tiny, out, max_steps=12, chat_template="numina"))
     assert again["resumed_from"].endswith("checkpoint-8") and again["steps"] == 12
+
+
+def test_a_trained_checkpoint_is_served_in_its_own_format(tiny, tmp_path):
+    """Trained on the seed's template, the checkpoint carries it, and the notebook's default
+    (prompt_template "auto") renders the bare problem in it, one BOS; an explicit template
+    still overrides it."""
+    from aimo_lib.kaggle import NotebookConfig, make_solve_fn
+
+    out = tmp_path / "sft"
+    sft.train(*recipe(tiny, out, max_steps=2, chat_template="numina", save_steps=100))
+    served = lambda **kw: NotebookConfig(model=str(out), engine="hf", competition="aimo3",
+                                         num_samples=2, max_rounds=1, max_new_tokens=4,
+                                         out_dir=str(tmp_path / "nb"), **kw)
+    solve = make_solve_fn(served())
+    result = solve("What is 2 + 2?", "p1")
+    tok = solve._solver.engine.tokenizer
+    solve.close()
+    assert served().solver_config().prompt_template == "auto"
+    assert result.prompt.endswith("### Problem: What is 2 + 2?\n### Solution: ")
+    ids = tok(result.prompt)["input_ids"]  # as the engine encodes it
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    solve = make_solve_fn(served(prompt_template="chatml_tir"))
+    assert solve("What is 2 + 2?", "p2").prompt.startswith("<|im_start|>system")
+    solve.close()
 
 
 def test_numina_chat_template_renders_like_the_seed(tiny):
@@ -180,6 +248,13 @@ def test_kto_labels_need_a_valid_reference_and_an_answer():
     assert kto.label(None, -3, rules) is None and kto.label(None, 123456, rules) is None
 
 
+def kto_recipe(tiny, tmp_path, **kw) -> tuple:
+    """(config, model, chat) of a KTO recipe, as kto.train takes them."""
+    return kto.parse_recipe(kto.RECIPE, {
+        "model_name_or_path": str(tiny / "model"), "output_dir": str(tmp_path / "kto"),
+        "per_device_train_batch_size": 4, "gradient_checkpointing": False, **kw})[:3]
+
+
 def test_kto_two_steps_reports_implicit_rewards(tiny, tmp_path):
     rows = []
     for i in range(4):
@@ -188,9 +263,8 @@ def test_kto_two_steps_reports_implicit_rewards(tiny, tmp_path):
                      "completion": good, "label": True})
         rows.append({"prompt": f"### Problem: What is {i} + {i}?\n### Solution: ",
                      "completion": good.replace(f"{{{2 * i}}}", "{7}"), "label": False})
-    report = kto.train({"output_dir": str(tmp_path / "kto"), "max_steps": 2,
-                        "per_device_train_batch_size": 4, "learning_rate": 1e-4,
-                        "max_length": 256}, rows, str(tiny / "model"))
+    report = kto.train(*kto_recipe(tiny, tmp_path, max_steps=2, learning_rate=1e-4,
+                                   max_length=256), rows, str(tiny / "model"))
     assert report["steps"] == 2 and report["desirable"] == 4
     assert any(k.startswith("rewards/") for k in report["last_logged_rewards"])
     assert os.path.exists(tmp_path / "kto" / "kto_report.json")
@@ -204,10 +278,8 @@ def test_kto_at_the_recipes_precision_moves_every_weight(tiny, tmp_path):
 
     rows = [{"prompt": f"### Problem: {i}?\n### Solution: ", "completion": f"\\boxed{{{i}}}",
              "label": i % 2 == 0} for i in range(4)]
-    recipe = {"output_dir": str(tmp_path / "kto"), "max_steps": 1, "learning_rate": 5e-7,
-              "per_device_train_batch_size": 4, "max_length": 64, "dtype": "float32",
-              "bf16": True}
-    kto.train(recipe, rows, str(tiny / "model"))
+    kto.train(*kto_recipe(tiny, tmp_path, max_steps=1, learning_rate=5e-7, max_length=64,
+                          dtype="float32", bf16=True), rows, str(tiny / "model"))
     name = "model.layers.0.mlp.down_proj.weight"
     before = load_file(str(tiny / "model" / "model.safetensors"))[name]
     after = load_file(str(tmp_path / "kto" / "model.safetensors"))[name]
@@ -243,7 +315,8 @@ def test_tir_data_generation_keeps_and_rejects_exactly(tmp_path, sandbox):
     assert [(r["id"], r["attempts"]) for r in rows] == [("p1", 1), ("p2", 2), ("p4", 1)]
     assert rows[0]["messages"][1]["content"].startswith("```python\nprint(1 * 3)\n```\n"
                                                         "```output\n3\n```")
-    assert rows[0]["messages"][0]["content"].startswith("What is 1 times 3?\n\n")
+    # NuminaMath-TIR's format: the bare problem as the user turn (not the teacher's prompt)
+    assert rows[0]["messages"][0]["content"] == "What is 1 times 3?"
     again = generate_tir_data.generate(problems, ScriptedEngine(teacher), sandbox, out,
                                        attempts=3, config=cfg, progress=False)
     assert again == {"kept": 0, "rejected": 0, "failed": 0, "skipped": 4,
@@ -267,11 +340,13 @@ def test_gptq_calibration_is_a_seeded_shuffle_with_one_bos(tiny):
     from common import load_tokenizer
 
     tok = load_tokenizer(str(tiny / "model"), "numina")
-    recipe = {"calibration_dataset": str(tiny / "tir.jsonl"), "calibration_samples": 3,
-              "seed": 1}
-    rows = quantize.calibration_rows(recipe, tok)
-    assert rows == quantize.calibration_rows(recipe, tok) and len(rows) == 3
-    assert rows != quantize.calibration_rows({**recipe, "seed": 2}, tok)
+    from dataclasses import replace
+
+    gptq = quantize.GPTQArguments(str(tiny / "model"), "unused", str(tiny / "tir.jsonl"),
+                                  calibration_samples=3, seed=1)
+    rows = quantize.calibration_rows(gptq, tok)
+    assert rows == quantize.calibration_rows(gptq, tok) and len(rows) == 3
+    assert rows != quantize.calibration_rows(replace(gptq, seed=2), tok)
     for r in rows:
         ids = r["input_ids"]
         assert ids.count(tok.bos_token_id) <= 1 and len(r["attention_mask"]) == len(ids)
@@ -286,7 +361,7 @@ def test_quantize_reload_generate(tiny, tmp_path):
 import sys, json
 sys.path.insert(0, {TRAINING!r})
 import quantize
-out = quantize.quantize({{"model_name_or_path": {str(tiny / 'model')!r}, "chat_template": "numina",
+out = quantize.main({{"model_name_or_path": {str(tiny / 'model')!r}, "chat_template": "numina",
     "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8, "bits": 8,
     "group_size": 32, "desc_act": False, "batch_size": 4, "output_dir": {str(tmp_path / 'q')!r}}})
 import torch
@@ -310,12 +385,12 @@ def test_zero3_with_two_gloo_processes(tiny, tmp_path):
     recipe_path = tmp_path / "r.yaml"
     import yaml
 
-    recipe_path.write_text(yaml.safe_dump(recipe(tiny, tmp_path / "z3", max_steps=2,
-                                                 ddp_backend="gloo", save_steps=100)))
+    recipe_path.write_text(yaml.safe_dump(recipe_values(tiny, tmp_path / "z3", max_steps=2,
+                                                        ddp_backend="gloo", save_steps=100)))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            os.path.join(TRAINING, "deepspeed_zero3.yaml"), "--num_processes", "2",
            "--mixed_precision", "no", os.path.join(TRAINING, "sft.py"),
-           "--recipe", str(recipe_path)]
+           "--config", str(recipe_path)]
     env = {**os.environ, "MASTER_PORT": "29577"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
                        cwd=TRAINING)
@@ -332,13 +407,13 @@ def test_trained_and_quantized_checkpoints_are_served_by_vllm(tiny, tmp_path):
     output is refused with a message that says which format loads; 4-bit is served."""
     pytest.importorskip("vllm")
     pytest.importorskip("gptqmodel")
-    sft.train(recipe(tiny, tmp_path / "sft", max_steps=2, save_steps=100))
+    sft.train(*recipe(tiny, tmp_path / "sft", max_steps=2, save_steps=100))
     script = f"""
 import sys
 sys.path.insert(0, {TRAINING!r})
 import quantize
 for bits in (4, 8):
-    quantize.quantize({{"model_name_or_path": {str(tmp_path / 'sft')!r}, "chat_template": "model",
+    quantize.main({{"model_name_or_path": {str(tmp_path / 'sft')!r}, "chat_template": "model",
         "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8,
         "bits": bits, "group_size": 32, "batch_size": 4,
         "output_dir": {str(tmp_path)!r} + f"/q{{bits}}"}})

@@ -1,16 +1,19 @@
 """What the training scripts share: recipes, chat templates, data loading, model preparation.
 
-Recipes are YAML files named after model and stage (recipes/<model>/<stage>.yaml); any key
-can be overridden on the command line with `--set key=value` (YAML syntax for the value).
+Recipes are YAML files named after model and stage (recipes/<model>/<stage>.yaml) whose keys are
+the TRL/transformers config fields themselves (SFTConfig, KTOConfig, ModelConfig,
+ScriptArguments) plus a few of ours (the dataclasses below), parsed with TRL's TrlParser:
+`--config recipe.yaml`, and `--field value` on the command line overrides the file.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import sys
-
-import yaml
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -25,22 +28,73 @@ NUMINA_CHAT_TEMPLATE = (
 )
 
 
-def recipe_parser(doc: str):
-    """The CLI every training script shares: --recipe FILE [--set key=value ...]; a script
-    may add its own arguments."""
-    import argparse
+@dataclass
+class ChatArguments:
+    """Recipe keys of ours that every script shares (the rest are TRL/transformers fields)."""
 
-    ap = argparse.ArgumentParser(description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, help="YAML recipe (training/recipes/...)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key (repeatable; the value is YAML)")
-    return ap
+    chat_template: str = field(default="model", metadata={
+        "help": "'numina': the seed's ### Problem: / ### Solution: template, saved with the "
+                "checkpoint as its own; 'model': the model's own chat template",
+        "choices": ["model", "numina"]})
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "a .gguf file inside model_name_or_path (dequantised once to a checkpoint)"})
+
+    def __post_init__(self):
+        if self.chat_template not in ("model", "numina"):
+            raise ValueError(f"chat_template must be 'model' or 'numina', not "
+                             f"{self.chat_template!r}")
 
 
-def recipe_from_argv(doc: str) -> dict:
-    args = recipe_parser(doc).parse_args()
-    return load_recipe(args.recipe, args.set)
+class MachineDefaults:
+    """Mixed into a trainer config: on a machine without CUDA, train on the CPU (TRL's bf16
+    default needs a GPU there; a recipe that says bf16: true gets CPU bf16 autocast)."""
+
+    def __post_init__(self):
+        import torch
+
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+            if self.bf16 is None:
+                self.bf16 = False
+        super().__post_init__()
+
+
+def parse_recipe(types: tuple, source: dict | list[str] | None = None, doc: str | None = None
+                 ) -> tuple:
+    """A recipe as the dataclasses `types` (TRL's, transformers' and ours), as TRL's own scripts
+    and the alignment-handbook parse them: the YAML keys are the config fields themselves.
+
+    source: None or argv (`--config recipe.yaml [--field value ...]`, the command line
+    overriding the file), or a dict (tests, toy.py). A key no dataclass has is an error, never
+    silently ignored.
+    """
+    from transformers import HfArgumentParser
+    from trl import TrlParser
+
+    try:
+        if isinstance(source, dict):
+            return HfArgumentParser(types).parse_dict(source, allow_extra_keys=False)
+        parser = TrlParser(types, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return parser.parse_args_and_config(source)
+    except ValueError as exc:  # unknown keys, bad values: say which, and stop
+        names = ", ".join(t.__name__ for t in types)
+        raise SystemExit(f"recipe error: {exc}\nA recipe's keys are the fields of {names} "
+                         "(--help lists them).") from None
+
+
+def recipe_dict(*configs) -> dict:
+    """Every field of the parsed recipe, for the reports written beside a run."""
+    out = {}
+    for c in configs:
+        out.update(c.to_dict() if hasattr(c, "to_dict") else dataclasses.asdict(c))
+    return out
+
+
+def model_init_kwargs(model) -> dict:
+    """What TRL's scripts pass to from_pretrained from ModelConfig."""
+    return {"revision": model.model_revision, "dtype": model.dtype,
+            "attn_implementation": model.attn_implementation}
 
 
 def in_flight(items, fn, concurrency: int, desc: str, progress: bool = True):
@@ -56,18 +110,6 @@ def in_flight(items, fn, concurrency: int, desc: str, progress: bool = True):
         for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
                            disable=not progress):
             yield futures[future], future
-
-
-def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
-    """A YAML recipe, with `key=value` overrides (values parsed as YAML)."""
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        recipe[key] = yaml.safe_load(value)
-    return recipe
 
 
 def prepare_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str = "runs/models"

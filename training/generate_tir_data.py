@@ -2,14 +2,20 @@
 released).
 
     python training/generate_tir_data.py --problems problems.jsonl --out tir.jsonl \\
-        --teacher-url http://127.0.0.1:8000/v1 --teacher-model gpt-4o --attempts 4
+        --teacher-url https://api.openai.com/v1 --teacher-model gpt-4o --attempts 4
+    python training/generate_tir_data.py ... --teacher-url http://127.0.0.1:8000/v1 \\
+        --teacher-api completions --prompt-template chatml_tir     # a local vLLM server
 
-A teacher behind any OpenAI-compatible endpoint writes ToRA-format solutions; every code block
-runs in aimo_lib's sandbox and its real output is fed back (this is aimo_lib's solver with one
-sample). A solution is kept only if its final answer matches the reference; a wrong one is
-re-sampled, up to --attempts times. Output: JSONL rows {"id", "messages", "attempts"}, the user
-turn being exactly what `prompt_template="chat"` shows a model at inference. Resumable: problems
-already in --out (or in <out>.rejected.jsonl) are skipped.
+A teacher behind any OpenAI-compatible endpoint (chat completions by default, as GPT-4o was
+Numina's; or raw completions) writes ToRA-format solutions; every code block runs in aimo_lib's
+sandbox and its real output is fed back, as a user turn in chat (this is aimo_lib's solver with
+one sample). A solution is kept only if its final answer matches the reference; a wrong one is
+re-sampled, up to --attempts times. Output: JSONL rows {"id", "messages", "attempts"} in
+NuminaMath-TIR's format: the bare problem as the user turn (the teacher's instruction is not
+part of the data), the whole ToRA solution, outputs included, as the assistant turn; a model
+trained on it is served with its own chat template (prompt_template "model", aimo_lib's
+default for checkpoints). Resumable: problems already in --out (or in <out>.rejected.jsonl)
+are skipped.
 """
 
 from __future__ import annotations
@@ -25,11 +31,6 @@ from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
 from aimo_lib.evaluation import load_eval_dataset
 from aimo_lib.gateway import append_jsonl, read_jsonl
-from aimo_lib.prompts import TIR_INSTRUCTION
-
-
-def user_turn(problem: str) -> str:
-    return f"{problem}\n\n{TIR_INSTRUCTION}"
 
 
 def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
@@ -63,7 +64,7 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
                 continue
             if sample.answer is not None and sample.answer == rules.apply(p.answer):
                 return out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
-                    {"role": "user", "content": user_turn(p.problem)},
+                    {"role": "user", "content": p.problem},
                     {"role": "assistant", "content": sample.text}]}, wrong, errors
             wrong += 1
         return rejected_path, {"id": p.id, "attempts": attempts, "error": error}, wrong, errors
@@ -83,11 +84,17 @@ def main() -> None:
     ap.add_argument("--problems", required=True, help=".jsonl/.csv with id, problem, answer")
     ap.add_argument("--out", required=True)
     ap.add_argument("--teacher-url", required=True, help="OpenAI-compatible base URL")
-    ap.add_argument("--teacher-model", default=None)
+    ap.add_argument("--teacher-model", default=None, help="default: the first the server lists")
+    ap.add_argument("--teacher-api", choices=["chat", "completions"], default="chat",
+                    help="chat: /v1/chat/completions (GPT-4o, any chat endpoint); completions: "
+                    "/v1/completions with a text prompt template")
+    ap.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     ap.add_argument("--attempts", type=int, default=4, help="samples per problem at most")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-rounds", type=int, default=4)
-    ap.add_argument("--prompt-template", default="chatml_tir")
+    ap.add_argument("--prompt-template", default=None,
+                    help="what the teacher is shown (default: 'chat', the problem with the TIR "
+                    "instruction, for --teacher-api chat; 'chatml_tir' for completions)")
     ap.add_argument("--competition", default="aimo3", help="answer rules for the match")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--concurrency", type=int, default=16,
@@ -97,11 +104,17 @@ def main() -> None:
     from aimo_lib.sandbox import Sandbox
 
     problems, skipped = load_eval_dataset(args.problems, limit=args.limit)
-    engine = OpenAIEngine(args.teacher_url, args.teacher_model)
+    chat = args.teacher_api == "chat"
+    # OpenAI's own API continues no partial assistant turn; vLLM's does (continue_partial)
+    engine = OpenAIEngine(args.teacher_url, args.teacher_model, api=args.teacher_api,
+                          api_key=args.api_key, max_concurrency=args.concurrency,
+                          continue_partial="api.openai.com" not in args.teacher_url)
+    template = args.prompt_template or ("chat" if chat else "chatml_tir")
+    # A chat teacher writes its answer in one turn: no stop at the boxed answer's brace.
     config = SolverConfig.preset("default", num_samples=1, early_stop=None,
                                  temperature=args.temperature, max_rounds=args.max_rounds,
-                                 prompt_template=args.prompt_template,
-                                 competition=args.competition)
+                                 prompt_template=template, competition=args.competition,
+                                 stop_at_boxed=not chat)
     with Sandbox() as sandbox, engine:
         counts = generate(problems, engine, sandbox, args.out, args.attempts, config,
                           args.competition, concurrency=args.concurrency)

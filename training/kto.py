@@ -1,9 +1,12 @@
 """On-policy KTO (Numina's blog: "+ a few points"; no code was released).
 
-    python training/kto.py --recipe training/recipes/deepseek-math-7b/kto.yaml
-    python training/kto.py --recipe ... --step sample        # on the inference machine
+    python training/kto.py --config training/recipes/deepseek-math-7b/kto.yaml
+    python training/kto.py --config ... --step sample        # on the inference machine
     accelerate launch --config_file training/deepspeed_zero3.yaml training/kto.py \
-        --recipe ... --step train                              # ZeRO-3, like SFT
+        --config ... --step train                              # ZeRO-3, like SFT
+
+The recipe's keys are KTOConfig and ModelConfig fields plus SamplingArguments and
+ChatArguments below (`--help` lists them; an unknown key is an error).
 
 1. sample (`--step sample`): `samples_per_prompt` TIR completions per problem of `problems`
    (a problems.jsonl from build_problems.py) from the SFT model with aimo_lib's solver (real
@@ -20,14 +23,65 @@ free before the policy and the reference model load, then trains.
 from __future__ import annotations
 
 import os
+import sys
 import traceback
+from dataclasses import dataclass, field
 
-from common import in_flight, load_recipe, load_tokenizer, prepare_model, recipe_parser, write_json
+from common import (
+    ChatArguments,
+    MachineDefaults,
+    in_flight,
+    load_tokenizer,
+    model_init_kwargs,
+    parse_recipe,
+    prepare_model,
+    recipe_dict,
+    write_json,
+)
+from trl import KTOConfig, ModelConfig
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import RULES
 from aimo_lib.gateway import append_jsonl, read_jsonl
-from aimo_lib.prompts import render_prompt
+
+
+@dataclass
+class TrainConfig(MachineDefaults, KTOConfig):
+    """KTOConfig with this project's defaults."""
+
+    logging_steps: float = 1
+    save_total_limit: int | None = 2
+    gradient_checkpointing_kwargs: dict | str | None = field(
+        default_factory=lambda: {"use_reentrant": False})
+
+
+@dataclass
+class SamplingArguments:
+    """The sampling step (ours): where the problems come from and how the model solves them."""
+
+    problems: str | None = field(default=None, metadata={
+        "help": "problems.jsonl (id, problem, integer answer) from build_problems.py"})
+    max_problems: int | None = None
+    samples_per_prompt: int = field(default=4, metadata={"help": "completions per problem"})
+    engine: str = field(default="auto", metadata={
+        "help": "auto | vllm | hf | openai (+ openai_url, served_model)"})
+    openai_url: str | None = None
+    served_model: str | None = None
+    concurrency: int = field(default=8, metadata={"help": "problems in flight at once"})
+    solver: dict | str = field(default_factory=dict, metadata={
+        "help": "aimo_lib SolverConfig fields, with 'preset' (YAML mapping)"})
+    step: str = field(default="all", metadata={
+        "help": "all: sample in a child process (its GPU memory freed), then train",
+        "choices": ["all", "sample", "train"]})
+
+    def __post_init__(self):
+        if isinstance(self.solver, str):  # from the command line
+            import yaml
+
+            self.solver = yaml.safe_load(self.solver) or {}
+
+
+RECIPE = (TrainConfig, ModelConfig, ChatArguments, SamplingArguments)
 
 
 def label(answer: int | None, reference: int, rules) -> bool | None:
@@ -39,7 +93,8 @@ def label(answer: int | None, reference: int, rules) -> bool | None:
     return answer is not None and answer == truth
 
 
-def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -> list[dict]:
+def sample_completions(sampling: SamplingArguments, model_path: str, problems, out_path: str
+                       ) -> list[dict]:
     """KTO rows {"prompt", "completion", "label"} from the model's own SC-TIR samples."""
     from aimo_lib import engines
     from aimo_lib.sandbox import Sandbox
@@ -53,23 +108,21 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
               f"under the aimo3 rules ({', '.join(sorted(invalid)[:5])}...)", flush=True)
         todo = [p for p in todo if p.id not in invalid]
     if todo:  # no engine is built when there is nothing to sample
-        kind = recipe.get("engine", "auto")
-        served = kind == "openai"
+        served = sampling.engine == "openai"
         engine = engines.build_engine(
-            kind, recipe.get("served_model") if served else model_path,
-            openai_urls=[recipe["openai_url"]] if served else [])
-        solver_cfg = dict(recipe.get("solver", {}))
+            sampling.engine, sampling.served_model if served else model_path,
+            openai_urls=[sampling.openai_url] if served else [])
+        solver_cfg = dict(sampling.solver)
         preset = solver_cfg.pop("preset", "default")
-        solver_cfg.setdefault("num_samples", recipe.get("samples_per_prompt", 4))
+        solver_cfg.setdefault("num_samples", sampling.samples_per_prompt)
         cfg = SolverConfig.preset(preset, early_stop=None, competition="aimo3", **solver_cfg)
         with Sandbox() as sandbox, engine:  # the engine is shut down before training starts
             def one(p):  # a solver per problem: concurrent solves share no state
-                return (Solver(engine, sandbox, cfg).solve(p.problem),
-                        render_prompt(cfg.prompt_template, p.problem, engine))
+                return Solver(engine, sandbox, cfg).solve(p.problem)
 
-            for p, future in in_flight(todo, one, recipe.get("concurrency", 8), "kto sampling"):
+            for p, future in in_flight(todo, one, sampling.concurrency, "kto sampling"):
                 try:
-                    result, prompt = future.result()
+                    result = future.result()
                 except Exception:  # one problem's failure is not the run's: record it, go on
                     error = traceback.format_exc()
                     print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
@@ -77,17 +130,17 @@ def sample_completions(recipe: dict, model_path: str, problems, out_path: str) -
                     continue
                 for s in result.samples:
                     if s.text:
-                        append_jsonl(out_path, {"id": p.id, "prompt": prompt,
+                        append_jsonl(out_path, {"id": p.id, "prompt": result.prompt,
                                                 "completion": s.text,
                                                 "label": label(s.answer, p.answer, rules)})
     return read_jsonl(out_path)
 
 
-def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
+def train(config: TrainConfig, model: ModelConfig, chat: ChatArguments, rows: list[dict],
+          model_path: str) -> dict:
     import datasets
-    import torch
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import KTOConfig, KTOTrainer
+    from trl import KTOTrainer
 
     labels = [r["label"] for r in rows]
     if all(labels) or not any(labels):
@@ -95,66 +148,56 @@ def train(recipe: dict, rows: list[dict], model_path: str) -> dict:
                          f"correct of {len(labels)}")
     ds = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")}
                                      for r in rows])
-    tokenizer = load_tokenizer(model_path, recipe.get("chat_template", "model"))
+    tokenizer = load_tokenizer(model_path, chat.chat_template)
     n_good = sum(labels)
-    args = KTOConfig(
-        output_dir=recipe["output_dir"], seed=recipe.get("seed", 42), beta=recipe.get("beta", 0.1),
-        # Balance desirable and undesirable examples, as the KTO paper advises.
-        desirable_weight=1.0, undesirable_weight=n_good / (len(labels) - n_good),
-        learning_rate=recipe.get("learning_rate", 5e-7),
-        num_train_epochs=recipe.get("num_train_epochs", 1), max_steps=recipe.get("max_steps", -1),
-        per_device_train_batch_size=recipe.get("per_device_train_batch_size", 4),
-        gradient_accumulation_steps=recipe.get("gradient_accumulation_steps", 1),
-        max_length=recipe.get("max_length", 2048), bf16=recipe.get("bf16", False),
-        gradient_checkpointing=recipe.get("gradient_checkpointing", False),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        model_init_kwargs={"dtype": getattr(torch, recipe.get("dtype", "float32"))},
-        logging_steps=recipe.get("logging_steps", 1), report_to=recipe.get("report_to", "none"),
-        use_cpu=not torch.cuda.is_available(), ddp_backend=recipe.get("ddp_backend"),
-        save_strategy="steps", save_steps=recipe.get("save_steps", 500), save_total_limit=2)
-    trainer = KTOTrainer(model=model_path, ref_model=None, args=args, train_dataset=ds,
+    # Balance desirable and undesirable examples, as the KTO paper advises.
+    config.desirable_weight, config.undesirable_weight = 1.0, n_good / (len(labels) - n_good)
+    config.model_init_kwargs = model_init_kwargs(model)
+    trainer = KTOTrainer(model=model_path, ref_model=None, args=config, train_dataset=ds,
                          processing_class=tokenizer)
-    out = recipe["output_dir"]
+    out = config.output_dir
     last = get_last_checkpoint(out) if os.path.isdir(out) else None
     trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(recipe["output_dir"])
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(recipe["output_dir"])
+    trainer.save_model(out)
+    if trainer.is_world_process_zero():  # with the chat template it was trained on
+        tokenizer.save_pretrained(out)
     logs = [h for h in trainer.state.log_history if any(k.startswith("rewards/") for k in h)]
     rewards = {k: v for h in logs for k, v in h.items() if k.startswith(("rewards/", "logps/"))}
     report = {"examples": len(rows), "desirable": n_good, "steps": trainer.state.global_step,
-              "last_logged_rewards": rewards, "log_history": trainer.state.log_history}
-    write_json(os.path.join(recipe["output_dir"], "kto_report.json"), report)
+              "last_logged_rewards": rewards, "log_history": trainer.state.log_history,
+              "recipe": recipe_dict(config, model, chat), "output_dir": out}
+    if trainer.is_world_process_zero():
+        write_json(os.path.join(out, "kto_report.json"), report)
     return report
 
 
-def main() -> None:
-    ap = recipe_parser(__doc__)
-    ap.add_argument("--step", choices=["all", "sample", "train"], default="all",
-                    help="all: sample in a child process (its GPU memory freed), then train")
-    args = ap.parse_args()
-    recipe = load_recipe(args.recipe, args.set)
-    model_path = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
-    os.makedirs(recipe["output_dir"], exist_ok=True)
-    data = os.path.join(recipe["output_dir"], "kto_data.jsonl")
-    if args.step == "all":
+def main(argv: list[str] | dict | None = None) -> dict | None:
+    config, model, chat, sampling = parse_recipe(RECIPE, argv, __doc__)
+    model_path = prepare_model(model.model_name_or_path, chat.gguf_file)
+    os.makedirs(config.output_dir, exist_ok=True)
+    data = os.path.join(config.output_dir, "kto_data.jsonl")
+    if sampling.step == "all":  # argparse takes the last --step
         import subprocess
-        import sys
 
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", args.recipe,
-                        *(f"--set={x}" for x in args.set), "--step", "sample"], check=True)
-    elif args.step == "sample":
+        args = sys.argv[1:] if argv is None else argv
+        if isinstance(args, dict):
+            raise SystemExit("--step all runs from the command line; call main() per step")
+        subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--step", "sample"],
+                       check=True)
+    elif sampling.step == "sample":
         from aimo_lib.evaluation import load_eval_dataset
 
-        problems, skipped = load_eval_dataset(recipe["problems"],
-                                              limit=recipe.get("max_problems"))
-        rows = sample_completions(recipe, model_path, problems, data)
+        if not sampling.problems:
+            raise SystemExit("the recipe names no problems file (build_problems.py writes one)")
+        problems, skipped = load_eval_dataset(sampling.problems, limit=sampling.max_problems)
+        rows = sample_completions(sampling, model_path, problems, data)
         print(f"KTO sampling: {len(rows)} rows in {data} ({len(skipped)} problems without an "
               "integer answer skipped)")
-        return
-    report = train(recipe, read_jsonl(data), model_path)
+        return None
+    report = train(config, model, chat, read_jsonl(data), model_path)
     print(f"KTO: {report['examples']} examples ({report['desirable']} desirable), "
           f"{report['steps']} steps; implicit rewards {report['last_logged_rewards']}")
+    return report
 
 
 if __name__ == "__main__":

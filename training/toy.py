@@ -1,38 +1,54 @@
-"""The CPU toy recipe, end to end in one command (under 30 minutes on 2 cores):
+"""The whole training chain at toy size on CPU, in one command:
 
-    python training/toy.py [--out runs/toy]
+    python training/toy.py [--out runs/toy] [--seeds 2]
 
-1. synthetic REPL-style problems (arithmetic a model this small cannot do in its head but
-   can do with code), a training split and a held-out split;
-2. TIR data from a programmatic teacher through the same data-generation path as a real one
-   (generate_tir_data.generate: aimo_lib's solver, real sandboxed execution, answer check,
-   re-sampling; the teacher writes a wrong program a quarter of the time);
-3. stage-2 SFT of SmolLM2-135M (recipes/smollm2-135m/toy-tir.yaml);
-4. `aimo eval`'s harness on the held-out problems for the base and the tuned model, served as
-   the notebook serves them (vLLM where it is importable, CPU too; else transformers), and
-   the gain in solve rate (maj@N) between them. Every step resumes if interrupted.
+1. synthetic REPL-style problems (arithmetic a 135M model cannot do in its head but can do
+   with code) from SEEN templates for training; held out: new numbers of the seen templates,
+   and templates never seen in training (UNSEEN);
+2. stage 1, CoT SFT of SmolLM2-135M on worked solutions in words (recipes/smollm2-135m/
+   toy-cot.yaml);
+3. stage 2, TIR SFT of the stage-1 model (toy-tir.yaml) on TIR data from a programmatic teacher
+   through the real data-generation path (generate_tir_data.generate: aimo_lib's solver, real
+   sandboxed execution, answer check, re-sampling; the teacher writes a wrong program a quarter
+   of the time), in NuminaMath-TIR's format (the bare problem as the user turn);
+4. on-policy KTO of the stage-2 model (toy-kto.yaml): its own samples on new seen-template
+   problems, labelled by correctness (kto.sample_completions, kto.train);
+5. 8-bit GPTQ of the KTO model (toy-gptq.yaml, quantize.py);
+6. after each stage, the model served as the notebook serves it (aimo_lib's NotebookConfig and
+   build_engine: vLLM where importable, CPU too, else transformers; a trained checkpoint in its
+   own chat template, the base model with its best prompt, the one-shot CPU default) and
+   evaluated with `aimo eval`'s harness on both held-out sets over `--seeds` seeds.
+
+Every step resumes if interrupted (a finished stage is skipped); figures go to
+<out>/toy_result.json and bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
-from common import load_recipe, prepare_model, write_json
+import sympy as sp
+from common import write_json
 
-from aimo_lib import Solver, SolverConfig
+from aimo_lib import SolverConfig
 from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine, build_engine
 from aimo_lib.evaluation import EvalProblem, run_eval
+from aimo_lib.kaggle import NotebookConfig
 from aimo_lib.sandbox import Sandbox
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RECIPES = os.path.join(HERE, "recipes", "smollm2-135m")
 
-TEMPLATES = [  # (problem, python expression), both formatted from the same numbers
+SEEN = [  # (problem, python expression), both formatted from the same numbers
     ("What is {a} * {b}?", "{a} * {b}"),
     ("What is {a} * {b} + {c}?", "{a} * {b} + {c}"),
     ("What is the sum of the integers from {a} to {b2}?", "sum(range({a}, {b2} + 1))"),
@@ -40,24 +56,39 @@ TEMPLATES = [  # (problem, python expression), both formatted from the same numb
     ("What is the greatest common divisor of {p} and {q}?", "math.gcd({p}, {q})"),
     ("How many positive divisors does {n} have?", "len(sp.divisors({n}))"),
 ]
+UNSEEN = [  # never in any training data: does the skill carry over to new wordings?
+    ("What is the least common multiple of {p} and {q}?", "math.lcm({p}, {q})"),
+    ("What is {a} squared minus {c}?", "{a} ** 2 - {c}"),
+]
+TEMPLATES = SEEN + UNSEEN
 
 
-def synthetic_problems(n: int, seed: int) -> list[EvalProblem]:
+def instances(n: int, seed: int, templates=SEEN) -> list[tuple[EvalProblem, str]]:
+    """n problems (round-robin over `templates`) with the expression that solves each."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        problem, expr = TEMPLATES[i % len(TEMPLATES)]
+        problem, expr = templates[i % len(templates)]
         v = dict(a=rng.randint(12, 99), b=rng.randint(12, 99), c=rng.randint(7, 97),
                  n=rng.randint(24, 960), p=rng.randint(2, 40) * 6, q=rng.randint(2, 40) * 4)
         v["b2"] = v["a"] + rng.randint(5, 60)
         code = expr.format(**v)
-        import math
-
-        import sympy as sp
-
         answer = int(eval(code, {"math": math, "sp": sp}))  # our own expression, not model code
-        out.append(EvalProblem(f"toy-{seed}-{i}", problem.format(**v), answer))
+        out.append((EvalProblem(f"toy-{seed}-{i}", problem.format(**v), answer), code))
     return out
+
+
+def synthetic_problems(n: int, seed: int, templates=SEEN) -> list[EvalProblem]:
+    return [p for p, _ in instances(n, seed, templates)]
+
+
+def cot_row(p: EvalProblem, code: str) -> dict:
+    """Stage-1 data: a worked solution in words, no code (a CoT teacher's)."""
+    return {"id": p.id, "messages": [
+        {"role": "user", "content": p.problem},
+        {"role": "assistant", "content": f"We need to evaluate {code}. Working it out step by "
+                                         f"step gives {p.answer}.\nThe answer is "
+                                         f"$\\boxed{{{p.answer}}}$."}]}
 
 
 def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
@@ -90,71 +121,169 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
     return ScriptedEngine(fn)
 
 
-def evaluate(model_dir: str, problems, out: str, args) -> float:
-    cfg = SolverConfig.preset("default", num_samples=args.samples, max_rounds=3,
-                              max_new_tokens=args.eval_tokens, temperature=0.7,
-                              prompt_template="chat", competition="aimo3", early_stop=None)
-    # The notebook's path: vLLM where it is importable (CPU too), else transformers.
-    with build_engine(args.engine, model_dir) as engine, Sandbox() as sandbox:
-        summary = run_eval(problems, lambda seed: Solver(engine, sandbox, replace(cfg, seed=seed)),
-                           [0], out, {"dataset": "toy-heldout", "model": model_dir,
-                                      "engine": type(engine).__name__,
-                                      "solver": cfg.to_dict()}, "aimo3")
-    return summary["maj_at_n"]["mean"]
+# ---------------------------------------------------------------- stages
+
+
+def _sft(recipe: str, **overrides) -> dict:
+    import sft
+
+    done = os.path.join(overrides["output_dir"], "train_report.json")
+    if os.path.exists(done):  # finished before: resume means skip
+        with open(done, encoding="utf-8") as f:
+            return json.load(f)
+    argv = ["--config", os.path.join(RECIPES, recipe)]
+    for k, v in overrides.items():
+        argv += [f"--{k}", str(v)]
+    return sft.main(argv)
+
+
+def _kto(out: str, model_dir: str, problems, args) -> dict:
+    import kto
+
+    done = os.path.join(out, "kto_report.json")
+    if os.path.exists(done):
+        with open(done, encoding="utf-8") as f:
+            return json.load(f)
+    config, model, chat, sampling = kto.parse_recipe(kto.RECIPE, [
+        "--config", os.path.join(RECIPES, "toy-kto.yaml"), "--model_name_or_path", model_dir,
+        "--output_dir", out, "--engine", args.engine])
+    os.makedirs(out, exist_ok=True)
+    rows = kto.sample_completions(sampling, model_dir, problems,
+                                  os.path.join(out, "kto_data.jsonl"))
+    good = sum(r["label"] for r in rows)
+    if good in (0, len(rows)):  # nothing to prefer: KTO cannot learn, and says so
+        report = {"skipped": f"{good} of {len(rows)} samples correct: KTO needs both",
+                  "examples": len(rows), "desirable": good}
+        write_json(done, report)
+        return report
+    return kto.train(config, model, chat, rows, model_dir)
+
+
+def _gptq(out: str, model_dir: str, calibration: str) -> dict:
+    done = os.path.join(out, "quantize_recipe.json")
+    if not os.path.exists(done):  # gptqmodel in its own process (it writes logs/ where it runs)
+        os.makedirs(out, exist_ok=True)
+        env = {**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 2)}
+        subprocess.run([sys.executable, os.path.join(HERE, "quantize.py"), "--config",
+                        os.path.join(RECIPES, "toy-gptq.yaml"), "--model_name_or_path",
+                        model_dir, "--output_dir", out, "--calibration_dataset", calibration],
+                       check=True, cwd=out, env=env)
+    with open(done, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
+    """maj@N per held-out set over the seeds, the model served as the notebook serves it."""
+    config = NotebookConfig(model=model_dir, engine=args.engine, competition="aimo3",
+                            num_samples=args.samples, max_rounds=3,
+                            max_new_tokens=args.eval_tokens, temperature=0.7)
+    cfg = replace(config.solver_config(), early_stop=None)
+    seeds = list(range(args.seeds))
+    scores = {}
+    with build_engine(config.engine, config.model) as engine, Sandbox() as sandbox:
+        for name, problems in sets.items():
+            summary = run_eval(
+                problems, lambda seed: _solver(engine, sandbox, cfg, seed), seeds,
+                os.path.join(out, name), {"dataset": f"toy-{name}", "model": model_dir,
+                                          "engine": type(engine).__name__,
+                                          "solver": cfg.to_dict()}, "aimo3",
+                concurrency=args.concurrency, progress=False)
+            scores[name] = {"maj": summary["maj_at_n"]["mean"],
+                            "maj_per_seed": summary["maj_at_n"]["per_seed"],
+                            "pass": summary["pass_at_n"]["mean"]}
+        scores["engine"] = type(engine).__name__
+        scores["prompt_template"] = cfg.prompt_template
+    return scores
+
+
+def _solver(engine, sandbox, cfg: SolverConfig, seed: int):
+    from aimo_lib import Solver
+
+    return Solver(engine, sandbox, replace(cfg, seed=seed))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/toy")
-    ap.add_argument("--train", type=int, default=120, help="training problems")
-    ap.add_argument("--heldout", type=int, default=24, help="held-out problems")
+    ap.add_argument("--train", type=int, default=120, help="training problems (seen templates)")
+    ap.add_argument("--heldout", type=int, default=12, help="problems per held-out set")
+    ap.add_argument("--kto-problems", type=int, default=32, help="problems KTO samples on")
+    ap.add_argument("--seeds", type=int, default=2, help="evaluation seeds")
     ap.add_argument("--samples", type=int, default=4, help="N at evaluation")
-    ap.add_argument("--eval-tokens", type=int, default=96, help="tokens per step at evaluation")
+    ap.add_argument("--eval-tokens", type=int, default=128, help="tokens per step at evaluation")
+    ap.add_argument("--concurrency", type=int, default=4, help="problems solved at once")
     ap.add_argument("--engine", default="auto", choices=ENGINE_KINDS[:3],
-                    help="evaluation engine (auto: vLLM where importable, else transformers)")
-    ap.add_argument("--recipe", default=os.path.join(HERE, "recipes", "smollm2-135m",
-                                                     "toy-tir.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+                    help="serving engine (auto: vLLM where importable, else transformers)")
     args = ap.parse_args()
     start = time.time()
-    os.makedirs(args.out, exist_ok=True)
-    train = synthetic_problems(args.train, seed=1)
-    seen = {p.problem for p in train}  # held-out problems never appear in training
-    heldout = [p for p in synthetic_problems(4 * args.heldout, 2) if p.problem not in seen]
-    heldout = heldout[: args.heldout]
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+
+    train = instances(args.train, seed=1)
+    seen = {p.problem for p, _ in train}
+    fresh = lambda n, seed, templates=SEEN: [
+        p for p in synthetic_problems(4 * n, seed, templates) if p.problem not in seen][:n]
+    sets = {"seen-templates": fresh(args.heldout, 2), "unseen-templates": fresh(
+        args.heldout, 3, UNSEEN)}
+    kto_problems = [p for p in fresh(2 * args.kto_problems, 4)
+                    if p.problem not in {q.problem for q in sets["seen-templates"]}]
+    kto_problems = kto_problems[: args.kto_problems]
+    result = {"train_problems": len(train), "heldout": {k: len(v) for k, v in sets.items()},
+              "seeds": args.seeds, "samples": args.samples, "stages": {}}
+
+    def record(name: str, model_dir: str | None, seconds: float, **facts) -> None:
+        t = time.time()
+        scores = evaluate(model_dir, sets, os.path.join(out, "eval", name), args)
+        result["stages"][name] = {"model": model_dir, "train_seconds": round(seconds),
+                                  "eval_seconds": round(time.time() - t), **scores, **facts}
+        write_json(os.path.join(out, "toy_result.json"), result)
+        print(f"[toy] {name}: " + ", ".join(f"{k} maj@{args.samples} {scores[k]['maj']:.1%}"
+                                             for k in sets), flush=True)
+
+    record("base", None, 0)
+
+    cot = os.path.join(out, "cot.jsonl")
+    with open(cot, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(cot_row(p, code)) + "\n" for p, code in train)
+    t = time.time()
+    r1 = _sft("toy-cot.yaml", dataset_name=cot, output_dir=os.path.join(out, "stage1-cot"))
+    record("stage1-cot", r1["output_dir"], time.time() - t, loss=[r1["losses"][0],
+                                                                  r1["losses"][-1]])
 
     from generate_tir_data import generate
 
-    data = os.path.join(args.out, "tir.jsonl")
-    cfg = SolverConfig.preset("default", num_samples=1, early_stop=None, competition="aimo3",
-                              prompt_template="chatml_tir")
+    tir = os.path.join(out, "tir.jsonl")
+    teacher_cfg = SolverConfig.preset("default", num_samples=1, early_stop=None,
+                                      competition="aimo3", prompt_template="chatml_tir")
     with Sandbox() as sandbox:
-        counts = generate(train, programmatic_teacher(), sandbox, data, attempts=4, config=cfg)
-    print(f"[toy] TIR data: {counts} -> {data}", flush=True)
-
-    recipe = load_recipe(args.recipe, [f"dataset={data}",
-                                       f"output_dir={os.path.join(args.out, 'sft')}", *args.set])
-    from sft import train as sft_train
+        counts = generate([p for p, _ in train], programmatic_teacher(), sandbox, tir,
+                          attempts=4, config=teacher_cfg, progress=False)
+    result["tir_data"] = counts
+    t = time.time()
+    r2 = _sft("toy-tir.yaml", dataset_name=tir, model_name_or_path=r1["output_dir"],
+              output_dir=os.path.join(out, "stage2-tir"))
+    record("stage2-tir", r2["output_dir"], time.time() - t, loss=[r2["losses"][0],
+                                                                  r2["losses"][-1]])
 
     t = time.time()
-    report = sft_train(recipe)
-    sft_s = time.time() - t
-    print(f"[toy] SFT: {report['steps']} steps in {sft_s:.0f} s, loss {report['losses'][0]:.3f}"
-          f" -> {report['losses'][-1]:.3f}", flush=True)
+    r3 = _kto(os.path.join(out, "kto"), r2["output_dir"], kto_problems, args)
+    kto_dir = r2["output_dir"] if "skipped" in r3 else r3["output_dir"]
+    record("kto", kto_dir, time.time() - t, examples=r3["examples"],
+           desirable=r3["desirable"], note=r3.get("skipped"))
 
-    base_dir = prepare_model(recipe["model_name_or_path"], recipe.get("gguf_file"))
-    base = evaluate(base_dir, heldout, os.path.join(args.out, "eval-base"), args)
-    tuned = evaluate(recipe["output_dir"], heldout, os.path.join(args.out, "eval-sft"), args)
-    result = {"train_problems": len(train), "heldout_problems": len(heldout), "data": counts,
-              "sft_steps": report["steps"], "sft_seconds": round(sft_s),
-              "loss_first": report["losses"][0], "loss_last": report["losses"][-1],
-              f"base_maj@{args.samples}": base, f"sft_maj@{args.samples}": tuned,
-              "gain": tuned - base, "total_seconds": round(time.time() - start)}
-    write_json(os.path.join(args.out, "toy_result.json"), result)
+    t = time.time()
+    q = _gptq(os.path.join(out, "gptq-8bit"), kto_dir, tir)
+    record("gptq-8bit", q["output_dir"], time.time() - t, bits=q["bits"])
+
+    result["total_seconds"] = round(time.time() - start)
+    write_json(os.path.join(out, "toy_result.json"), result)
     print("[toy] " + json.dumps(result), flush=True)
-    print(f"[toy] held-out solve rate: base {base:.1%} -> SFT {tuned:.1%} "
-          f"(gain {tuned - base:+.1%}) in {result['total_seconds']} s total")
+    for name, s in result["stages"].items():
+        print(f"[toy] {name:<12} " + "  ".join(
+            f"{k}: {s[k]['maj']:.1%} (seeds {', '.join(f'{x:.0%}' for x in s[k]['maj_per_seed'])})"
+            for k in sets) + f"  [{s['engine']}]")
+    print(f"[toy] {result['total_seconds']} s in all")
 
 
 if __name__ == "__main__":
