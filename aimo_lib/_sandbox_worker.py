@@ -446,8 +446,8 @@ class Server:
             send(3, {"status": status})
 
     # -- collecting
-    def collect(self, child: Child, timeout: float) -> dict:
-        limit = self.cfg["max_output_chars"]
+    def collect(self, child: Child, timeout: float, limit: int | None = None) -> dict:
+        limit = min(limit or self.cfg["max_output_chars"], self.cfg["max_output_chars"])
         cap = _Capture(limit)
         hard_cap = max(64 * limit, 1 << 20)
         start = time.monotonic()
@@ -551,7 +551,7 @@ class Server:
             opts = {k: msg[k] for k in ("display", "stderr_on_success") if k in msg}
             child = self.spawn(msg["code"], math.ceil(msg["timeout"]) + 1, opts)
             try:
-                return self.collect(child, msg["timeout"])
+                return self.collect(child, msg["timeout"], msg.get("max_output"))
             finally:
                 self.finish(child)
         if op == "session_open":
@@ -569,7 +569,7 @@ class Server:
                                    "stderr_on_success": msg.get("stderr_on_success", True)})
             except OSError:
                 pass  # child already dead: collect reports the crash
-            reply = self.collect(child, msg["timeout"])
+            reply = self.collect(child, msg["timeout"], msg.get("max_output"))
             if not reply["alive"]:
                 self.finish(self.sessions.pop(msg["sid"]))
             return reply

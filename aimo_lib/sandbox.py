@@ -340,16 +340,19 @@ class Sandbox:
     # ------------------------------------------------------------ public API
 
     def run(self, code: str, timeout_s: float | None = None, display: bool = True, *,
-            deadline: float | None = None, stderr_on_success: bool = True) -> ExecutionResult:
+            deadline: float | None = None, stderr_on_success: bool = True,
+            max_output_chars: int | None = None) -> ExecutionResult:
         """Execute `code` in a fresh isolated process with the preloads as globals.
 
         display: show the value of a bare last expression, as the Python REPL does.
         deadline (time.monotonic()): do not start after it, and stop by it at the latest.
         stderr_on_success: False shows stderr (warnings) only when the code fails.
+        max_output_chars: keep less output than the sandbox's own limit (never more); the
+        marker then counts what this call cut, so nothing downstream needs to cut again.
         """
         timeout = self._timeout(timeout_s)
         msg = {"op": "run", "code": _check_code(code), "timeout": timeout, "display": display,
-               "stderr_on_success": stderr_on_success}
+               "stderr_on_success": stderr_on_success, "max_output": max_output_chars}
         return _result(self._call(msg, None, timeout + 30.0, deadline)[2])
 
     def run_many(self, codes: list[str], timeout_s: float | None = None,
@@ -425,7 +428,8 @@ class Session:
         self._closed = False
 
     def run(self, code: str, timeout_s: float | None = None, display: bool = True, *,
-            deadline: float | None = None, stderr_on_success: bool = True) -> ExecutionResult:
+            deadline: float | None = None, stderr_on_success: bool = True,
+            max_output_chars: int | None = None) -> ExecutionResult:
         """Sandbox.run's arguments; names persist between runs."""
         timeout = self._sb._timeout(timeout_s)
         code = _check_code(code)
@@ -437,7 +441,8 @@ class Session:
                 note = self._restart(timeout, deadline)
             reply = self._sb._session_call(self._handle, "session_run", deadline, code=code,
                                            timeout=timeout, display=display,
-                                           stderr_on_success=stderr_on_success)
+                                           stderr_on_success=stderr_on_success,
+                                           max_output=max_output_chars)
             if reply["status"] == "ok":
                 self._cells.append(code)
             if not reply.get("alive", True):

@@ -625,7 +625,8 @@ class Solver:
     def _run_kwargs(self, run: _Run) -> dict:
         seed_format = self.config.numina_execution  # no REPL display, stdout only on success
         return dict(timeout_s=self.config.code_timeout_s, deadline=run.deadline,
-                    display=not seed_format, stderr_on_success=not seed_format)
+                    display=not seed_format, stderr_on_success=not seed_format,
+                    max_output_chars=self.config.max_output_chars)
 
     def _append_output(self, s: Sample, code: str, r: ExecutionResult) -> None:
         cfg = self.config
@@ -633,7 +634,9 @@ class Solver:
             shown = _numina_output(r, cfg.code_timeout_s)
             added = f"{shown}\n```"  # the seed let the model write the newline
         else:
-            shown = _clip(r.output.strip(), cfg.max_output_chars)
+            # the sandbox cut it once, at max_output_chars, with a true count; _clip only
+            # bounds what a sandbox without that argument returns
+            shown = _clip(r.output.strip(), cfg.max_output_chars + 200)
             added = f"{shown}\n```\n"
         s.code_calls.append(CodeCall(code, r.status, shown, r.duration_s))
         self._append(s, added)

@@ -184,6 +184,21 @@ def test_default_shows_real_tracebacks_and_repl_values(sandbox):
     assert res.samples[0].text.endswith("```output\n42\n```\n\\boxed{42}")
 
 
+@pytest.mark.parametrize("chars", [3000, 50_000])
+def test_long_output_is_cut_once_with_a_true_count(sandbox, chars):
+    """One truncation (the sandbox's, at the solver's max_output_chars): one marker, and the
+    count it states is what the model does not see (the solver used to cut the sandbox's
+    already-cut text again, under a second marker with a wrong count)."""
+    code = f"```python\nprint('a' * {chars})\n```\n" + OUT
+    res, _ = solve(sandbox, default(max_output_chars=300), [code], lambda p: "\\boxed{1}")
+    shown = res.samples[0].code_calls[0].output
+    assert shown.count("characters truncated") == 1
+    cut = int(shown.split("... [")[1].split(" characters")[0])
+    marker = f"\n... [{cut} characters truncated] ...\n"
+    assert cut == chars + 1 - 300  # print's "\n" counts, and 300 characters are kept
+    assert shown.replace(marker, "") == "a" * 299  # the last kept one, "\n", is stripped
+
+
 def test_default_strict_answers(sandbox):
     res, _ = solve(sandbox, default(n=3), ["\\boxed{4.6}", "\\boxed{-3}", "\\boxed{1,007}"])
     assert [s.answer for s in res.samples] == [None, None, 7] and res.answer == 7
