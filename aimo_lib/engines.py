@@ -400,7 +400,7 @@ class OpenAIEngine(_AsyncMixin):
         if api not in ("completions", "chat"):
             raise ValueError(f"api must be 'completions' or 'chat', not {api!r}")
         self.api, self.continue_partial = api, continue_partial
-        self.has_chat_template = api == "chat"
+        self._tokenizer: object = None  # False once looked for and not found
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
@@ -452,11 +452,35 @@ class OpenAIEngine(_AsyncMixin):
         raise EngineError(f"{method} {self.base_url}{path} failed after "
                           f"{retries + 1} attempts: {error}")
 
+    def _local_tokenizer(self):
+        """The served model's tokenizer where its name is a local folder (vLLM serves a path
+        under that name), so a checkpoint behind a server keeps its own chat template."""
+        if self._tokenizer is None:
+            self._tokenizer = False
+            if os.path.isfile(os.path.join(str(self.model), "tokenizer_config.json")):
+                try:
+                    import transformers
+
+                    self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model)
+                except Exception:  # noqa: BLE001 - no transformers, or an unreadable folder
+                    pass
+        return self._tokenizer or None
+
+    @property
+    def has_chat_template(self) -> bool:
+        tok = self._local_tokenizer() if self.api != "chat" else None
+        return self.api == "chat" or bool(getattr(tok, "chat_template", None))
+
     def apply_chat_template(self, messages: list[dict]) -> str:
-        """Chat mode: the messages as text that `_complete` turns back into messages."""
+        """Chat mode: the messages as text that `_complete` turns back into messages;
+        completions: the served model's own template, where its folder is readable here."""
         if self.api != "chat":
-            raise EngineError("OpenAIEngine(api='completions') cannot render a chat template: "
-                              "name a prompt template, or use api='chat'")
+            if not self.has_chat_template:
+                raise EngineError(
+                    "OpenAIEngine(api='completions') has no chat template for "
+                    f"{self.model!r} (not a local model folder): name a prompt template, or "
+                    "use api='chat'")
+            return render_chat(self._local_tokenizer(), messages)
         return "".join(f"{_TURN}{m['role']}\n{m['content']}{_END}" for m in messages
                        ) + f"{_TURN}assistant\n"
 
@@ -585,6 +609,9 @@ class ReplicaEngine:
         self.names_stop_strings = all(getattr(r, "names_stop_strings", True) for r in replicas)
         lengths = [getattr(r, "max_model_len", None) for r in replicas]
         self.max_model_len = min(lengths) if all(lengths) else None
+        self.has_chat_template = getattr(self.replicas[0], "has_chat_template", False)
+        if hasattr(self.replicas[0], "apply_chat_template"):  # the same model on every replica
+            self.apply_chat_template = self.replicas[0].apply_chat_template
         self._load = [0] * len(self.replicas)
         self._lock = threading.Lock()
 

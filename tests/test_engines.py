@@ -181,6 +181,20 @@ def test_openai_chat_engine_shows_tool_outputs_as_user_turns(server, sandbox):
         OpenAIEngine(server.url).apply_chat_template([{"role": "user", "content": "q"}])
 
 
+def test_openai_engine_serving_a_local_folder_uses_its_chat_template(server, tmp_path):
+    """vLLM serves a checkpoint under its path: the prompt is the checkpoint's own format."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, "x")),
+                                  unk_token="x")
+    tok.chat_template = "### Problem: {{ messages[0]['content'] }}\n### Solution: "
+    tok.save_pretrained(tmp_path)
+    engine = OpenAIEngine(server.url, model=str(tmp_path))
+    assert render_prompt("auto", "P?", engine) == "### Problem: P?\n### Solution: "
+    assert not OpenAIEngine(server.url, model="m").has_chat_template
+
+
 _TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
 
 
