@@ -183,6 +183,7 @@ def test_openai_chat_engine_shows_tool_outputs_as_user_turns(server, sandbox):
 
 def test_openai_engine_serving_a_local_folder_uses_its_chat_template(server, tmp_path):
     """vLLM serves a checkpoint under its path: the prompt is the checkpoint's own format."""
+    pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
