@@ -45,9 +45,16 @@ class ChatArguments:
                              f"{self.chat_template!r}")
 
 
+@dataclass
 class MachineDefaults:
-    """Mixed into a trainer config: on a machine without CUDA, train on the CPU (TRL's bf16
-    default needs a GPU there; a recipe that says bf16: true gets CPU bf16 autocast)."""
+    """Mixed into a trainer config (before it): this project's defaults, and on a machine
+    without CUDA, training on the CPU (TRL's bf16 default needs a GPU there; a recipe that
+    says bf16: true gets CPU bf16 autocast)."""
+
+    save_total_limit: int | None = 2
+    # torch warns on every checkpointed layer unless use_reentrant is said explicitly
+    gradient_checkpointing_kwargs: dict | str | None = field(
+        default_factory=lambda: {"use_reentrant": False})
 
     def __post_init__(self):
         import torch

@@ -50,9 +50,6 @@ class TrainConfig(MachineDefaults, KTOConfig):
     """KTOConfig with this project's defaults."""
 
     logging_steps: float = 1
-    save_total_limit: int | None = 2
-    gradient_checkpointing_kwargs: dict | str | None = field(
-        default_factory=lambda: {"use_reentrant": False})
 
 
 @dataclass

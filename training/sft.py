@@ -51,10 +51,6 @@ class TrainConfig(MachineDefaults, SFTConfig):
     packing_strategy: str = field(default=PACKING, metadata={
         "help": "bfd_split (default: loses no token) | bfd (truncates rows over the block) | "
                 "wrapped"})
-    save_total_limit: int | None = 2
-    # torch warns on every checkpointed layer unless use_reentrant is said explicitly
-    gradient_checkpointing_kwargs: dict | str | None = field(
-        default_factory=lambda: {"use_reentrant": False})
 
 
 @dataclass
