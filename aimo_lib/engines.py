@@ -468,8 +468,9 @@ class OpenAIEngine(_AsyncMixin):
 
     @property
     def has_chat_template(self) -> bool:
-        tok = self._local_tokenizer() if self.api != "chat" else None
-        return self.api == "chat" or bool(getattr(tok, "chat_template", None))
+        if self.api == "chat":
+            return True
+        return bool(getattr(self._local_tokenizer(), "chat_template", None))
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         """Chat mode: the messages as text that `_complete` turns back into messages;

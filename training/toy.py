@@ -124,29 +124,37 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
 # ---------------------------------------------------------------- stages
 
 
-def _sft(recipe: str, **overrides) -> dict:
-    import sft
-
-    done = os.path.join(overrides["output_dir"], "train_report.json")
-    if os.path.exists(done):  # finished before: resume means skip
-        with open(done, encoding="utf-8") as f:
-            return json.load(f)
+def _argv(recipe: str, **overrides) -> list[str]:
+    """A recipe of recipes/smollm2-135m with fields overridden, as its script's command line."""
     argv = ["--config", os.path.join(RECIPES, recipe)]
     for k, v in overrides.items():
         argv += [f"--{k}", str(v)]
-    return sft.main(argv)
+    return argv
+
+
+def _finished(report: str) -> dict | None:
+    """A stage's report if it finished in an earlier run (resuming skips it), else None."""
+    if not os.path.exists(report):
+        return None
+    with open(report, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _sft(recipe: str, **overrides) -> dict:
+    import sft
+
+    done = _finished(os.path.join(overrides["output_dir"], "train_report.json"))
+    return done or sft.main(_argv(recipe, **overrides))
 
 
 def _kto(out: str, model_dir: str, problems, args) -> dict:
     import kto
 
     done = os.path.join(out, "kto_report.json")
-    if os.path.exists(done):
-        with open(done, encoding="utf-8") as f:
-            return json.load(f)
-    config, model, chat, sampling = kto.parse_recipe(kto.RECIPE, [
-        "--config", os.path.join(RECIPES, "toy-kto.yaml"), "--model_name_or_path", model_dir,
-        "--output_dir", out, "--engine", args.engine])
+    if (report := _finished(done)) is not None:
+        return report
+    config, model, chat, sampling = kto.parse_recipe(kto.RECIPE, _argv(
+        "toy-kto.yaml", model_name_or_path=model_dir, output_dir=out, engine=args.engine))
     os.makedirs(out, exist_ok=True)
     rows = kto.sample_completions(sampling, model_dir, problems,
                                   os.path.join(out, "kto_data.jsonl"))
@@ -161,15 +169,13 @@ def _kto(out: str, model_dir: str, problems, args) -> dict:
 
 def _gptq(out: str, model_dir: str, calibration: str) -> dict:
     done = os.path.join(out, "quantize_recipe.json")
-    if not os.path.exists(done):  # gptqmodel in its own process (it writes logs/ where it runs)
+    if not _finished(done):  # gptqmodel in its own process (it writes logs/ where it runs)
         os.makedirs(out, exist_ok=True)
         env = {**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 2)}
-        subprocess.run([sys.executable, os.path.join(HERE, "quantize.py"), "--config",
-                        os.path.join(RECIPES, "toy-gptq.yaml"), "--model_name_or_path",
-                        model_dir, "--output_dir", out, "--calibration_dataset", calibration],
-                       check=True, cwd=out, env=env)
-    with open(done, encoding="utf-8") as f:
-        return json.load(f)
+        subprocess.run([sys.executable, os.path.join(HERE, "quantize.py"), *_argv(
+            "toy-gptq.yaml", model_name_or_path=model_dir, output_dir=out,
+            calibration_dataset=calibration)], check=True, cwd=out, env=env)
+    return _finished(done)
 
 
 def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
