@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from . import reaper
+from .dialects import OUTPUT_FENCE
 from .models import default_model_path
 
 __all__ = [
@@ -79,6 +80,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     include_stop_str_in_output: bool = True
     seed: int | None = None
+    # False keeps special tokens in the text: formats that are made of them (harmony) need it
+    skip_special_tokens: bool = True
 
 
 @dataclass
@@ -346,7 +349,8 @@ class HFEngine(_AsyncMixin):
         for row in new:
             # Rows that finished early are padded with pad (= often eos) tokens.
             cut = next((i for i, t in enumerate(row) if t in self._end_ids), len(row))
-            text, stopped = cut_at_stop(tok.decode(row[:cut], skip_special_tokens=True), p)
+            text, stopped = cut_at_stop(
+                tok.decode(row[:cut], skip_special_tokens=p.skip_special_tokens), p)
             reason = "stop" if stopped else ("eos" if cut < len(row) else "length")
             # Token ids of exactly the returned text, for continuing without re-tokenising.
             kept = self.tokenize(text) if stopped else row[:cut]
@@ -493,6 +497,8 @@ class OpenAIEngine(_AsyncMixin):
                 "include_stop_str_in_output": p.include_stop_str_in_output}
         if p.seed is not None:
             body["seed"] = p.seed
+        if not p.skip_special_tokens:
+            body["skip_special_tokens"] = False  # vLLM's extension, as above
         if self.api == "chat":
             body["messages"] = chat_messages(prompt)
             if body["messages"][-1]["role"] == "assistant" and self.continue_partial:
@@ -535,7 +541,7 @@ class OpenAIEngine(_AsyncMixin):
 
 
 _TURN, _END = "<|im_start|>", "<|im_end|>\n"
-_OUTPUT = re.compile(r"```output\n.*?```\n?", re.DOTALL)
+_OUTPUT = re.compile(re.escape(OUTPUT_FENCE) + r".*?```\n?", re.DOTALL)  # a ToRA tool result
 
 
 def chat_messages(prompt: str) -> list[dict]:
@@ -760,7 +766,7 @@ class VLLMEngine:
         return self._vllm.SamplingParams(
             n=1, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
             stop=list(p.stop), include_stop_str_in_output=p.include_stop_str_in_output,
-            seed=p.seed)
+            seed=p.seed, skip_special_tokens=p.skip_special_tokens)
 
     def _completion(self, request_output) -> Completion:
         out = request_output.outputs[0]

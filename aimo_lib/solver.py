@@ -3,10 +3,12 @@
     solver = Solver(engine, sandbox, SolverConfig.preset("numina_aimo1", num_samples=8))
     result = solver.solve(problem, time_limit_s=300)   # SolveResult: answer, votes, samples
 
-N samples each alternate reasoning, a ```python block, and that block's ```output, for up to
+N samples each alternate reasoning, a tool call (a ```python block) and its output, for up to
 M generation steps; the answers are voted. One step of one sample: generate until the model
-stops at "```output\\n" (or "\\boxed{", or ends), then decide its fate in `_decide`: run its
-code, restart it, or take its answer. Two drivers share that step:
+stops at a tool call (or an answer, or ends), then decide its fate in `_decide`: run its code,
+restart it, or take its answer. How a transcript shows code, output and answer is the
+config's dialect (aimo_lib.dialects: ToRA, the seed's reading of ToRA, gpt-oss harmony); the
+loop is the same for all. Two drivers share that step:
 
 - rounds: every live sample generates in one batch, then all decide, then all code runs
   (the seed notebook's loop; best for batched engines such as HFEngine or offline vLLM);
@@ -28,7 +30,6 @@ where the engine can abort and abandoned where it cannot.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -39,22 +40,9 @@ from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutErro
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .answers import (
-    RULES,
-    AnswerRules,
-    EarlyStop,
-    _closing,
-    decided,
-    extract_answer,
-    extract_boxed,
-    normalize_answer,
-    numina_extract_boxed,
-    numina_normalize,
-    numina_to_int,
-    vote,
-)
+from .answers import RULES, AnswerRules, EarlyStop, decided, vote
+from .dialects import get_dialect
 from .engines import ContextLengthError, GenerationParams
-from .prompts import render_prompt
 from .sandbox import ExecutionResult, Sandbox
 
 __all__ = ["ALLOWANCE_S", "CodeCall", "Sample", "SolveResult", "Solver", "SolverConfig",
@@ -64,16 +52,8 @@ __all__ = ["ALLOWANCE_S", "CodeCall", "Sample", "SolveResult", "Solver", "Solver
 # grace given to an engine that stops at the deadline by itself, reaping a cut code block).
 ALLOWANCE_S = 2.0
 _GRACE_S = 0.5  # wait this long past the deadline for an engine that says it honours it
-
-STOP = "```output\n"
-BOXED = "\\boxed{"
-CODE_END = "\n```\n"  # the closing fence of a block
-# Our code fences: ```python, ```py, ```python3, any case. The seed's regex is kept for its
-# preset (it counts only ```python, so a ```py block there is "no code").
-_CODE_FENCE = re.compile(r"```(?:python3?|py)(?![\w-])", re.IGNORECASE)
-_CODE_BLOCK = re.compile(r"```(?:python3?|py)(?![\w-])(.*?)```", re.DOTALL | re.IGNORECASE)
-_SEED_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
-_OUTPUT_BLOCK = re.compile(r"```output(.*?)```", re.DOTALL)
+_MAX_RESUMES = 8  # continuations of one step (a stop string that meant nothing)
+_MAX_ANSWER_TRIES = 4  # continuations to close an answer's nested braces
 
 
 @dataclass(frozen=True)
@@ -86,6 +66,10 @@ class SolverConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 2048  # per step
+    # how transcripts show code, output and answer: a name in aimo_lib.dialects.DIALECTS
+    dialect: str = "tora"
+    max_tool_calls: int | None = None  # per sample; past it a call is answered with a note
+    sample_max_tokens: int | None = None  # per sample, all steps together (long reasoning)
     # "auto": the model's own chat template (a checkpoint is served in the format it was
     # trained on), else "chatml_tir"; see prompts.render_prompt
     prompt_template: str = "auto"
@@ -94,11 +78,6 @@ class SolverConfig:
     restart_on_fail: bool = True  # a failed sample starts over from the prompt (else pruned)
     keep_answered: bool = False  # the seed's: an answered sample stays in the batch, is
     # generated again each later step, and its answer is re-read after every step
-    # The seed notebook's rules, each a switch so that presets differ only in data:
-    code_required: bool = False  # no code -> restart/prune, and code-less answers are pruned
-    answer_window: int | None = None  # look for the answer only in the last N characters
-    numina_answers: bool = False  # its extraction/normalisation/round(float) filter
-    numina_execution: bool = False  # its prelude, print-wrapping, traceback and 200-char cut
     # Beyond the seed:
     stateful: bool = True  # one sandbox session per sample: earlier blocks' names persist
     stop_at_boxed: bool = True  # a sample ends at its first \boxed{...}
@@ -130,6 +109,10 @@ class SolverConfig:
             raise ValueError("code_timeout_s must be positive")
         if self.pipeline not in ("auto", "async", "rounds"):
             raise ValueError("pipeline must be 'auto', 'async' or 'rounds'")
+        for name in ("max_tool_calls", "sample_max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (or None: no limit)")
+        get_dialect(self.dialect)
 
     @property
     def rules(self) -> AnswerRules:
@@ -146,9 +129,8 @@ PRESETS = {
     # text prompts re-tokenised every step (token boundaries are part of what the model saw).
     "numina_aimo1": SolverConfig(
         name="numina_aimo1", num_samples=48, max_rounds=4, temperature=0.8, max_new_tokens=2048,
-        prompt_template="numina", code_timeout_s=5.0, restart_on_fail=True, code_required=True,
-        answer_window=100, numina_answers=True, numina_execution=True, stateful=False,
-        keep_answered=True,
+        prompt_template="numina", dialect="tora_seed", code_timeout_s=5.0, restart_on_fail=True,
+        stateful=False, keep_answered=True,
         stop_at_boxed=False, stop_at_code_end=False, continue_from_ids=False, pipeline="rounds",
         early_stop=None),
     # Where it departs from the seed, by necessity: a request that fails fails its sample
@@ -191,7 +173,9 @@ class Sample:
     answer_tries: int = field(default=0, repr=False)
     resumes: int = field(default=0, repr=False)  # continuations within this step
     retried: bool = field(default=False, repr=False)  # a transient failure was retried
-    capped: bool = field(default=False, repr=False)  # this step's max_tokens is the context left
+    # this step's max_tokens is what is left ("context_full": of the context, "exhausted": of
+    # the sample's token budget); cut there, the sample ends with that status
+    capped: str | None = field(default=None, repr=False)
 
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
@@ -271,10 +255,11 @@ class Solver:
         # own (a call that never returns must not hold up the interpreter's exit).
         self._pool = ThreadPoolExecutor(max(8, self.config.num_samples),
                                         thread_name_prefix="solver")
+        self.dialect = get_dialect(self.config.dialect)
         # Extra stop strings need an engine that says which stop string it hit.
         names = getattr(engine, "names_stop_strings", True)
-        self._stop_at_boxed = self.config.stop_at_boxed and names
-        self._stop_at_code_end = self.config.stop_at_code_end and names
+        self._stops = self.dialect.stops(self.config.stop_at_boxed and names,
+                                         self.config.stop_at_code_end and names)
         self._max_len = getattr(engine, "max_model_len", None)
 
     @property
@@ -296,7 +281,7 @@ class Solver:
         run = _Run(str(problem), "", [Sample(i) for i in range(cfg.num_samples)], start,
                    deadline)
         try:
-            run.prompt = render_prompt(cfg.prompt_template, run.problem, self.engine)
+            run.prompt = self.dialect.prompt(cfg.prompt_template, run.problem, self.engine)
             if cfg.continue_from_ids and callable(getattr(self.engine, "tokenize", None)):
                 run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
                 for s in run.samples:
@@ -390,11 +375,14 @@ class Solver:
         if not samples:
             return
         if not self.config.stateful:  # one batch on the sandbox's own pool, a worker each
-            codes = [self._code(s) or ("", "") for s in samples]
+            codes = [self._code(s) for s in samples]
+            refused = [self._refused(s) for s in samples]
+            todo = [c for (_, c), r in zip(codes, refused, strict=True) if r is None]
             try:
-                done = self.sandbox.run_many([c for _, c in codes], **self._run_kwargs(run))
+                ran = iter(self.sandbox.run_many(todo, **self._run_kwargs(run)) if todo else [])
             except Exception as exc:  # noqa: BLE001 - a sandbox failure is these blocks' output
-                done = [ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)] * len(codes)
+                ran = iter([ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)] * len(todo))
+            done = [r if r is not None else next(ran) for r in refused]
             for s, (written, _), r in zip(samples, codes, done, strict=True):
                 self._guard(run, s, lambda s=s, w=written, r=r: self._append_output(s, w, r))
             return
@@ -506,29 +494,18 @@ class Solver:
             s.ids += list(c.token_ids) if c.token_ids is not None else self.engine.tokenize(text)
         if kind == "step":
             s.steps, s.resumes = s.steps + 1, 0
-        if self._stop_at_code_end and c.finish_reason == "stop" and s.text.endswith(CODE_END):
-            fences = s.text.count("```")
-            opened = s.text.rfind("```", 0, len(s.text) - len(CODE_END))
-            if fences % 2 == 0 and _CODE_FENCE.match(s.text, opened):
-                self._append(s, STOP)  # the model closed its code: show it the output
-            elif s.resumes < 8:  # a fence that opens a block, or closes a non-code one
-                s.resumes += 1
-                return "resume"
-        if self._stop_at_boxed and c.finish_reason == "stop" and s.text.endswith(BOXED):
-            if s.text.count("```") % 2 == 1 and s.resumes < 8:
-                s.resumes += 1
-                return "resume"  # "\boxed{" inside a code block is code, not an answer
+        added, event = self.dialect.after(s.text, c.finish_reason, kind, self._stops)
+        if added:
+            self._append(s, added)  # e.g. the output fence after a closed code block
+        if event == "resume" and s.resumes < _MAX_RESUMES:
+            s.resumes += 1
+            return "resume"
+        if event == "answer":
             s.answer_tries = 0
             return "answer"
-        if kind == "answer" and c.finish_reason == "stop":
-            tail = s.text[s.text.rfind(BOXED):]
-            closed = _closing(tail, len(BOXED) - 1) is not None
-            if not closed and s.answer_tries < 4:
-                s.answer_tries += 1  # nested braces: "}" closed an inner group
-                return "answer"
-            if closed and extract_boxed(tail) is None and s.resumes < 8:
-                s.resumes += 1  # an empty box (the instruction echoed) is no answer: go on
-                return "resume"
+        if event == "answer_unclosed" and s.answer_tries < _MAX_ANSWER_TRIES:
+            s.answer_tries += 1
+            return "answer"
         action = self._decide(run.prompt, s, last_step=s.steps >= cfg.max_rounds)
         if action == "restart":
             self._close_session(s)
@@ -546,33 +523,28 @@ class Solver:
         """"execute", "restart", "continue" or "done" (s.status set). The order is the seed
         notebook's."""
         cfg = self.config
-        full = prompt + s.text if cfg.code_required else s.text
-        if cfg.code_required and not _SEED_BLOCK.search(full):
+        reading = self.dialect.read(prompt, s.text)
+        if reading.kind == "no_code":
             return self._fail(s)  # it never wrote code: the seed discards even a correct answer
-        stopped_for_output = s.text.endswith(STOP)
-        if not stopped_for_output:
-            window = full[-cfg.answer_window :] if cfg.answer_window else s.text
-            raw = self._find_answer(window)
-            if raw is not None:
-                if cfg.code_required and not _OUTPUT_BLOCK.search(full):
-                    s.status = "hallucinated"  # claims an answer without ever running code
-                    return "done"
-                s.raw_answer = raw
-                s.answer = (numina_to_int(raw) if cfg.numina_answers
-                            else normalize_answer(raw, cfg.rules))
-                if cfg.keep_answered and not last_step:
-                    return "continue"  # the seed: generated again, its answer re-read
-                s.status = "answered"
-                return "done"
+        if reading.kind == "unverified":
+            s.status = "hallucinated"  # claims an answer without ever running code
+            return "done"
+        if reading.kind == "answer":
+            s.raw_answer = reading.raw
+            s.answer = self.dialect.to_int(reading.raw, cfg.rules)
+            if cfg.keep_answered and not last_step:
+                return "continue"  # the seed: generated again, its answer re-read
+            s.status = "answered"
+            return "done"
         if last_step:
             s.status = "exhausted"  # no step left to show it the output
             return "done"
         if s.capped and s.finish_reason == "length":
-            s.status = "context_full"  # a restart would not help it: end it (an answer counts)
+            s.status = s.capped  # a restart would not help it: end it (an answer counts)
             return "done"
-        if not stopped_for_output or self._code(s) is None:
-            # ended (EOS or max tokens) with neither code nor answer, or opened an output
-            # block with no code block before it
+        if reading.kind != "call":
+            # ended (EOS or max tokens) with neither a tool call nor an answer, or a call
+            # with no code in it
             return self._fail(s)
         return "execute"
 
@@ -582,34 +554,25 @@ class Solver:
         s.status = "pruned"
         return "done"
 
-    def _find_answer(self, window: str) -> str | None:
-        if not self.config.numina_answers:
-            return extract_answer(window)
-        if "answer is" not in window and "\\boxed" not in window:
-            return None
-        # The seed turned any failure here (an \fbox, an unclosed brace) into "-1".
-        try:
-            inner = numina_extract_boxed(window) if "boxed" in window else window
-            return numina_normalize(inner)
-        except TypeError:
-            return "-1"
-
     # ------------------------------------------------------------ code execution
 
-    def _code(self, s: Sample) -> tuple[str, str] | None:
-        """(the last block as the model wrote it, the code to execute); None if no block."""
-        blocks = (_SEED_BLOCK if self.config.code_required else _CODE_BLOCK).findall(s.text)
-        if not blocks:
+    def _code(self, s: Sample) -> tuple[str, str]:
+        """(the call's code as the model wrote it, the code to execute)."""
+        return self.dialect.code(s.text) or ("", "")
+
+    def _refused(self, s: Sample) -> ExecutionResult | None:
+        """The note that answers a call past the sample's tool-call cap (None: run it)."""
+        cap = self.config.max_tool_calls
+        if cap is None or len(s.code_calls) < cap:
             return None
-        block = blocks[-1]
-        if self.config.numina_execution:
-            return block, _numina_code(block)
-        code = block[1:] if block.startswith("\n") else block  # line numbers as the model sees
-        return code, code
+        return ExecutionResult("refused", f"[not run: the limit of {cap} tool calls is "
+                                          "reached; give your final answer now]", 0.0)
 
     def _run_code(self, run: _Run, s: Sample) -> tuple[str, ExecutionResult]:
         """Execute the sample's last block (never after the deadline); never raises."""
-        written, code = self._code(s) or ("", "")
+        written, code = self._code(s)
+        if (refused := self._refused(s)) is not None:
+            return written, refused
         kwargs = self._run_kwargs(run)
         try:
             if not self.config.stateful:
@@ -623,21 +586,14 @@ class Solver:
             return written, ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)
 
     def _run_kwargs(self, run: _Run) -> dict:
-        seed_format = self.config.numina_execution  # no REPL display, stdout only on success
         return dict(timeout_s=self.config.code_timeout_s, deadline=run.deadline,
-                    display=not seed_format, stderr_on_success=not seed_format,
+                    display=self.dialect.display,
+                    stderr_on_success=self.dialect.stderr_on_success,
                     max_output_chars=self.config.max_output_chars)
 
     def _append_output(self, s: Sample, code: str, r: ExecutionResult) -> None:
         cfg = self.config
-        if cfg.numina_execution:
-            shown = _numina_output(r, cfg.code_timeout_s)
-            added = f"{shown}\n```"  # the seed let the model write the newline
-        else:
-            # the sandbox cut it once, at max_output_chars, with a true count; _clip only
-            # bounds what a sandbox without that argument returns
-            shown = _clip(r.output.strip(), cfg.max_output_chars + 200)
-            added = f"{shown}\n```\n"
+        shown, added = self.dialect.tool_output(r, cfg.max_output_chars, cfg.code_timeout_s)
         s.code_calls.append(CodeCall(code, r.status, shown, r.duration_s))
         self._append(s, added)
 
@@ -693,21 +649,29 @@ class Solver:
         cfg = self.config
         seed = cfg.seed * 1_000_003 + s.steps * 10_007 + s.index * 7 + s.answer_tries
         max_tokens = cfg.answer_max_tokens if kind == "answer" else cfg.max_new_tokens
-        room = self._room(run, s)
-        if room is not None and room < 1:
-            s.status, s.error = "context_full", f"the context ({self._max_len} tokens) is full"
-            self._end(run, s)
-            return None
-        s.capped = room is not None and room <= max_tokens
-        max_tokens = max_tokens if room is None else min(max_tokens, room)
-        if kind == "answer":
+        limits = []  # (tokens left, the status a sample cut there ends with, why)
+        if (room := self._room(run, s)) is not None:
+            limits.append((room, "context_full", f"the context ({self._max_len} tokens) is full"))
+        if cfg.sample_max_tokens is not None:
+            limits.append((cfg.sample_max_tokens - s.tokens, "exhausted",
+                           f"its budget of {cfg.sample_max_tokens} tokens is spent"))
+        s.capped = None
+        for left, status, why in sorted(limits):
+            if left < 1:
+                s.status, s.error = status, why
+                self._end(run, s)
+                return None
+            if left <= max_tokens:
+                max_tokens, s.capped = left, status
+        special = self.dialect.skip_special_tokens
+        if kind == "answer":  # the rest of an answer the model opened: up to its "}"
             return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, stop=("}",), seed=seed)
-        stop = (STOP,) + ((BOXED,) if self._stop_at_boxed else ()) + (
-            (CODE_END,) if self._stop_at_code_end else ())
+                                    top_p=cfg.top_p, stop=("}",), seed=seed,
+                                    skip_special_tokens=special)
         return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, stop=stop, include_stop_str_in_output=True,
-                                seed=seed)
+                                top_p=cfg.top_p, stop=self._stops,
+                                include_stop_str_in_output=True, seed=seed,
+                                skip_special_tokens=special)
 
     def _room(self, run: _Run, s: Sample) -> int | None:
         """Tokens the model may still generate for this sample (None: unknown)."""
@@ -776,57 +740,3 @@ def _in_daemon_thread(fn: Callable[[], object]) -> Future:
 
     threading.Thread(target=target, daemon=True, name="solver-generate").start()
     return future
-
-
-# ---------------------------------------------------------------- the seed's executor format
-
-NUMINA_PRELUDE = "import math\nimport numpy as np\nimport sympy as sp\n"
-
-
-def _numina_code(code: str) -> str:
-    """The seed's transformation: prelude, and print(...) around a last line without print(
-    (so `x = 5` becomes `print(x = 5)`, an error the model then sees; kept, it steers it)."""
-    lines = (NUMINA_PRELUDE + code).strip().split("\n")
-    if "print(" not in lines[-1]:
-        last = lines[-1].split("#")[0] if "#" in lines[-1] else lines[-1]
-        lines[-1] = f"print({last})"
-    return "\n".join(lines)
-
-
-def _numina_output(r: ExecutionResult, timeout_s: float) -> str:
-    """What the seed showed the model: stdout on success; on failure its filtered traceback
-    (the file path, and with it the line number, cut away); cut at 200 characters."""
-    if r.status == "ok":
-        text = r.output.strip()
-    elif r.status == "timeout":
-        text = f"Timed out after {timeout_s:g} seconds."
-    elif r.status == "error":
-        text = _numina_traceback(r.output)
-    else:
-        text = ""  # a killed python3 left nothing on stderr
-    return text[:200] + " ... (output truncated)" if len(text) > 200 else text
-
-
-def _numina_traceback(output: str) -> str:
-    start = output.find("Traceback (most recent call last):")
-    if start < 0:  # a SyntaxError has no "Traceback" line
-        start = output.find('  File "<cell>"')
-    lines = output[max(start, 0) :].strip().split("\n")
-    kept, want_next = [], False
-    for line in lines:
-        if "Traceback" in line or line == lines[-1]:
-            kept.append(line)
-        elif '"<cell>"' in line:
-            kept.append(line[: line.index('"') + 1])  # the seed cut from the path on
-            want_next = True
-        elif want_next:
-            kept.append(line)
-            want_next = False
-    return "\n".join(kept).strip()
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... [{len(text) - 2 * half} characters truncated] ...\n{text[-half:]}"

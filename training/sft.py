@@ -36,7 +36,9 @@ from common import (
 )
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
-_OUTPUT_BLOCK = re.compile(r"```output\n.*?```", re.DOTALL)
+from aimo_lib.dialects import OUTPUT_FENCE
+
+_OUTPUT_BLOCK = re.compile(re.escape(OUTPUT_FENCE) + r".*?```", re.DOTALL)
 
 # TRL's "bfd" truncates a row longer than the block (rows of 1500, 300 and 700 tokens packed at
 # 1024 keep 2024 of 2500 tokens); "bfd_split" splits it over blocks and loses nothing, like the
