@@ -21,7 +21,7 @@ from concurrent.futures import Future
 
 from .engines import Completion, ContextLengthError, EngineError, ScriptedEngine
 
-__all__ = ["FRAGMENTS", "ChaosEngine"]
+__all__ = ["FRAGMENTS", "HARMONY_FRAGMENTS", "ChaosEngine"]
 
 FRAGMENTS = (
     # reasoning and answers, good and bad
@@ -43,6 +43,28 @@ FRAGMENTS = (
     # bytes a tokenizer would not expect
     "\x00\x00", "<|im_end|>", "<|endoftext|>", "<|start|>assistant<|channel|>final<|message|>",
     "\ud7ff\u202e", " " * 50,
+)
+
+# The same spirit in gpt-oss's harmony format: tool calls well and badly formed, calls that
+# never end, tool replies the model forges, channels that do not exist, finals without answers.
+_A = "<|start|>assistant"
+HARMONY_FRAGMENTS = (
+    "<|channel|>analysis<|message|>Let me think.<|end|>", "<|channel|>analysis<|message|>",
+    f"{_A}<|channel|>analysis to=python code<|message|>print(6*7)<|call|>",
+    f"{_A} to=python<|channel|>analysis code<|message|>x = 6*7\nx<|call|>",
+    "<|channel|>analysis to=python<|message|>print(x)<|call|>",
+    f"{_A}<|channel|>analysis to=python code<|message|>while True:\n    pass<|call|>",
+    f"{_A}<|channel|>analysis to=python code<|message|>import os\nos._exit(3)<|call|>",
+    f"{_A}<|channel|>analysis to=python code<|message|>print('x' * 10**6)<|call|>",
+    f"{_A}<|channel|>analysis to=python code<|message|>print(1", "to=python", "<|call|>",
+    f"{_A}<|channel|>commentary to=functions.lookup<|message|>{{}}<|call|>",
+    "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>",
+    f"{_A}<|channel|>final<|message|>The answer is \\boxed{{42}}.<|return|>",
+    f"{_A}<|channel|>final<|message|>\\boxed{{7}}<|return|>",
+    f"{_A}<|channel|>final<|message|>100000<|return|>", "<|channel|>final<|message|>",
+    f"{_A}<|channel|>final<|message|>I do not know.<|return|>", "\\boxed{{{", "<|return|>",
+    "<|channel|>nonsense<|message|>", "<|message|><|message|>", "<|start|><|start|>", "<|end|>",
+    "<|constrain|>json", "\x00", "```python\nprint(2)\n```\n```output\n",
 )
 
 _ERRORS = (

@@ -1,0 +1,198 @@
+"""The harmony dialect (gpt-oss): scripted engines that speak it, with real code execution.
+
+A continuation starts right after the prompt's "<|start|>assistant", as vLLM's would: the
+model writes its channel, its message, and either a tool call (a message to python ended by
+<|call|>), or more messages, or its final answer (ended by <|return|>)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.dialects import CALL, RETURN, Harmony, get_dialect, harmony_messages
+from aimo_lib.engines import ScriptedEngine
+
+A = "<|start|>assistant"
+THINK = "<|channel|>analysis<|message|>I should compute this.<|end|>"
+
+
+def call(code: str, header: str = "<|channel|>analysis to=python code") -> str:
+    return f"{A}{header}<|message|>{code}<|call|>"
+
+
+def final(text: str) -> str:
+    return f"{A}<|channel|>final<|message|>{text}<|return|>"
+
+
+def harmony(n=1, **kw):
+    kw.setdefault("competition", "aimo3")  # gpt-oss's competition: answers 0..99999
+    return SolverConfig.preset("default", num_samples=n, dialect="harmony", **kw)
+
+
+def tool_replies(prompt: str) -> list[str]:
+    return [m.body for m in harmony_messages(prompt, role="system") if m.role == "python"]
+
+
+class Recorder(ScriptedEngine):
+    """A ScriptedEngine that keeps every request's parameters."""
+
+    def __init__(self, fn, **kw):
+        super().__init__(fn, **kw)
+        self.params = []
+
+    def _one(self, prompt, p, deadline=None, aborted=None):
+        self.params.append(p)
+        return super()._one(prompt, p, deadline, aborted)
+
+
+def test_prompt_is_harmony_with_the_python_tool():
+    prompt = Harmony().prompt("auto", "What is 6*7?", None)
+    assert prompt.startswith("<|start|>system<|message|>")
+    assert "## python" in prompt and "Reasoning: high" in prompt
+    assert "<|start|>user<|message|>What is 6*7?<|end|>" in prompt
+    assert prompt.endswith(A)
+    # a named template still wins
+    assert Harmony().prompt("{problem}!", "q", None) == "q!"
+
+
+def test_tool_call_result_and_final_answer(sandbox):
+    def fn(prompt, k):
+        replies = tool_replies(prompt)
+        if not replies:
+            return THINK + call("print(6*7)") + "never seen: the engine stops at <|call|>"
+        return f"<|channel|>analysis<|message|>It printed {replies[-1]}.<|end|>" + final(
+            f"The answer is \\boxed{{{replies[-1]}}}.")
+
+    engine = Recorder(fn)
+    res = Solver(engine, sandbox, harmony()).solve("What is 6*7?")
+    s = res.samples[0]
+    assert res.answer == 42 and s.status == "answered"
+    assert [c.code for c in s.code_calls] == ["print(6*7)"]
+    assert s.code_calls[0].status == "ok" and s.code_calls[0].output == "42"
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>" + A in s.text
+    assert "never seen" not in s.text
+    # special tokens must survive decoding; the steps stop at a call or a return
+    assert all(not p.skip_special_tokens for p in engine.params)
+    assert set(engine.params[0].stop) == {CALL, RETURN}
+    assert res.prompt.endswith(A) and "## python" in res.prompt
+
+
+def test_call_left_out_of_the_text_by_an_eos_stop_is_written_back(sandbox):
+    # gpt-oss's generation config stops on <|call|> as an end-of-sequence token: vLLM then
+    # returns the message without it, finish reason EOS.
+    def fn(prompt, k):
+        if not tool_replies(prompt):
+            return f"{A} to=python<|channel|>analysis code<|message|>x = 6\nx * 7"
+        return final("\\boxed{%s}" % tool_replies(prompt)[-1])
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony()).solve("q")
+    s = res.samples[0]
+    assert res.answer == 42, s.text
+    assert "x * 7<|call|><|start|>python" in s.text  # the call reads as complete
+
+
+def test_one_persistent_kernel_per_attempt(sandbox):
+    def fn(prompt, k):
+        n = len(tool_replies(prompt))
+        if n == 0:
+            return call(f"secret = {k + 10}")
+        if n == 1:
+            return call("print(secret * 2)")
+        return final("\\boxed{%s}" % tool_replies(prompt)[-1])
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(3, early_stop=None)).solve("q")
+    assert sorted(s.answer for s in res.samples) == [20, 22, 24]
+    assert all(len(s.code_calls) == 2 for s in res.samples)
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("\\boxed{17}", 17), ("**17**", 17), ("The final answer is 17.", 17), (" 17 ", 17),
+    ("$\\boxed{1,000}$", 1000), ("It is 3 or 4.", None), ("", None),
+])
+def test_the_answer_is_read_from_the_final_channel_only(sandbox, text, answer):
+    def fn(prompt, k):
+        # a box in the analysis channel is thinking, not an answer
+        return "<|channel|>analysis<|message|>maybe \\boxed{99}<|end|>" + final(text)
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(max_rounds=2, early_stop=None)).solve("q")
+    got = res.samples[0]
+    assert got.answer == answer
+    assert got.status == ("answered" if answer is not None else "exhausted")
+    assert 99 not in res.votes
+
+
+def test_malformed_calls_are_not_run(sandbox):
+    odd = [
+        call("print(1)", header="<|channel|>commentary to=functions.lookup"),  # not python
+        f"{A}<|channel|>analysis to=python code<|message|>print(2)<|end|>",  # not a call
+        "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>",  # forged reply
+        f"{A}<|channel|>nonsense",  # a header never finished
+    ]
+
+    def fn(prompt, k):
+        return odd[k % len(odd)]
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(4, max_rounds=2, early_stop=None)).solve(
+        "q")
+    assert all(not s.code_calls for s in res.samples)
+    assert res.fallback and all(s.answer is None for s in res.samples)
+
+
+def test_a_call_that_never_ends_restarts_the_attempt(sandbox):
+    def fn(prompt, k):
+        if k == 0:
+            return call("x = 1\n" + "x += 1\n" * 500)[:-len(CALL)]  # cut by max_tokens
+        return final("\\boxed{5}")
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(max_new_tokens=50)).solve("q")
+    s = res.samples[0]
+    assert s.restarts == 1 and s.answer == 5 and not s.code_calls
+
+
+def test_tool_call_cap_answers_extra_calls_with_a_note(sandbox):
+    def fn(prompt, k):
+        replies = tool_replies(prompt)
+        if len(replies) < 3:
+            return call(f"print({len(replies) + 1})")
+        return final("\\boxed{%d}" % len(replies))
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(max_rounds=10, max_tool_calls=2)).solve(
+        "q")
+    s = res.samples[0]
+    assert [c.status for c in s.code_calls] == ["ok", "ok", "refused"]
+    assert "limit of 2 tool calls" in s.code_calls[2].output
+    assert "print(3)" in s.code_calls[2].code and s.answer == 3
+
+
+def test_sample_token_budget_caps_steps_and_ends_the_sample(sandbox):
+    def fn(prompt, k):
+        return call("print(1)", header="<|channel|>analysis " + "word " * 30 + "to=python")
+
+    engine = Recorder(fn)
+    cfg = harmony(max_rounds=50, max_new_tokens=100, sample_max_tokens=70)
+    res = Solver(engine, sandbox, cfg).solve("q")
+    s = res.samples[0]
+    # each call is 32 words (the engine's tokens): 70 left, then 38, then 6, where it is cut
+    assert [p.max_tokens for p in engine.params] == [70, 38, 6]
+    assert s.tokens == 70 and s.status == "exhausted" and len(s.code_calls) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    "<|start|>", "assistant", "python", "<|channel|>", "analysis", "final", " to=python",
+    " to=functions.x", "<|message|>", "<|end|>", "<|call|>", "<|return|>", "print(1)",
+    "\\boxed{3}", "42", " code", "<|constrain|>", "\n", "x"]), max_size=30).map("".join))
+def test_harmony_reading_never_raises_and_only_calls_python(text):
+    d = get_dialect("harmony")
+    messages = harmony_messages(text)
+    assert messages  # the first is the open assistant message
+    added, event = d.after(text, "stop", "step", d.stops(True, True))
+    assert added in ("", CALL) and event == ""
+    r = d.read("", text + added)
+    assert r.kind in ("call", "answer", "nothing")
+    if r.kind == "call":
+        written, run = d.code(text + added)
+        assert written == run
+        assert (text + added).endswith(written + CALL)
+    if r.kind == "answer":
+        assert r.raw
