@@ -226,12 +226,7 @@ def harmony_messages(text: str, role: str = "assistant") -> list[_Message]:
     """The messages of a continuation of a prompt that ended with "<|start|>{role}"."""
     out = []
     for i, chunk in enumerate(text.split(START)):
-        if i == 0:
-            head = role + chunk
-        elif not chunk:
-            continue
-        else:
-            head = chunk
+        head = role + chunk if i == 0 else chunk
         header, sep, rest = head.partition(MESSAGE)
         if not sep:  # a header still being written
             out.append(_Message(header.split(" ")[0].split("<")[0], header, "", None))
@@ -293,16 +288,11 @@ class Harmony(Dialect):
             if m.role == "assistant" and m.channel == "final" and not m.recipient:
                 raw = _final_answer(m.body)
                 return Reading("answer", raw) if raw is not None else Reading("nothing")
-        last = messages[-1]
-        if last.role == "assistant" and _is_python(last.recipient) and last.end == CALL:
-            return Reading("call")
-        return Reading("nothing")
+        return Reading("call") if _pending_call(text, messages[-1]) else Reading("nothing")
 
     def code(self, text: str) -> tuple[str, str] | None:
         last = harmony_messages(text)[-1]
-        if last.role == "assistant" and _is_python(last.recipient) and last.end == CALL:
-            return last.body, last.body
-        return None
+        return (last.body, last.body) if _pending_call(text, last) else None
 
     def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
                     ) -> tuple[str, str]:
@@ -311,6 +301,12 @@ class Harmony(Dialect):
         # channel itself, as after the prompt).
         return shown, (f"{START}python to=assistant{CHANNEL}analysis{MESSAGE}{shown}{END}"
                        f"{START}assistant")
+
+
+def _pending_call(text: str, last: _Message) -> bool:
+    """The text ends with a complete call to python (nothing after its <|call|>)."""
+    return (last.role == "assistant" and _is_python(last.recipient) and last.end == CALL
+            and text.endswith(last.body + CALL))
 
 
 def _is_python(recipient: str | None) -> bool:

@@ -40,9 +40,10 @@ def test_solve_survives_a_hostile_engine(sandbox, preset, dialect, pipeline, com
     fragments = draw["harmony" if dialect == "harmony" else "fragments"]
     engine = ChaosEngine(draw["seed"], p_raise=draw["p_raise"], p_stall=draw["p_stall"],
                          fragments=fragments, max_model_len=draw["max_model_len"])
-    config = SolverConfig.preset(preset, num_samples=4, max_rounds=3, max_new_tokens=40,
-                                 code_timeout_s=0.5, pipeline=pipeline, competition=competition,
-                                 dialect=dialect, max_tool_calls=1 if dialect == "harmony" else None)
+    config = SolverConfig.preset(
+        preset, num_samples=4, max_rounds=3, max_new_tokens=40, code_timeout_s=0.5,
+        pipeline=pipeline, competition=competition, dialect=dialect,
+        max_tool_calls=1 if dialect == "harmony" else None)
     start = time.monotonic()
     try:
         result = Solver(engine, sandbox, config).solve("What is 6 * 7?", time_limit_s=LIMIT_S)

@@ -105,9 +105,15 @@ class _Server:
         # chat: a tool result arrives as the last (user) turn; a partial turn is continued
         prompt = body["prompt"] if "prompt" in body else "".join(
             m["content"] for m in body["messages"])
-        text = ("I'll compute.\n```python\nprint(6 * 7)\n```\n```output\nHALLUCINATED"
-                if "```output" not in prompt else "42}." if prompt.endswith("\\boxed{")
-                else "\nSo the answer is \\boxed{42}.")
+        if prompt.startswith("<|start|>system"):  # gpt-oss, harmony
+            text = ("<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>"
+                    "<|start|>python to=assistant<|channel|>analysis<|message|>HALLUCINATED"
+                    if "<|start|>python" not in prompt else
+                    "<|channel|>final<|message|>\\boxed{42}<|return|>")
+        else:
+            text = ("I'll compute.\n```python\nprint(6 * 7)\n```\n```output\nHALLUCINATED"
+                    if "```output" not in prompt else "42}." if prompt.endswith("\\boxed{")
+                    else "\nSo the answer is \\boxed{42}.")
         hit = next((s for s in body.get("stop") or [] if s in text), None)
         choice = {"index": 0, "finish_reason": "stop"}
         if hit:
@@ -149,6 +155,22 @@ def test_openai_engine_solves_through_a_real_server(server, sandbox):
     assert auth == "Bearer sk-test" and body["seed"] is not None
     assert body["stop"] == ([STOP, "\\boxed{", "\n```\n"] if vllm_like else [STOP])
     assert body["model"] == "scripted-model" and body["max_tokens"] == cfg.max_new_tokens
+
+
+@pytest.mark.parametrize("server", [{"style": "vllm"}, {"style": "plain"}], indirect=True)
+def test_openai_engine_speaks_harmony_at_the_text_level(server, sandbox):
+    # gpt-oss behind /v1/completions: special tokens kept in the text (vLLM's
+    # skip_special_tokens=False); a server that cuts <|call|> unseen still gets its call run.
+    engine = OpenAIEngine(server.url, names_stop_strings=server.style == "vllm")
+    cfg = SolverConfig.preset("default", num_samples=2, dialect="harmony", early_stop=None,
+                              competition="aimo3")
+    result = Solver(engine, sandbox, cfg).solve("What is 6*7?")
+    assert result.answer == 42 and result.votes == {42: 2.0}
+    assert all(s.code_calls[0].output == "42" for s in result.samples)
+    assert all("HALLUCINATED" not in s.text for s in result.samples)
+    body, _ = server.requests[0]
+    assert body["skip_special_tokens"] is False and body["stop"] == ["<|call|>", "<|return|>"]
+    assert body["prompt"].startswith("<|start|>system<|message|>")
 
 
 @pytest.mark.parametrize("server", [{"style": "plain"}], indirect=True)

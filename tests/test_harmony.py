@@ -83,7 +83,7 @@ def test_call_left_out_of_the_text_by_an_eos_stop_is_written_back(sandbox):
     def fn(prompt, k):
         if not tool_replies(prompt):
             return f"{A} to=python<|channel|>analysis code<|message|>x = 6\nx * 7"
-        return final("\\boxed{%s}" % tool_replies(prompt)[-1])
+        return final(f"\\boxed{{{tool_replies(prompt)[-1]}}}")
 
     res = Solver(ScriptedEngine(fn), sandbox, harmony()).solve("q")
     s = res.samples[0]
@@ -98,7 +98,7 @@ def test_one_persistent_kernel_per_attempt(sandbox):
             return call(f"secret = {k + 10}")
         if n == 1:
             return call("print(secret * 2)")
-        return final("\\boxed{%s}" % tool_replies(prompt)[-1])
+        return final(f"\\boxed{{{tool_replies(prompt)[-1]}}}")
 
     res = Solver(ScriptedEngine(fn), sandbox, harmony(3, early_stop=None)).solve("q")
     assert sorted(s.answer for s in res.samples) == [20, 22, 24]
@@ -154,7 +154,7 @@ def test_tool_call_cap_answers_extra_calls_with_a_note(sandbox):
         replies = tool_replies(prompt)
         if len(replies) < 3:
             return call(f"print({len(replies) + 1})")
-        return final("\\boxed{%d}" % len(replies))
+        return final(f"\\boxed{{{len(replies)}}}")
 
     res = Solver(ScriptedEngine(fn), sandbox, harmony(max_rounds=10, max_tool_calls=2)).solve(
         "q")

@@ -97,6 +97,16 @@ def _solve_both_presets(engine, sandbox) -> None:
         assert sum(s.tokens for s in res.samples) > 0, "the previous cut starved this one"
         assert time.monotonic() - start < 120 + 2.5
         assert any(s.code_calls for s in res.samples), "SmolLM2 wrote no code in 4 samples"
+    # gpt-oss's harmony format through the same engine: what it asks of vLLM (special tokens
+    # kept in the text, <|call|>/<|return|> stops) is accepted and the loop runs. (SmolLM2
+    # does not speak harmony; tests/test_harmony.py checks the format itself.)
+    assert engine._sampling(GenerationParams(skip_special_tokens=False)).skip_special_tokens is (
+        False)
+    cfg = SolverConfig.preset("default", num_samples=2, max_rounds=2, max_new_tokens=48,
+                              dialect="harmony", competition="aimo3")
+    res = Solver(engine, sandbox, cfg).solve("What is 17 * 23?", time_limit_s=120)
+    assert res.error is None and not res.engine_failed and res.tokens_generated > 0
+    assert res.prompt.startswith("<|start|>system")
 
 
 def _stops_and_finish_reasons(generate) -> None:
