@@ -44,7 +44,6 @@ class AnswerRules:
 AIMO1 = AnswerRules(modulus=1000)
 AIMO2 = AnswerRules(modulus=1000)
 AIMO3 = AnswerRules(modulus=None, max_value=99999)
-RULES = {"aimo1": AIMO1, "aimo2": AIMO2, "aimo3": AIMO3}
 
 
 # ---------------------------------------------------------------- extraction

@@ -21,22 +21,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-__all__ = ["COMPETITIONS", "TimeBudget"]
+from .competitions import get_competition
 
-
-@dataclass(frozen=True)
-class _Competition:
-    total_s: float
-    n_problems: int
-
-
-COMPETITIONS = {
-    "aimo1": _Competition(9 * 3600, 50),
-    "aimo2": _Competition(5 * 3600, 50),
-    "aimo3": _Competition(5 * 3600, 50),
-}
+__all__ = ["TimeBudget"]
 
 
 class TimeBudget:
@@ -76,12 +64,9 @@ class TimeBudget:
         may draw up to 60% of a base share from the bank (NeMo-Skills: 210 of 350 s).
         n_problems: the problems actually served when known (a local file of 90 problems),
         else the competition's 50; resize() corrects it later."""
-        if competition not in COMPETITIONS:
-            raise ValueError(f"unknown competition {competition!r}; one of "
-                             f"{sorted(COMPETITIONS)}")
-        c = COMPETITIONS[competition]
+        c = get_competition(competition)
         total = total_hours * 3600 if total_hours else c.total_s
-        budget = cls(total, n_problems or c.n_problems, startup_s=min(600.0, total / 10),
+        budget = cls(total, n_problems or c.problems, startup_s=min(600.0, total / 10),
                      reserve_s=min(300.0, total / 20))
         budget.draw_share = 0.6
         budget.resize(budget.n_problems)
@@ -104,10 +89,8 @@ class TimeBudget:
     def for_competition(cls, name: str, *, startup_s: float = 600.0, reserve_s: float = 300.0,
                         **kwargs) -> TimeBudget:
         """The competition's total time and problem count; 10 min for start-up, 5 in reserve."""
-        if name not in COMPETITIONS:
-            raise ValueError(f"unknown competition {name!r}; one of {sorted(COMPETITIONS)}")
-        c = COMPETITIONS[name]
-        return cls(c.total_s, c.n_problems, startup_s=startup_s, reserve_s=reserve_s, **kwargs)
+        c = get_competition(name)
+        return cls(c.total_s, c.problems, startup_s=startup_s, reserve_s=reserve_s, **kwargs)
 
     @property
     def elapsed_s(self) -> float:

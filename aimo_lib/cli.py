@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from .competitions import COMPETITIONS
+
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
@@ -42,7 +44,7 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
                    "model has none) | "
                    "model | chat (own template + TIR instruction) | numina | chatml_tir | "
                    "chatml_tir_1shot | a string with {problem}")
-    g.add_argument("--competition", default="aimo1", choices=["aimo1", "aimo2", "aimo3"],
+    g.add_argument("--competition", default="aimo1", choices=sorted(COMPETITIONS),
                    help="answer rules (mod 1000 for aimo1/2; 0..99999 for aimo3)")
     g.add_argument("--time-limit", type=float, default=None, help="seconds per problem")
 

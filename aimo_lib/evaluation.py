@@ -25,7 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from .answers import RULES, vote
+from .answers import vote
+from .competitions import get_competition
 from .gateway import Problem, append_jsonl, read_jsonl, read_rows
 
 __all__ = ["DATASETS", "EvalProblem", "compare_runs", "load_eval_dataset", "maj_at_k",
@@ -102,7 +103,7 @@ def _hub_rows(hub: str) -> list[dict]:
 
 
 def _correct(answer: int | None, truth: int, competition: str) -> bool:
-    rules = RULES[competition]
+    rules = get_competition(competition).rules
     return answer is not None and answer == rules.apply(truth)
 
 
@@ -120,7 +121,7 @@ def maj_at_k(answers: list[int | None], truth: int, k: int, competition: str = "
         subsets = (rng.sample(range(n), k) for _ in range(draws))
     hits = total = 0
     for idx in subsets:
-        v = vote([answers[i] for i in sorted(idx)], rules=RULES[competition])
+        v = vote([answers[i] for i in sorted(idx)], rules=get_competition(competition).rules)
         hits += (not v.fallback) and _correct(v.answer, truth, competition)
         total += 1
     return hits / total
@@ -231,7 +232,7 @@ def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], 
     lock = threading.Lock()
     path = os.path.join(out_dir, "samples.jsonl")
     health = EngineHealth()
-    fallback = RULES[competition].fallback
+    fallback = get_competition(competition).rules.fallback
 
     def one(problem: EvalProblem, seed: int) -> None:
         start = time.monotonic()

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
+from .competitions import get_competition
+
 __all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "append_jsonl", "load_problems",
            "read_jsonl", "read_rows", "validate_answer"]
 
-RANGES = {"aimo1": (0, 999), "aimo2": (0, 999), "aimo3": (0, 99999)}
 
 
 class GatewayError(RuntimeError):
@@ -122,7 +123,7 @@ def validate_answer(answer, competition: str) -> int:
     except TypeError:
         raise GatewayError(f"answer {answer!r} ({type(answer).__name__}) is not an integer"
                            ) from None
-    lo, hi = RANGES[competition]
+    lo, hi = get_competition(competition).answer_range
     if not lo <= value <= hi:
         raise GatewayError(f"answer {value} is outside {lo}..{hi}, the range for "
                            f"{competition}; apply the competition's answer rules first")
@@ -162,8 +163,7 @@ class LocalGateway:
     def __init__(self, problems: list[Problem], competition: str = "aimo1", *, seed: int = 0,
                  timeout_s: float | None = None, out_dir: str = "submission",
                  resume: bool = True, shuffle: bool = True):
-        if competition not in RANGES:
-            raise ValueError(f"competition must be one of {sorted(RANGES)}")
+        get_competition(competition)  # a clear error now for a name that is not one
         ids = [p.id for p in problems]
         if len(set(ids)) != len(ids):
             raise ValueError("problem ids must be unique")
@@ -203,8 +203,8 @@ class LocalGateway:
                                " s limit per problem")
         value = validate_answer(answer, self.competition)
         row = {"id": p.id, "answer": value, "truth": p.answer, "elapsed_s": round(elapsed, 3),
-               "correct": p.answer is not None and value == p.answer % (RANGES[
-                   self.competition][1] + 1),
+               "correct": p.answer is not None and value == p.answer % (
+                   get_competition(self.competition).answer_range[1] + 1),
                "votes": {str(k): v for k, v in (getattr(result, "votes", None) or {}).items()},
                "error": error.strip().splitlines()[-1] if error else None}
         append_jsonl(self._progress, row)

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .answers import RULES
+from .competitions import get_competition
 from .gateway import append_jsonl, validate_answer
 
 __all__ = ["EngineHealth", "GuardedSolve", "Outcome", "log", "probe"]
@@ -49,10 +49,8 @@ class GuardedSolve:
 
     def __init__(self, solve: Callable[[str, str], object], competition: str,
                  log_path: str | None = None):
-        if competition not in RULES:
-            raise ValueError(f"competition must be one of {sorted(RULES)}")
+        self.fallback = get_competition(competition).rules.fallback
         self.solve, self.competition, self.log_path = solve, competition, log_path
-        self.fallback = RULES[competition].fallback
 
     def __call__(self, problem: str, problem_id: str = "") -> Outcome:
         start = time.monotonic()

@@ -27,17 +27,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
+from .competitions import get_competition
 from .gateway import LocalGateway, Report, append_jsonl, load_problems, read_rows
 from .guard import EngineHealth, GuardedSolve, log, probe
 
 __all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
 
-SERVERS = {"aimo2": ("kaggle_evaluation.aimo_2_inference_server", "AIMO2InferenceServer"),
-           "aimo3": ("kaggle_evaluation.aimo_3_inference_server", "AIMO3InferenceServer")}
 KAGGLE_INPUT = "/kaggle/input"
-COMPETITION_DIRS = {"aimo1": "ai-mathematical-olympiad-prize",
-                    "aimo2": "ai-mathematical-olympiad-progress-prize-2",
-                    "aimo3": "ai-mathematical-olympiad-progress-prize-3"}
 
 
 # The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes of
@@ -242,7 +238,7 @@ def predict(id_, problem, *rest):
 
 
 def _default_problems(competition: str) -> str:
-    kaggle_dir = os.path.join(KAGGLE_INPUT, COMPETITION_DIRS[competition])
+    kaggle_dir = os.path.join(KAGGLE_INPUT, get_competition(competition).kaggle_dir)
     for name in ("test.csv", "train.csv", "reference.csv"):
         path = os.path.join(kaggle_dir, name)
         if os.path.exists(path):
@@ -257,8 +253,7 @@ def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report
     """
     global _solve
     competition = config.competition
-    if competition not in COMPETITION_DIRS:
-        raise ValueError(f"competition must be one of {sorted(COMPETITION_DIRS)}")
+    server_class = get_competition(competition).server
     guarded = GuardedSolve(solve, competition,
                            os.path.join(config.out_dir, "results.jsonl"))
     expect = getattr(solve, "expect", None)
@@ -274,8 +269,8 @@ def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report
             sample_submission["answer"] = guarded(text, problem_id).answer
             env.predict(sample_submission)
         return None
-    if competition in SERVERS and importlib.util.find_spec("kaggle_evaluation") is not None:
-        module, name = SERVERS[competition]
+    if server_class and importlib.util.find_spec("kaggle_evaluation") is not None:
+        module, name = server_class
         _solve = guarded
         server = getattr(importlib.import_module(module), name)(predict)
         if is_rerun():

@@ -40,7 +40,8 @@ from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutErro
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .answers import RULES, AnswerRules, EarlyStop, decided, vote
+from .answers import AnswerRules, EarlyStop, decided, vote
+from .competitions import get_competition
 from .dialects import get_dialect
 from .engines import ContextLengthError, GenerationParams
 from .sandbox import ExecutionResult, Sandbox
@@ -116,9 +117,7 @@ class SolverConfig:
 
     @property
     def rules(self) -> AnswerRules:
-        if self.competition not in RULES:
-            raise ValueError(f"competition must be one of {sorted(RULES)}")
-        return replace(RULES[self.competition], fallback=self.fallback)
+        return replace(get_competition(self.competition).rules, fallback=self.fallback)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -238,9 +238,9 @@ def test_numina_chat_template_renders_like_the_seed(tiny):
 
 
 def test_kto_labels_need_a_valid_reference_and_an_answer():
-    from aimo_lib.answers import RULES
+    from aimo_lib.competitions import get_competition
 
-    rules = RULES["aimo3"]
+    rules = get_competition("aimo3").rules
     assert kto.label(12, 12, rules) is True
     assert kto.label(None, 12, rules) is False and kto.label(13, 12, rules) is False
     # A reference the rules reject (negative, over 99999): no label at all, not "desirable"

@@ -28,7 +28,7 @@ from dataclasses import replace
 from common import in_flight  # also puts aimo_lib on the path
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.answers import RULES
+from aimo_lib.competitions import get_competition
 from aimo_lib.evaluation import load_eval_dataset
 from aimo_lib.gateway import append_jsonl, read_jsonl
 
@@ -44,7 +44,7 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
                                            prompt_template="chatml_tir")
     rejected_path = out_path + ".rejected.jsonl"
     done = {row["id"] for path in (out_path, rejected_path) for row in read_jsonl(path)}
-    rules = RULES[competition]
+    rules = get_competition(competition).rules
     counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0, "errors": 0}
     todo = [p for p in problems if p.id not in done]
     counts["skipped"] = len(problems) - len(todo)

@@ -41,7 +41,7 @@ from common import (
 from trl import KTOConfig, ModelConfig
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.answers import RULES
+from aimo_lib.competitions import get_competition
 from aimo_lib.gateway import append_jsonl, read_jsonl
 
 
@@ -98,7 +98,7 @@ def sample_completions(sampling: SamplingArguments, model_path: str, problems, o
 
     done = {row["id"] for row in read_jsonl(out_path)}
     todo = [p for p in problems if p.id not in done]
-    rules = RULES["aimo3"]
+    rules = get_competition("aimo3").rules
     invalid = {p.id for p in todo if label(None, p.answer, rules) is None}
     if invalid:  # a negative or out-of-range reference would make every miss "desirable"
         print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "

@@ -1,0 +1,57 @@
+"""The AIMO competitions, one record each: what counts as an answer, the time and problems,
+where Kaggle mounts the data, which evaluation server drives the notebook, the machine.
+
+    c = get_competition("aimo3")
+    c.rules.apply(123456)   # None: out of range (answers 0..99999, no modulus)
+    c.total_s, c.problems, c.kaggle_dir, c.server, c.hardware
+
+Facts from ../shared/REFERENCE.md section 3. Every module asks here; a new competition is one
+new entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .answers import AIMO1, AIMO2, AIMO3, AnswerRules
+
+__all__ = ["COMPETITIONS", "Competition", "get_competition"]
+
+
+@dataclass(frozen=True)
+class Competition:
+    name: str
+    rules: AnswerRules  # which answers are valid, and the modulus applied to them
+    hours: float  # the whole run, start-up included
+    problems: int
+    kaggle_dir: str  # under /kaggle/input
+    # (module, class) of the kaggle_evaluation inference server; None: the `aimo` module's
+    # env.iter_test() loop (AIMO 1)
+    server: tuple[str, str] | None
+    hardware: str
+
+    @property
+    def total_s(self) -> float:
+        return self.hours * 3600
+
+    @property
+    def answer_range(self) -> tuple[int, int]:
+        """The smallest and largest answer the gateway accepts."""
+        hi = self.rules.modulus - 1 if self.rules.modulus else self.rules.max_value
+        return self.rules.min_value, hi
+
+
+COMPETITIONS = {c.name: c for c in (
+    Competition("aimo1", AIMO1, 9, 50, "ai-mathematical-olympiad-prize", None, "2xT4"),
+    Competition("aimo2", AIMO2, 5, 50, "ai-mathematical-olympiad-progress-prize-2",
+                ("kaggle_evaluation.aimo_2_inference_server", "AIMO2InferenceServer"), "4xL4"),
+    Competition("aimo3", AIMO3, 5, 50, "ai-mathematical-olympiad-progress-prize-3",
+                ("kaggle_evaluation.aimo_3_inference_server", "AIMO3InferenceServer"),
+                "1xH100"),
+)}
+
+
+def get_competition(name: str) -> Competition:
+    if name not in COMPETITIONS:
+        raise ValueError(f"unknown competition {name!r}; choose from {sorted(COMPETITIONS)}")
+    return COMPETITIONS[name]
