@@ -33,7 +33,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("solver")
-    g.add_argument("--preset", default="default", help="default | numina_aimo1")
+    g.add_argument("--preset", default="auto", help="auto (default: embedded_cpu for the "
+                   "embedded model, aimo3_gpt_oss for a gpt-oss folder, else default) | "
+                   "default | numina_aimo1 | embedded_cpu | aimo3_gpt_oss")
     g.add_argument("--num-samples", "-n", type=int, default=None, help="N (default: preset's)")
     g.add_argument("--max-rounds", "-m", type=int, default=None, help="M (default: preset's)")
     g.add_argument("--max-new-tokens", type=int, default=None)
@@ -60,17 +62,16 @@ def build_engine(args):
 
 
 def solver_config(args, seed: int = 0):
-    from .solver import SolverConfig
+    from .solver import SolverConfig, preset_for_model
 
     overrides = {k: getattr(args, k) for k in ("num_samples", "max_rounds", "max_new_tokens",
                                                "temperature", "prompt_template")
                  if getattr(args, k) is not None}
-    if args.engine != "openai" and args.model is None:  # the embedded 135M model: CPU defaults
-        from .kaggle import CPU_DEFAULTS
-
-        overrides = {**CPU_DEFAULTS, **overrides}
-    return SolverConfig.preset(args.preset, competition=args.competition, seed=seed,
-                               **overrides)
+    preset = args.preset
+    if preset == "auto":  # a served model (openai) is not the embedded one
+        preset = "default" if args.engine == "openai" and args.model is None else (
+            preset_for_model(args.model))
+    return SolverConfig.preset(preset, competition=args.competition, seed=seed, **overrides)
 
 
 def cmd_eval(argv: list[str]) -> None:
@@ -114,7 +115,7 @@ def cmd_eval(argv: list[str]) -> None:
     for note in skipped:
         print(f"skipped {note}", file=sys.stderr)
     name = os.path.splitext(os.path.basename(args.dataset))[0]
-    out = args.out or os.path.join("runs", f"{name}-{args.preset}")
+    out = args.out or os.path.join("runs", f"{name}-{solver_config(args).name}")
     engine = build_engine(args)
     from .sandbox import Sandbox
     from .solver import Solver

@@ -36,13 +36,6 @@ __all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
 KAGGLE_INPUT = "/kaggle/input"
 
 
-# The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes of
-# samples whose code ran cleanly weighted 3x (re-voting the demo's traces: 1/10 -> 3/10; the
-# model's own arithmetic is rarely right, its code often is).
-CPU_DEFAULTS = dict(num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
-                    prompt_template="chatml_tir_1shot", code_ok_weight=3.0)
-
-
 def is_rerun() -> bool:
     """True inside Kaggle's scoring rerun of a competition notebook."""
     return bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN"))
@@ -56,7 +49,9 @@ class NotebookConfig:
     model: str | None = "auto"  # a model dir; "auto": one attached on Kaggle, else SmolLM2
     engine: str = "auto"  # auto (vllm where importable, GPU or CPU; else hf) | vllm | hf | openai
     openai_url: str | None = None  # for engine=openai
-    preset: str = "default"
+    # "auto": from the model (embedded_cpu for the embedded SmolLM2, aimo3_gpt_oss for gpt-oss,
+    # else default); or a name in aimo_lib.solver.PRESETS
+    preset: str = "auto"
     num_samples: int | None = None  # None: the preset's
     max_rounds: int | None = None
     max_new_tokens: int | None = None
@@ -89,15 +84,14 @@ class NotebookConfig:
         return cls(**values)
 
     def solver_config(self):
-        from .solver import SolverConfig
+        from .solver import SolverConfig, preset_for_model
 
-        base = dict(CPU_DEFAULTS) if self.model is None else {}
-        for k in ("num_samples", "max_rounds", "max_new_tokens", "prompt_template",
-                  "temperature"):
-            if getattr(self, k) is not None:
-                base[k] = getattr(self, k)
-        return SolverConfig.preset(self.preset, competition=self.competition, seed=self.seed,
-                                   **base)
+        preset = preset_for_model(self.model) if self.preset == "auto" else self.preset
+        overrides = {k: getattr(self, k) for k in ("num_samples", "max_rounds", "max_new_tokens",
+                                                    "prompt_template", "temperature")
+                     if getattr(self, k) is not None}
+        return SolverConfig.preset(preset, competition=self.competition, seed=self.seed,
+                                   **overrides)
 
 
 def _attached_model() -> str | None:

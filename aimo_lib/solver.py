@@ -30,6 +30,7 @@ where the engine can abort and abandoned where it cannot.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -46,8 +47,8 @@ from .dialects import get_dialect
 from .engines import ContextLengthError, GenerationParams
 from .sandbox import ExecutionResult, Sandbox
 
-__all__ = ["ALLOWANCE_S", "CodeCall", "Sample", "SolveResult", "Solver", "SolverConfig",
-           "dump_jsonl"]
+__all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
+           "SolverConfig", "dump_jsonl", "preset_for_model"]
 
 # How late solve() may return after its time limit: the wind-down (aborting requests, the
 # grace given to an engine that stops at the deadline by itself, reaping a cut code block).
@@ -95,7 +96,8 @@ class SolverConfig:
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> SolverConfig:
-        """A named preset with field overrides, e.g. preset("numina_aimo1", num_samples=8)."""
+        """A named preset with field overrides, e.g. preset("numina_aimo1", num_samples=8).
+        Presets: "default", "numina_aimo1", "embedded_cpu", "aimo3_gpt_oss" (see PRESETS)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -139,7 +141,36 @@ PRESETS = {
     # anywhere under strict integer rules, pure-reasoning answers kept; a sample stops at its
     # first \boxed{}; consensus early stop; async where the engine allows; token-id prompts.
     "default": SolverConfig(),
+    # The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes
+    # of samples whose code ran cleanly weighted 3x (re-voting the demo's traces: 1/10 ->
+    # 3/10; the model's own arithmetic is rarely right, its code often is).
+    "embedded_cpu": SolverConfig(
+        name="embedded_cpu", num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
+        prompt_template="chatml_tir_1shot", code_ok_weight=3.0),
+    # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
+    # of 50; ../shared/REFERENCE.md section 2): 8 attempts, each a persistent kernel and up to
+    # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a
+    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing.
+    # Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
+    "aimo3_gpt_oss": SolverConfig(
+        name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
+        max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
+        code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
+        early_stop=EarlyStop(table=((4, 8),)), competition="aimo3"),
 }
+
+
+def preset_for_model(model: str | None) -> str:
+    """The preset for a model: "embedded_cpu" for the embedded SmolLM2 (None), the AIMO 3
+    preset for gpt-oss (its config.json says model_type "gpt_oss"), else "default"."""
+    if model is None:
+        return "embedded_cpu"
+    try:
+        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+            family = json.load(f).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        family = ""  # a hub id, a GGUF file, a served name: nothing to read
+    return "aimo3_gpt_oss" if family == "gpt_oss" else "default"
 
 
 @dataclass

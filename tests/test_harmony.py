@@ -196,3 +196,44 @@ def test_harmony_reading_never_raises_and_only_calls_python(text):
         assert (text + added).endswith(written + CALL)
     if r.kind == "answer":
         assert r.raw
+
+
+# ---------------------------------------------------------------- the AIMO 3 preset
+
+
+def _model_dir(tmp_path, model_type):
+    d = tmp_path / model_type
+    d.mkdir()
+    (d / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    return str(d)
+
+
+def test_preset_follows_the_attached_models_family(tmp_path):
+    from aimo_lib.solver import preset_for_model
+
+    assert preset_for_model(None) == "embedded_cpu"
+    assert preset_for_model(_model_dir(tmp_path, "gpt_oss")) == "aimo3_gpt_oss"
+    assert preset_for_model(_model_dir(tmp_path, "qwen2")) == "default"
+    assert preset_for_model("org/some-hub-id") == "default"
+    cfg = SolverConfig.preset("aimo3_gpt_oss")
+    assert (cfg.dialect, cfg.num_samples, cfg.competition, cfg.max_tool_calls) == (
+        "harmony", 8, "aimo3", 100)
+
+
+def test_notebook_serves_gpt_oss_in_harmony_when_preset_is_auto(tmp_path, sandbox, monkeypatch):
+    from aimo_lib import kaggle as kg
+
+    def fn(prompt, k):  # a gpt-oss that computes, then answers
+        replies = tool_replies(prompt)
+        return call("print(123 * 456)") if not replies else final(f"\\boxed{{{replies[-1]}}}")
+
+    monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
+    config = kg.NotebookConfig(model=_model_dir(tmp_path, "gpt_oss"), competition="aimo3",
+                               out_dir=str(tmp_path / "out"), num_samples=4)
+    solve = kg.make_solve_fn(config, engine=ScriptedEngine(fn))
+    try:
+        result = solve("What is 123 * 456?", "p1")
+    finally:
+        solve._solver = None  # the session's sandbox is shared: do not close it
+    assert result.preset == "aimo3_gpt_oss" and result.answer == 56088  # > 999: no modulus
+    assert result.prompt.startswith("<|start|>system") and list(result.votes) == [56088]

@@ -283,12 +283,13 @@ def test_notebook_config_from_env_and_lazy_model(monkeypatch, tmp_path, sandbox)
     monkeypatch.setenv("AIMO_NUM_SAMPLES", "3")
     monkeypatch.setenv("AIMO_TEMPERATURE", "0.5")
     monkeypatch.setenv("AIMO_COMPETITION", "aimo3")
-    cfg = kg.NotebookConfig.from_env(preset="default", out_dir=str(tmp_path), model=None)
+    cfg = kg.NotebookConfig.from_env(out_dir=str(tmp_path), model=None)
     assert (cfg.num_samples, cfg.temperature, cfg.competition, cfg.model) == (3, 0.5, "aimo3",
                                                                               None)
     solver_cfg = cfg.solver_config()
     assert (solver_cfg.num_samples, solver_cfg.competition) == (3, "aimo3")
-    assert solver_cfg.prompt_template == "chatml_tir_1shot"  # embedded model: CPU defaults
+    # PRESET=auto, the embedded model: its CPU preset
+    assert solver_cfg.name == "embedded_cpu" and solver_cfg.prompt_template == "chatml_tir_1shot"
     with pytest.raises(TypeError, match="unknown NotebookConfig"):
         kg.NotebookConfig.from_env(modle="x")
 
