@@ -100,8 +100,9 @@ def _solve_both_presets(engine, sandbox) -> None:
     # gpt-oss's harmony format through the same engine: what it asks of vLLM (special tokens
     # kept in the text, <|call|>/<|return|> stops) is accepted and the loop runs. (SmolLM2
     # does not speak harmony; tests/test_harmony.py checks the format itself.)
-    assert engine._sampling(GenerationParams(skip_special_tokens=False)).skip_special_tokens is (
-        False)
+    if isinstance(engine, VLLMEngine):  # a `vllm serve` gets it in the request body
+        sampling = engine._sampling(GenerationParams(skip_special_tokens=False))
+        assert sampling.skip_special_tokens is False
     cfg = SolverConfig.preset("default", num_samples=2, max_rounds=2, max_new_tokens=48,
                               dialect="harmony", competition="aimo3")
     res = Solver(engine, sandbox, cfg).solve("What is 17 * 23?", time_limit_s=120)
