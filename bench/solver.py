@@ -198,7 +198,7 @@ def trace(prompt: str, k: int) -> str:
     if prompt.endswith("\\boxed{"):
         return f"{len(prompt) % 3}}}"
     step = prompt.count("```output\n")
-    rng = random.Random(hash((prompt, k)) % 2**32)
+    rng = random.Random(f"{k}|{prompt}")  # not hash(): it differs between processes
     first = prompt.split("```python")[0].count("think") if step else 0
     needed = 1 + first % 3
     if step == 0 or step < needed:
