@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 from .competitions import COMPETITIONS
 
@@ -115,7 +116,8 @@ def cmd_eval(argv: list[str]) -> None:
     for note in skipped:
         print(f"skipped {note}", file=sys.stderr)
     name = os.path.splitext(os.path.basename(args.dataset))[0]
-    out = args.out or os.path.join("runs", f"{name}-{solver_config(args).name}")
+    base = solver_config(args)  # per seed below: the same with its seed
+    out = args.out or os.path.join("runs", f"{name}-{base.name}")
     engine = build_engine(args)
     from .sandbox import Sandbox
     from .solver import Solver
@@ -123,7 +125,7 @@ def cmd_eval(argv: list[str]) -> None:
     sandbox = Sandbox()
     seeds = list(range(args.seeds))
     config = {"dataset": args.dataset, "problems": len(problems), "skipped": skipped,
-              "seeds": seeds, "args": vars(args), "solver": solver_config(args).to_dict(),
+              "seeds": seeds, "args": vars(args), "solver": base.to_dict(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     class _Timed:  # a per-problem time limit, if asked
@@ -135,7 +137,7 @@ def cmd_eval(argv: list[str]) -> None:
 
     try:
         summary = evaluation.run_eval(
-            problems, lambda seed: _Timed(Solver(engine, sandbox, solver_config(args, seed))),
+            problems, lambda seed: _Timed(Solver(engine, sandbox, replace(base, seed=seed))),
             seeds, out, config, args.competition, args.concurrency, not args.no_progress)
     finally:
         sandbox.close()

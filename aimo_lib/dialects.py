@@ -132,9 +132,13 @@ class ToRA(Dialect):
 
     def read(self, prompt: str, text: str) -> Reading:
         if text.endswith(OUTPUT_FENCE):
-            return Reading("call" if self.code(text) is not None else "nothing")
+            return self._call(text)
         raw = extract_answer(text)
         return Reading("answer", raw) if raw is not None else Reading("nothing")
+
+    def _call(self, text: str) -> Reading:
+        """A step that stopped to show a block's output: a call if there is a block."""
+        return Reading("call" if self.code(text) is not None else "nothing")
 
     def code(self, text: str) -> tuple[str, str] | None:
         blocks = _CODE_BLOCK.findall(text)
@@ -169,7 +173,7 @@ class ToRASeed(ToRA):
         if not _SEED_BLOCK.search(full):
             return Reading("no_code")
         if text.endswith(OUTPUT_FENCE):
-            return Reading("call" if self.code(text) is not None else "nothing")
+            return self._call(text)
         raw = _numina_answer(full[-self.window:])
         if raw is None:
             return Reading("nothing")
@@ -217,6 +221,12 @@ class _Message:
         return m.group(1) if m else None
 
     @property
+    def to_python(self) -> bool:
+        """An assistant message addressed to the python tool (`python`, `python.exec`...)."""
+        r = self.recipient
+        return self.role == "assistant" and r is not None and r.split(".")[0] == "python"
+
+    @property
     def channel(self) -> str | None:
         m = _CHANNEL.search(self.header)
         return m.group(1) if m else None
@@ -228,12 +238,10 @@ def harmony_messages(text: str, role: str = "assistant") -> list[_Message]:
     for i, chunk in enumerate(text.split(START)):
         head = role + chunk if i == 0 else chunk
         header, sep, rest = head.partition(MESSAGE)
-        if not sep:  # a header still being written
-            out.append(_Message(header.split(" ")[0].split("<")[0], header, "", None))
-            continue
-        m = _TERMINATORS.search(rest)
-        body, end = (rest[:m.start()], m.group(0)) if m else (rest, None)
         name = re.split(r"[\s<]", header, maxsplit=1)[0]
+        m = _TERMINATORS.search(rest)
+        # no <|message|> yet: a header still being written, with no body and no end
+        body, end = (rest[:m.start()], m.group(0)) if m else (rest, None)
         out.append(_Message(name, header[len(name):], body, end))
     return out
 
@@ -277,8 +285,7 @@ class Harmony(Dialect):
         # An engine that stops on <|call|> as an end-of-sequence token (gpt-oss's generation
         # config does) leaves it out of the text: write it, so the call reads as complete.
         last = harmony_messages(text)[-1]
-        if (finish_reason in ("stop", "eos") and last.end is None and last.role == "assistant"
-                and _is_python(last.recipient)):
+        if finish_reason in ("stop", "eos") and last.end is None and last.to_python:
             return CALL, ""
         return "", ""
 
@@ -305,12 +312,7 @@ class Harmony(Dialect):
 
 def _pending_call(text: str, last: _Message) -> bool:
     """The text ends with a complete call to python (nothing after its <|call|>)."""
-    return (last.role == "assistant" and _is_python(last.recipient) and last.end == CALL
-            and text.endswith(last.body + CALL))
-
-
-def _is_python(recipient: str | None) -> bool:
-    return recipient is not None and recipient.split(".")[0] == "python"
+    return last.to_python and last.end == CALL and text.endswith(last.body + CALL)
 
 
 def _final_answer(body: str) -> str | None:
