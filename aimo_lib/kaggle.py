@@ -84,14 +84,18 @@ class NotebookConfig:
         return cls(**values)
 
     def solver_config(self):
-        from .solver import SolverConfig, preset_for_model
+        from .solver import config_for_run
 
-        preset = preset_for_model(self.model) if self.preset == "auto" else self.preset
-        overrides = {k: getattr(self, k) for k in ("num_samples", "max_rounds", "max_new_tokens",
-                                                    "prompt_template", "temperature")
-                     if getattr(self, k) is not None}
-        return SolverConfig.preset(preset, competition=self.competition, seed=self.seed,
-                                   **overrides)
+        return config_for_run(
+            self.preset, self.model, served=self.engine == "openai",
+            competition=self.competition, seed=self.seed, num_samples=self.num_samples,
+            max_rounds=self.max_rounds, max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature, prompt_template=self.prompt_template)
+
+    def engine_spec(self):
+        from .engines import EngineSpec
+
+        return EngineSpec(self.engine, self.model, (self.openai_url,) if self.openai_url else ())
 
 
 def _attached_model() -> str | None:
@@ -101,13 +105,6 @@ def _attached_model() -> str | None:
 
     found = sorted(glob.glob(os.path.join(KAGGLE_INPUT, "*", "*", "*", "*", "config.json")))
     return os.path.dirname(found[0]) if found else None
-
-
-def _build_engine(config: NotebookConfig):
-    from .engines import build_engine
-
-    urls = [config.openai_url] if config.openai_url else []
-    return build_engine(config.engine, config.model, openai_urls=urls)
 
 
 class SolveFn:
@@ -178,7 +175,7 @@ class SolveFn:
             start = time.monotonic()
             engine = self._engine
             if engine is None:
-                engine = _build_engine(self.config)
+                engine = self.config.engine_spec().build()
             elif not hasattr(engine, "generate") and callable(engine):
                 engine = engine()
             self._solver = Solver(engine, Sandbox(), self.config.solver_config())
@@ -188,10 +185,8 @@ class SolveFn:
     def close(self) -> None:
         """Shut the engine and the sandbox down."""
         if self._solver is not None:
-            for part in (self._solver.engine, self._solver.sandbox):
-                close = getattr(part, "close", None)
-                if callable(close):
-                    close()
+            self._solver.engine.close()
+            self._solver.sandbox.close()
             self._solver = None
 
 

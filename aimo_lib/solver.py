@@ -44,7 +44,7 @@ from typing import Any
 from .answers import AnswerRules, EarlyStop, decided, vote
 from .competitions import get_competition
 from .dialects import get_dialect
-from .engines import ContextLengthError, GenerationParams
+from .engines import ContextLengthError, GenerationParams, Request, as_engine
 from .sandbox import ExecutionResult, Sandbox
 
 __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
@@ -173,6 +173,16 @@ def preset_for_model(model: str | None) -> str:
     return "aimo3_gpt_oss" if family == "gpt_oss" else "default"
 
 
+def config_for_run(preset: str, model: str | None, *, served: bool = False,
+                   **settings) -> SolverConfig:
+    """A run's solver config (the notebook's and `aimo`'s): the preset, "auto" choosing one
+    for the model (a served model with no name given is not the embedded one: "default"),
+    then the settings the user gave; a setting of None was not given and keeps the preset's."""
+    if preset == "auto":
+        preset = "default" if served and model is None else preset_for_model(model)
+    return SolverConfig.preset(preset, **{k: v for k, v in settings.items() if v is not None})
+
+
 @dataclass
 class CodeCall:
     code: str
@@ -278,7 +288,7 @@ class Solver:
     """Runs SC-TIR on one problem at a time; safe to call from any thread (not only main)."""
 
     def __init__(self, engine, sandbox: Sandbox, config: SolverConfig | None = None):
-        self.engine, self.sandbox = engine, sandbox
+        self.engine, self.sandbox = as_engine(engine), sandbox
         self.config = config or SolverConfig()
         self.config.rules  # noqa: B018 - validate the competition name now
         # Code runs happen on this pool; blocking generate calls on daemon threads of their
@@ -287,16 +297,15 @@ class Solver:
                                         thread_name_prefix="solver")
         self.dialect = get_dialect(self.config.dialect)
         # Extra stop strings need an engine that says which stop string it hit.
-        names = getattr(engine, "names_stop_strings", True)
+        names = self.engine.names_stop_strings
         self._stops = self.dialect.stops(self.config.stop_at_boxed and names,
                                          self.config.stop_at_code_end and names)
-        self._max_len = getattr(engine, "max_model_len", None)
+        self._max_len = self.engine.max_model_len
 
     @property
     def pipeline(self) -> str:
         """The driver solve() will use with this engine: "async" or "rounds"."""
-        can = callable(getattr(self.engine, "submit", None)) and getattr(
-            self.engine, "supports_async", False)
+        can = self.engine.supports_async
         if self.config.pipeline == "async" and not can:
             raise ValueError(f"{type(self.engine).__name__} cannot run the async pipeline")
         return "async" if self.config.pipeline in ("auto", "async") and can else "rounds"
@@ -312,7 +321,7 @@ class Solver:
                    deadline)
         try:
             run.prompt = self.dialect.prompt(cfg.prompt_template, run.problem, self.engine)
-            if cfg.continue_from_ids and callable(getattr(self.engine, "tokenize", None)):
+            if cfg.continue_from_ids and self.engine.accepts_token_ids:
                 run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
                 for s in run.samples:
                     s.ids = list(run.prompt_ids)
@@ -383,14 +392,11 @@ class Solver:
 
     def _call_engine(self, run: _Run, prompts: list, params: list) -> list | None:
         """engine.generate, waited for until the deadline at most (None: cut by it)."""
-        knows_deadline = getattr(self.engine, "supports_deadline", False)
         if run.deadline is None:
             return self.engine.generate(prompts, params)
-        if knows_deadline:
-            call = lambda: self.engine.generate(prompts, params, deadline=run.deadline)
-        else:
-            call = lambda: self.engine.generate(prompts, params)
-        future = _in_daemon_thread(call)
+        knows_deadline = self.engine.supports_deadline
+        future = _in_daemon_thread(
+            lambda: self.engine.generate(prompts, params, deadline=run.deadline))
         # An engine that stops at the deadline itself returns what it has a moment later;
         # one that does not is abandoned at the deadline (its result is dropped).
         wait_s = run.deadline - time.monotonic() + (_GRACE_S if knows_deadline else 0.0)
@@ -429,18 +435,19 @@ class Solver:
     # ------------------------------------------------------------ the async driver
 
     def _solve_async(self, run: _Run) -> None:
-        pending: dict[Future, tuple[Sample, str]] = {}
+        # a generation's Request, or None for a code run on our pool
+        pending: dict[Future, tuple[Sample, str, Request | None]] = {}
 
         def generate(s: Sample, kind: str) -> None:
             params = self._params(run, s, kind)
             if params is None:
                 return
             try:
-                future = self.engine.submit(self._prompt(run, s), params)
+                request = self.engine.submit(self._prompt(run, s), params)
             except Exception as exc:  # noqa: BLE001 - the request failed before it started
-                future = Future()
-                future.set_exception(exc)
-            pending[future] = (s, kind)
+                request = Request(Future())
+                request.future.set_exception(exc)
+            pending[request.future] = (s, kind, request)
 
         for s in run.samples:
             self._guard(run, s, lambda s=s: generate(s, "step"))
@@ -451,7 +458,7 @@ class Solver:
                 run.timed_out = True
                 break
             for future in done:
-                s, kind = pending.pop(future)
+                s, kind, _ = pending.pop(future)
                 if future.cancelled() or s.status != "running":
                     continue
                 if kind == "code":
@@ -466,18 +473,17 @@ class Solver:
                     action = self._take(run, s, exc if exc is not None else future.result(),
                                         kind)
                 if action == "execute" and not self._out_of_time(run):
-                    pending[self._pool.submit(self._run_code, run, s)] = (s, "code")
+                    pending[self._pool.submit(self._run_code, run, s)] = (s, "code", None)
                 elif action in ("step", "answer", "resume", "continue"):
                     self._guard(run, s, lambda s=s, a=action: generate(
                         s, "step" if a == "continue" else a))
             running = sum(s.status == "running" for s in run.samples)
             if running and self._consensus(run, pending=running):
                 break
-        abort = getattr(self.engine, "abort", None)
-        for future, (_, kind) in pending.items():  # stragglers: stop generating
+        for future, (_, _, request) in pending.items():  # stragglers: stop generating
             try:
-                if abort is not None and kind != "code":
-                    abort(future)
+                if request is not None:
+                    self.engine.abort(request)
                 else:
                     future.cancel()  # a running code block ends by its own timeout
             except Exception:  # noqa: BLE001 - an abort that fails changes nothing here
@@ -710,10 +716,9 @@ class Solver:
         if s.ids is not None:
             used = len(s.ids)
         else:
-            count = getattr(self.engine, "count_tokens", None)
-            if count is None:
+            used = self.engine.count_tokens(run.prompt + s.text)
+            if used is None:
                 return None
-            used = count(run.prompt + s.text)
         return self._max_len - used
 
     def _result(self, run: _Run) -> SolveResult:

@@ -10,11 +10,15 @@ from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.engines import (
+    Completion,
+    Engine,
     EngineError,
     GenerationParams,
     OpenAIEngine,
+    ReplicaEngine,
     ScriptedEngine,
     VLLMEngine,
+    as_engine,
     chat_messages,
     render_chat,
 )
@@ -47,7 +51,52 @@ def test_scripted_engine_submit_and_abort():
     fast = e.submit("a", TIR)
     queued = [e.submit(str(i), TIR) for i in range(100)]  # more than the pool runs at once
     e.abort(queued[-1])
-    assert fast.result().text == "done" and queued[-1].cancelled()
+    assert fast.result().text == "done" and queued[-1].future.cancelled()
+    assert queued[-1].cancelled.is_set() and not fast.cancelled.is_set()
+
+
+def test_engine_capabilities_have_defaults_and_plain_objects_get_them():
+    """The solver asks engines what they can do through attributes every Engine has; an object
+    with only generate() is adapted with the defaults (what it declares is kept)."""
+    class Plain:  # no base class, no capabilities: a batch engine that knows nothing more
+        def generate(self, prompts, params):
+            return [Completion("x", "eos", 1) for _ in prompts]
+
+    class Knowing(Plain):
+        max_model_len, names_stop_strings = 100, False
+
+    e = as_engine(Plain())
+    assert isinstance(e, Engine) and as_engine(e) is e
+    assert (e.supports_async, e.supports_deadline, e.accepts_token_ids, e.supports_logprobs,
+            e.names_stop_strings, e.max_model_len, e.count_tokens("a b")) == (
+        False, False, False, False, True, None, None)
+    assert e.generate(["p"], TIR, deadline=1.0)[0].text == "x"  # a deadline it ignores
+    with pytest.raises(EngineError, match="no submit"):
+        e.submit("p", TIR)
+    k = as_engine(Knowing())
+    assert (k.max_model_len, k.names_stop_strings) == (100, False)
+    with pytest.raises(TypeError, match="not an engine"):
+        as_engine(object())
+    s = ScriptedEngine(lambda p, k: "y")
+    assert (s.supports_async, s.supports_deadline, s.accepts_token_ids) == (True, True, False)
+
+
+def test_replica_engine_spreads_requests_and_aborts_on_the_right_replica():
+    """Each request goes to the least loaded replica; the Request says which, and abort()
+    reaches that replica's request. Capabilities: the replicas' common ones."""
+    a = ScriptedEngine(lambda p, k: "A", delay_s=0.3, max_model_len=50)
+    b = ScriptedEngine(lambda p, k: "B", delay_s=0.3, max_model_len=40)
+    with ReplicaEngine([a, b]) as r:
+        assert r.max_model_len == 40 and r.supports_async
+        requests = [r.submit(str(i), TIR) for i in range(4)]
+        assert [q.replica for q in requests] == [0, 1, 0, 1]
+        r.abort(requests[3])
+        texts = [q.result().text for q in requests[:3]]
+        assert texts == ["A", "B", "A"] and requests[3].cancelled.is_set()
+        assert requests[3].future.cancelled() or requests[3].result().text == ""
+        assert [c.text for c in r.generate(["x", "y"], TIR)] == ["A", "B"]
+    with pytest.raises(ValueError, match="one by one"):
+        ReplicaEngine([as_engine(type("Batch", (), {"generate": lambda s, p, q: []})())])
 
 
 # ---------------------------------------------------------------- OpenAIEngine
@@ -340,7 +389,7 @@ def test_vllm_engine_configuration_on_2xT4(fake_vllm, monkeypatch):
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["dtype"] == "float16"
 
 
-def test_build_engine_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
+def test_engine_spec_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
     """The one factory: auto = vLLM wherever importable (the embedded model as a cached
     checkpoint), transformers when vLLM is missing or fails to start; vllm asked for by name
     fails loudly instead."""
@@ -362,19 +411,19 @@ def test_build_engine_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
     monkeypatch.setattr(engines, "VLLMEngine", fake_vllm_engine)
     monkeypatch.setattr(models, "as_checkpoint", lambda m: m or "/cache/SmolLM2")
     monkeypatch.setattr(engines, "vllm_available", lambda: True)
-    assert engines.build_engine("auto") == "a vllm engine"
+    assert engines.EngineSpec("auto").build() == "a vllm engine"
     assert built == [("vllm", "/cache/SmolLM2")]
-    assert isinstance(engines.build_engine("auto", "/broken"), FakeHF)
+    assert isinstance(engines.EngineSpec("auto", "/broken").build(), FakeHF)
     assert built[-2:] == [("vllm", "/broken"), ("hf", "/broken")]
     with pytest.raises(RuntimeError, match="initialization failed"):
-        engines.build_engine("vllm", "/broken")
+        engines.EngineSpec("vllm", "/broken").build()
     monkeypatch.setattr(engines, "vllm_available", lambda: False)
     built.clear()
-    assert isinstance(engines.build_engine("auto"), FakeHF) and built == [("hf", None)]
+    assert isinstance(engines.EngineSpec("auto").build(), FakeHF) and built == [("hf", None)]
     with pytest.raises(ValueError, match="unknown engine"):
-        engines.build_engine("tgi")
+        engines.EngineSpec("tgi")
     with pytest.raises(ValueError, match="base URL"):
-        engines.build_engine("openai")
+        engines.EngineSpec("openai")
 
 
 def test_vllm_engine_without_vllm_says_what_to_do(monkeypatch):

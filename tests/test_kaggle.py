@@ -293,10 +293,10 @@ def test_notebook_config_from_env_and_lazy_model(monkeypatch, tmp_path, sandbox)
     with pytest.raises(TypeError, match="unknown NotebookConfig"):
         kg.NotebookConfig.from_env(modle="x")
 
-    from aimo_lib.engines import ScriptedEngine
+    from aimo_lib.engines import EngineSpec, ScriptedEngine
 
     built = []
-    monkeypatch.setattr(kg, "_build_engine", lambda c: built.append(c) or ScriptedEngine(
+    monkeypatch.setattr(EngineSpec, "build", lambda spec: built.append(spec) or ScriptedEngine(
         lambda p, k: "\\boxed{12345}"))
     monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
     solve = kg.make_solve_fn(cfg)

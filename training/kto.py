@@ -106,9 +106,9 @@ def sample_completions(sampling: SamplingArguments, model_path: str, problems, o
         todo = [p for p in todo if p.id not in invalid]
     if todo:  # no engine is built when there is nothing to sample
         served = sampling.engine == "openai"
-        engine = engines.build_engine(
+        engine = engines.EngineSpec(
             sampling.engine, sampling.served_model if served else model_path,
-            openai_urls=[sampling.openai_url] if served else [])
+            (sampling.openai_url,) if served and sampling.openai_url else ()).build()
         solver_cfg = dict(sampling.solver)
         preset = solver_cfg.pop("preset", "default")
         solver_cfg.setdefault("num_samples", sampling.samples_per_prompt)

@@ -15,7 +15,7 @@
    problems, labelled by correctness (kto.sample_completions, kto.train);
 5. 8-bit GPTQ of the KTO model (toy-gptq.yaml, quantize.py);
 6. after each stage, the model served as the notebook serves it (aimo_lib's NotebookConfig and
-   build_engine: vLLM where importable, CPU too, else transformers; a trained checkpoint in its
+   EngineSpec: vLLM where importable, CPU too, else transformers; a trained checkpoint in its
    own chat template, the base model with its best prompt, the one-shot CPU default) and
    evaluated with `aimo eval`'s harness on both held-out sets over `--seeds` seeds.
 
@@ -40,7 +40,7 @@ import sympy as sp
 from common import write_json
 
 from aimo_lib import SolverConfig
-from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine, build_engine
+from aimo_lib.engines import ENGINE_KINDS, EngineSpec, ScriptedEngine
 from aimo_lib.evaluation import EvalProblem, run_eval
 from aimo_lib.kaggle import NotebookConfig
 from aimo_lib.sandbox import Sandbox
@@ -186,7 +186,7 @@ def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
     cfg = replace(config.solver_config(), early_stop=None)
     seeds = list(range(args.seeds))
     scores = {}
-    with build_engine(config.engine, config.model) as engine, Sandbox() as sandbox:
+    with EngineSpec(config.engine, config.model).build() as engine, Sandbox() as sandbox:
         for name, problems in sets.items():
             summary = run_eval(
                 problems, lambda seed: _solver(engine, sandbox, cfg, seed), seeds,
