@@ -50,6 +50,12 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--competition", default="aimo1", choices=sorted(COMPETITIONS),
                    help="answer rules (mod 1000 for aimo1/2; 0..99999 for aimo3)")
     g.add_argument("--time-limit", type=float, default=None, help="seconds per problem")
+    g.add_argument("--logprobs", type=int, default=None, metavar="K",
+                   help="ask for each token's top-K logprobs and record every sample's mean "
+                   "and tail entropy (bench/solver.py --sections weights replays them)")
+    g.add_argument("--vote-weights", default=None, choices=("count", "mean_entropy",
+                                                            "tail_entropy"),
+                   help="final vote weights (entropy ones need --logprobs; default: preset's)")
 
 
 def engine_spec(args):
@@ -69,7 +75,8 @@ def solver_config(args, seed: int = 0):
         args.preset, args.model, served=args.engine == "openai", competition=args.competition,
         seed=seed, num_samples=args.num_samples, max_rounds=args.max_rounds,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        prompt_template=args.prompt_template)
+        prompt_template=args.prompt_template, logprobs_top_k=args.logprobs,
+        vote_weights=args.vote_weights)
 
 
 def cmd_eval(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ independently), `supports_deadline` (generate stops at `deadline` itself), `acce
 (`tokenize(text, special)` plus token-id prompts: a sample continues without re-tokenising its
 text), `names_stop_strings` (a completion says which stop string ended it), `max_model_len`
 and `count_tokens(text)` (the context length, so each step's max_tokens is capped to what is
-left), `supports_logprobs` (Completion.logprobs when GenerationParams.logprobs asks), and
+left), `supports_logprobs` (Completion.entropies when GenerationParams.logprobs asks), and
 `has_chat_template`/`apply_chat_template`. `as_engine(obj)` gives any object with a
 `generate(prompts, params)` method those defaults. A prompt over the context length raises
 ContextLengthError. Every engine has `close()` and is a context manager.
@@ -37,6 +37,7 @@ import asyncio
 import atexit
 import importlib.util
 import json
+import math
 import os
 import random
 import re
@@ -88,6 +89,9 @@ class GenerationParams:
     seed: int | None = None
     # False keeps special tokens in the text: formats that are made of them (harmony) need it
     skip_special_tokens: bool = True
+    # > 0: each generated token's top-k log-probabilities, kept as its entropy
+    # (Completion.entropies) where the engine supports_logprobs
+    logprobs: int = 0
 
 
 @dataclass
@@ -98,6 +102,9 @@ class Completion:
     finish_reason: str  # "stop" (a stop string), "length" (max_tokens) or "eos"
     num_tokens: int
     token_ids: list[int] | None = field(default=None, repr=False)
+    # per generated token: the entropy (nats) of its top-k distribution; None if not asked
+    # for or not given by the engine
+    entropies: list[float] | None = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -120,7 +127,7 @@ class Engine:
 
     supports_async: bool = False  # submit()/abort() run requests independently
     supports_deadline: bool = False  # generate(..., deadline=) stops at the deadline itself
-    supports_logprobs: bool = False  # fills Completion.logprobs when the params ask
+    supports_logprobs: bool = False  # fills Completion.entropies when the params ask
     accepts_token_ids: bool = False  # tokenize(), and prompts given as token-id lists
     names_stop_strings: bool = True  # a completion tells which stop string ended it
     max_model_len: int | None = None  # the context length, where known
@@ -189,6 +196,19 @@ def as_engine(obj) -> Engine:
     return _Adapted(obj)
 
 
+def topk_entropy(logprobs) -> float:
+    """The entropy (nats) of one position's top-k log-probabilities, renormalised over the k
+    (the mass outside them is unknown): 0 when one token has it all, log k when all are
+    equal. The confidence signal of the vote weights."""
+    lps = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
+    if not lps:
+        return 0.0
+    top = max(lps)
+    ps = [math.exp(lp - top) for lp in lps]
+    z = sum(ps)
+    return max(0.0, -sum(p / z * math.log(p / z) for p in ps if p > 0))
+
+
 def _per_prompt(prompts: Sequence, params) -> list[GenerationParams]:
     if isinstance(params, GenerationParams):
         return [params] * len(prompts)
@@ -240,8 +260,11 @@ class ScriptedEngine(_PoolEngine):
 
     def __init__(self, fn: Callable[[str, int], str],
                  delay_s: float | Callable[[int], float] = 0.0, max_concurrency: int = 64,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None,
+                 entropy: Callable[[str], float] | None = None):
         self.fn, self.delay_s = fn, delay_s
+        self.entropy = entropy  # a completion's text -> the entropy of each of its tokens
+        self.supports_logprobs = entropy is not None
         self.max_model_len = max_model_len  # in words, like its tokens
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="scripted")
         self._seen: dict[str, int] = {}
@@ -275,7 +298,8 @@ class ScriptedEngine(_PoolEngine):
         if deadline is not None and time.monotonic() >= deadline and delay < (
                 self.delay_s(n) if callable(self.delay_s) else self.delay_s):
             return Completion("", "length", 0)  # cut by the deadline
-        return Completion(text, finish, n)
+        entropies = [self.entropy(text)] * n if self.entropy and p.logprobs > 0 else None
+        return Completion(text, finish, n, entropies=entropies)
 
     @staticmethod
     def count_tokens(text: str) -> int:
@@ -349,6 +373,7 @@ class HFEngine(_PoolEngine):
     supports_async = False  # one batched forward pass beats many single requests
     supports_deadline = True
     accepts_token_ids = True
+    supports_logprobs = True
 
     @property
     def has_chat_template(self) -> bool:
@@ -416,13 +441,17 @@ class HFEngine(_PoolEngine):
             if p.seed is not None:
                 torch.manual_seed(p.seed)
             room = self.max_model_len - width if self.max_model_len else p.max_tokens
-            ids = self.model.generate(
+            out = self.model.generate(
                 **enc, max_new_tokens=min(p.max_tokens, room), stop_strings=list(p.stop) or None,
                 tokenizer=tok, pad_token_id=tok.pad_token_id, stopping_criteria=criteria,
-                **sampling)
-        new = ids[:, enc["input_ids"].shape[1] :].tolist()
+                return_dict_in_generate=True, output_logits=p.logprobs > 0, **sampling)
+        new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
+        entropies = [None] * len(new)
+        if p.logprobs > 0:  # the raw logits' top-k, as vLLM's logprobs are by default
+            top = torch.stack(out.logits, 1).float().log_softmax(-1).topk(p.logprobs, -1)
+            entropies = [[topk_entropy(pos) for pos in row] for row in top.values.tolist()]
         results = []
-        for row in new:
+        for row, row_entropies in zip(new, entropies, strict=True):
             # Rows that finished early are padded with pad (= often eos) tokens.
             cut = next((i for i, t in enumerate(row) if t in self._end_ids), len(row))
             text, stopped = cut_at_stop(
@@ -430,7 +459,8 @@ class HFEngine(_PoolEngine):
             reason = "stop" if stopped else ("eos" if cut < len(row) else "length")
             # Token ids of exactly the returned text, for continuing without re-tokenising.
             kept = self.tokenize(text) if stopped else row[:cut]
-            results.append(Completion(text, reason, len(kept), kept))
+            results.append(Completion(text, reason, len(kept), kept, entropies=(
+                None if row_entropies is None else row_entropies[:cut])))
         return results
 
 
@@ -485,6 +515,7 @@ class OpenAIEngine(_PoolEngine):
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.names_stop_strings = names_stop_strings
+        self.supports_logprobs = True  # asked for; a server that ignores it gives none
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
         self.model, self.max_model_len = self._served_model(model)
@@ -575,6 +606,9 @@ class OpenAIEngine(_PoolEngine):
             body["seed"] = p.seed
         if not p.skip_special_tokens:
             body["skip_special_tokens"] = False  # vLLM's extension, as above
+        if p.logprobs > 0:
+            body.update({"logprobs": True, "top_logprobs": p.logprobs} if self.api == "chat"
+                        else {"logprobs": p.logprobs})
         if self.api == "chat":
             body["messages"] = chat_messages(prompt)
             if body["messages"][-1]["role"] == "assistant" and self.continue_partial:
@@ -606,7 +640,9 @@ class OpenAIEngine(_PoolEngine):
             else:
                 reason = "eos"
         usage = reply.get("usage") or {}
-        return Completion(text, reason, usage.get("completion_tokens") or len(text.split()))
+        return Completion(text, reason, usage.get("completion_tokens") or len(text.split()),
+                          entropies=_openai_entropies(choice.get("logprobs")) if p.logprobs > 0
+                          else None)
 
     def generate(self, prompts, params, deadline=None) -> list[Completion]:
         params = _per_prompt(prompts, params)
@@ -614,6 +650,20 @@ class OpenAIEngine(_PoolEngine):
 
     def submit(self, prompt: str, params: GenerationParams) -> Request:
         return Request(self._pool.submit(self._complete, prompt, params))
+
+
+def _openai_entropies(logprobs) -> list[float] | None:
+    """Per-token entropies from a choice's `logprobs`: completions give `top_logprobs` (one
+    {token: logprob} per token), chat gives `content` (one {"top_logprobs": [{"logprob"}]}
+    each). None where the server gave none (it ignores the parameter)."""
+    if not isinstance(logprobs, dict):
+        return None
+    if isinstance(logprobs.get("top_logprobs"), list):
+        return [topk_entropy((top or {}).values()) for top in logprobs["top_logprobs"]]
+    if isinstance(logprobs.get("content"), list):
+        return [topk_entropy(t.get("logprob") for t in (c.get("top_logprobs") or []))
+                for c in logprobs["content"]]
+    return None
 
 
 _TURN, _END = "<|im_start|>", "<|im_end|>\n"
@@ -784,7 +834,7 @@ class VLLMEngine(Engine):
         if attention_backend is not None:
             kwargs["attention_backend"] = attention_backend
         self.name, self.async_mode = model, async_mode
-        self.accepts_token_ids = True
+        self.accepts_token_ids = self.supports_logprobs = True
         self.supports_async = async_mode
         self.supports_deadline = not async_mode  # async requests are aborted one by one
         self._tokenizer = None
@@ -840,7 +890,8 @@ class VLLMEngine(Engine):
         return self._vllm.SamplingParams(
             n=1, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
             stop=list(p.stop), include_stop_str_in_output=p.include_stop_str_in_output,
-            seed=p.seed, skip_special_tokens=p.skip_special_tokens)
+            seed=p.seed, skip_special_tokens=p.skip_special_tokens,
+            logprobs=p.logprobs or None)
 
     def _completion(self, request_output) -> Completion:
         out = request_output.outputs[0]
@@ -853,7 +904,10 @@ class VLLMEngine(Engine):
         # keep ids that decode to exactly the text, so a continued sample shows the model
         # what the solver parsed.
         kept = align_token_ids(out.text, ids, self._tok().decode, self.tokenize)
-        return Completion(out.text, reason, len(ids), kept)
+        entropies = None if out.logprobs is None else [
+            topk_entropy(lp.logprob for lp in (position or {}).values())
+            for position in out.logprobs]
+        return Completion(out.text, reason, len(ids), kept, entropies=entropies)
 
     def _tok(self):
         if self._tokenizer is None:

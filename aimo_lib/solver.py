@@ -30,6 +30,7 @@ where the engine can abort and abandoned where it cannot.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -52,6 +53,7 @@ __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solve
 
 # How late solve() may return after its time limit: the wind-down (aborting requests, the
 # grace given to an engine that stops at the deadline by itself, reaping a cut code block).
+VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")
 ALLOWANCE_S = 2.0
 _GRACE_S = 0.5  # wait this long past the deadline for an engine that says it honours it
 _MAX_RESUMES = 8  # continuations of one step (a stop string that meant nothing)
@@ -90,6 +92,15 @@ class SolverConfig:
     pipeline: str = "auto"  # "async" where the engine can submit, else "rounds"
     early_stop: EarlyStop | None = EarlyStop()  # consensus: cancel stragglers once decided
     code_ok_weight: float = 1.0  # vote weight of samples whose code all ran cleanly
+    # Confidence: > 0 asks the engine for every token's top-k logprobs and keeps each
+    # sample's token entropies (Sample.mean_entropy, .tail_entropy; needs supports_logprobs)
+    logprobs_top_k: int = 0
+    # the final vote's weights: "count" (one per sample), "mean_entropy" or "tail_entropy"
+    # (exp(-entropy_sharpness * H), H the mean token entropy of the whole sample, or of its
+    # last entropy_tail_tokens: the reasoning that led to its answer); early stop still counts
+    vote_weights: str = "count"
+    entropy_tail_tokens: int = 2048
+    entropy_sharpness: float = 1.0
     competition: str = "aimo1"  # answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)
     fallback: int | None = 0  # answer when no sample gives a valid one (flagged)
     seed: int = 42
@@ -116,6 +127,14 @@ class SolverConfig:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (or None: no limit)")
         get_dialect(self.dialect)
+        if self.vote_weights not in VOTE_WEIGHTS:
+            raise ValueError(f"vote_weights must be one of {VOTE_WEIGHTS}, not "
+                             f"{self.vote_weights!r}")
+        if self.vote_weights != "count" and self.logprobs_top_k < 1:
+            raise ValueError(f"vote_weights={self.vote_weights!r} needs the token entropies: "
+                             "set logprobs_top_k (e.g. 20)")
+        if self.entropy_tail_tokens < 1 or self.logprobs_top_k < 0:
+            raise ValueError("entropy_tail_tokens must be >= 1 and logprobs_top_k >= 0")
 
     @property
     def rules(self) -> AnswerRules:
@@ -207,7 +226,12 @@ class Sample:
     restarts: int = 0
     elapsed_s: float = 0.0
     error: str | None = None  # why the sample failed (an exception's type and message)
+    # mean token entropy (nats) of all it generated, and of its last entropy_tail_tokens
+    # tokens; None without logprobs
+    mean_entropy: float | None = None
+    tail_entropy: float | None = None
     # Live state, not part of the record:
+    entropies: list[float] = field(default_factory=list, repr=False)
     session: Any = field(default=None, repr=False)
     ids: list[int] | None = field(default=None, repr=False)
     answer_tries: int = field(default=0, repr=False)
@@ -220,7 +244,7 @@ class Sample:
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("session", "ids", "answer_tries", "resumes", "retried",
-                                 "capped")}
+                                 "capped", "entropies")}
         out["code_calls"] = [asdict(c) for c in self.code_calls]
         return out
 
@@ -301,6 +325,10 @@ class Solver:
         self._stops = self.dialect.stops(self.config.stop_at_boxed and names,
                                          self.config.stop_at_code_end and names)
         self._max_len = self.engine.max_model_len
+        if self.config.vote_weights != "count" and not self.engine.supports_logprobs:
+            print(f"[aimo] vote_weights={self.config.vote_weights!r}: "
+                  f"{type(self.engine).__name__} gives no logprobs, so every sample counts "
+                  "alike", file=sys.stderr, flush=True)
 
     @property
     def pipeline(self) -> str:
@@ -526,6 +554,8 @@ class Solver:
         s.text += text
         s.tokens += int(c.num_tokens or 0)
         s.finish_reason = c.finish_reason
+        if c.entropies:
+            s.entropies += c.entropies
         if s.ids is not None:
             s.ids += list(c.token_ids) if c.token_ids is not None else self.engine.tokenize(text)
         if kind == "step":
@@ -546,6 +576,7 @@ class Solver:
         if action == "restart":
             self._close_session(s)
             s.text, s.code_calls, s.restarts = "", [], s.restarts + 1
+            s.entropies = []  # the confidence of the attempt that answers, not of one dropped
             if s.ids is not None:
                 s.ids = list(run.prompt_ids)
             if s.steps < cfg.max_rounds:
@@ -652,9 +683,14 @@ class Solver:
         return run.timed_out
 
     def _weights(self, samples: list[Sample]) -> list[float]:
-        w = self.config.code_ok_weight
-        return [w if s.code_calls and all(c.status == "ok" for c in s.code_calls) else 1.0
-                for s in samples]
+        cfg = self.config
+        w = cfg.code_ok_weight
+        weights = [w if s.code_calls and all(c.status == "ok" for c in s.code_calls) else 1.0
+                   for s in samples]
+        if cfg.vote_weights == "count":
+            return weights
+        return [x * entropy_weight(s, cfg.vote_weights, cfg.entropy_sharpness)
+                for x, s in zip(weights, samples, strict=True)]
 
     def _consensus(self, run: _Run, pending: int) -> bool:
         """Early stop decides on counts of answers (the table's "k of n" are samples);
@@ -699,15 +735,12 @@ class Solver:
                 return None
             if left <= max_tokens:
                 max_tokens, s.capped = left, status
-        special = self.dialect.skip_special_tokens
+        common = dict(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                      seed=seed, skip_special_tokens=self.dialect.skip_special_tokens,
+                      logprobs=cfg.logprobs_top_k if self.engine.supports_logprobs else 0)
         if kind == "answer":  # the rest of an answer the model opened: up to its "}"
-            return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, stop=("}",), seed=seed,
-                                    skip_special_tokens=special)
-        return GenerationParams(max_tokens=max_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, stop=self._stops,
-                                include_stop_str_in_output=True, seed=seed,
-                                skip_special_tokens=special)
+            return GenerationParams(stop=("}",), **common)
+        return GenerationParams(stop=self._stops, include_stop_str_in_output=True, **common)
 
     def _room(self, run: _Run, s: Sample) -> int | None:
         """Tokens the model may still generate for this sample (None: unknown)."""
@@ -724,6 +757,11 @@ class Solver:
     def _result(self, run: _Run) -> SolveResult:
         cfg = self.config
         # Plain majority, ties to the first seen: the seed's Counter.most_common() too.
+        for s in run.samples:
+            if s.entropies:
+                s.mean_entropy = sum(s.entropies) / len(s.entropies)
+                tail = s.entropies[-cfg.entropy_tail_tokens:]
+                s.tail_entropy = sum(tail) / len(tail)
         answers = [s.answer for s in run.samples]
         v = vote(answers, self._weights(run.samples), rules=cfg.rules)
         return SolveResult(
@@ -732,6 +770,14 @@ class Solver:
             tokens_generated=sum(s.tokens for s in run.samples),
             elapsed_s=time.monotonic() - run.start, preset=cfg.name, timed_out=run.timed_out,
             error=run.error, prompt=run.prompt)
+
+
+def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
+    """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
+    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"); 1 where the engine
+    gave no logprobs (every sample then counts alike)."""
+    h = s.mean_entropy if kind == "mean_entropy" else s.tail_entropy
+    return 1.0 if h is None else math.exp(-sharpness * h)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -1,4 +1,5 @@
 import json
+import math
 import sys
 import threading
 import time
@@ -174,6 +175,14 @@ class _Server:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
+        if body.get("logprobs") and self.style == "vllm":  # two equal choices per token
+            pair = {"a": math.log(0.5), "b": math.log(0.5)}
+            words = text.split()
+            choice["logprobs"] = {"content": [{"token": w, "logprob": math.log(0.5),
+                                               "top_logprobs": [{"token": t, "logprob": v}
+                                                                for t, v in pair.items()]}
+                                              for w in words]} if "messages" in body else {
+                "tokens": words, "top_logprobs": [pair for _ in words]}
         return {"choices": [choice], "usage": {"completion_tokens": len(text.split())}}
 
     def close(self):
@@ -450,6 +459,12 @@ def test_hf_engine_generates_with_stop_strings(smollm):
             assert o.text.endswith("```output\n")
     short = smollm.generate(["Count: 1, 2, 3,"], GenerationParams(max_tokens=3, seed=0))[0]
     assert short.finish_reason == "length" and short.num_tokens == 3
+    # top-5 logprobs: one entropy per generated token, within [0, log 5]
+    lp = smollm.generate(["Count: 1, 2, 3,"], GenerationParams(max_tokens=6, seed=0,
+                                                                logprobs=5))[0]
+    assert lp.entropies is not None and len(lp.entropies) == lp.num_tokens == 6
+    assert all(0.0 <= h <= math.log(5) + 1e-6 for h in lp.entropies)
+    assert short.entropies is None
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ What a CPU cannot show (tensor parallel over 2xT4, fp16 on T4) stays in test_eng
 stand-in module; scripts/gpu_smoke.py checks it on a GPU.
 """
 
+import math
 import os
 import signal
 import subprocess
@@ -124,6 +125,12 @@ def _stops_and_finish_reasons(generate) -> None:
     seeded = [GenerationParams(max_tokens=24, temperature=1.0, seed=s) for s in (1, 1, 2)]
     a, b, c = generate([COUNT] * 3, seeded)
     assert a.text == b.text and a.text != c.text
+    # top-5 logprobs come back as one entropy per generated token, within [0, log 6] (the
+    # sampled token may be a sixth); greedy counting is confident, sampling at T=1 less so
+    (lp,) = generate([COUNT], GenerationParams(max_tokens=8, temperature=0.0, logprobs=5))
+    assert lp.entropies is not None and len(lp.entropies) == 8, lp
+    assert all(0.0 <= h <= math.log(6) + 1e-6 for h in lp.entropies)
+    assert generate([COUNT], GenerationParams(max_tokens=4))[0].entropies is None
     return keep
 
 
