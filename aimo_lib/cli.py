@@ -50,9 +50,16 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--competition", default="aimo1", choices=sorted(COMPETITIONS),
                    help="answer rules (mod 1000 for aimo1/2; 0..99999 for aimo3)")
     g.add_argument("--time-limit", type=float, default=None, help="seconds per problem")
+    g.add_argument("--no-early-stop", action="store_true",
+                   help="let every sample finish (a replay of the votes needs them all)")
     g.add_argument("--logprobs", type=int, default=None, metavar="K",
                    help="ask for each token's top-K logprobs and record every sample's mean "
                    "and tail entropy (bench/solver.py --sections weights replays them)")
+    g.add_argument("--entropy-tail", type=int, default=None, metavar="T",
+                   help="tokens of a sample's tail entropy (default: preset's, 2048)")
+    g.add_argument("--retry-samples", type=int, default=None, metavar="N",
+                   help="adaptive retry: N more samples, shown the candidate answers, when the "
+                   "first wave has no consensus (default: preset's; 0: off)")
     g.add_argument("--vote-weights", default=None, choices=("count", "mean_entropy",
                                                             "tail_entropy"),
                    help="final vote weights (entropy ones need --logprobs; default: preset's)")
@@ -71,12 +78,14 @@ def engine_spec(args):
 def solver_config(args, seed: int = 0):
     from .solver import config_for_run
 
-    return config_for_run(
+    config = config_for_run(
         args.preset, args.model, served=args.engine == "openai", competition=args.competition,
         seed=seed, num_samples=args.num_samples, max_rounds=args.max_rounds,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         prompt_template=args.prompt_template, logprobs_top_k=args.logprobs,
-        vote_weights=args.vote_weights)
+        vote_weights=args.vote_weights, entropy_tail_tokens=args.entropy_tail,
+        retry_samples=args.retry_samples)
+    return replace(config, early_stop=None) if args.no_early_stop else config
 
 
 def cmd_eval(argv: list[str]) -> None:

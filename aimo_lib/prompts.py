@@ -11,6 +11,19 @@ TIR_INSTRUCTION = (
     "and put your final answer within \\boxed{}."
 )
 
+
+
+def verification_problem(problem: str, candidates: list[int]) -> str:
+    """The problem as a second wave sees it: with the answers the first wave disagreed on,
+    to check (the adaptive retry of the AIMO 3 solutions)."""
+    if not candidates:
+        return problem
+    listed = ", ".join(str(c) for c in candidates)
+    return (f"{problem}\n\nEarlier attempts at this problem disagreed; their answers were "
+            f"{listed}. Solve it again carefully, check which of them, if any, is right, and "
+            "put your final answer within \\boxed{}.")
+
+
 # A one-shot demonstration of the ToRA format: small models (SmolLM2-135M) follow an example
 # far better than an instruction.
 _SHOT_PROBLEM = "What is the sum of the first 10 positive integers?"

@@ -46,6 +46,7 @@ from .answers import AnswerRules, EarlyStop, decided, vote
 from .competitions import get_competition
 from .dialects import get_dialect
 from .engines import ContextLengthError, GenerationParams, Request, as_engine
+from .prompts import verification_problem
 from .sandbox import ExecutionResult, Sandbox
 
 __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
@@ -101,6 +102,13 @@ class SolverConfig:
     vote_weights: str = "count"
     entropy_tail_tokens: int = 2048
     entropy_sharpness: float = 1.0
+    # Adaptive retry: when the first wave ends without consensus (its leading answer has less
+    # than retry_below of the samples) and time is left (at least half of what the first wave
+    # took), retry_samples more are prompted with the retry_candidates most voted answers to
+    # check; both waves are voted together. 0: off
+    retry_samples: int = 0
+    retry_below: float = 0.5
+    retry_candidates: int = 4
     competition: str = "aimo1"  # answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)
     fallback: int | None = 0  # answer when no sample gives a valid one (flagged)
     seed: int = 42
@@ -133,6 +141,10 @@ class SolverConfig:
         if self.vote_weights != "count" and self.logprobs_top_k < 1:
             raise ValueError(f"vote_weights={self.vote_weights!r} needs the token entropies: "
                              "set logprobs_top_k (e.g. 20)")
+        if self.retry_samples < 0 or not 0.0 <= self.retry_below <= 1.0 or (
+                self.retry_candidates < 0):
+            raise ValueError("retry_samples and retry_candidates must be >= 0 and retry_below "
+                             "within [0, 1]")
         if self.entropy_tail_tokens < 1 or self.logprobs_top_k < 0:
             raise ValueError("entropy_tail_tokens must be >= 1 and logprobs_top_k >= 0")
 
@@ -226,6 +238,7 @@ class Sample:
     restarts: int = 0
     elapsed_s: float = 0.0
     error: str | None = None  # why the sample failed (an exception's type and message)
+    wave: int = 0  # 1: a second-wave sample (adaptive retry), prompted with the candidates
     # mean token entropy (nats) of all it generated, and of its last entropy_tail_tokens
     # tokens; None without logprobs
     mean_entropy: float | None = None
@@ -270,6 +283,11 @@ class SolveResult:
         return bool(self.samples) and all(s.status == "error" for s in self.samples)
 
     @property
+    def retried(self) -> bool:
+        """A second wave ran (adaptive retry: the first had no consensus)."""
+        return any(s.wave for s in self.samples)
+
+    @property
     def nothing_back(self) -> bool:
         """The deadline passed with no request completed: a hung engine, or steps longer
         than the time limit (guard.probe tells which)."""
@@ -306,6 +324,8 @@ class _Run:
     timed_out: bool = False
     finished: bool = False  # solve() returned: code threads still running open nothing new
     error: str | None = None
+    prior: list[Sample] = field(default_factory=list)  # earlier waves' samples (early stop)
+    waves: list[_Run] = field(default_factory=list)  # later waves, run after this one
 
 
 class Solver:
@@ -348,25 +368,62 @@ class Solver:
         run = _Run(str(problem), "", [Sample(i) for i in range(cfg.num_samples)], start,
                    deadline)
         try:
-            run.prompt = self.dialect.prompt(cfg.prompt_template, run.problem, self.engine)
-            if cfg.continue_from_ids and self.engine.accepts_token_ids:
-                run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
-                for s in run.samples:
-                    s.ids = list(run.prompt_ids)
-            if self.pipeline == "async":
-                self._solve_async(run)
-            else:
-                self._solve_rounds(run)
+            self._drive(run, run.problem)
+            if self._wants_retry(run):
+                self._second_wave(run)
         except Exception:  # a bug or a broken engine: keep what the samples have
             run.error = traceback.format_exc()
             print(f"[aimo] solve() broke down; answering from what it has:\n{run.error}",
                   file=sys.stderr, flush=True)
         finally:
-            run.finished = True
+            for r in (run, *run.waves):
+                r.finished = True
             self._finish_stragglers(run)
             for s in run.samples:
                 self._close_session(s)
         return self._result(run)
+
+    def _drive(self, run: _Run, problem: str) -> None:
+        """Render the prompt and generate the run's samples to the end."""
+        run.prompt = self.dialect.prompt(self.config.prompt_template, problem, self.engine)
+        if self.config.continue_from_ids and self.engine.accepts_token_ids:
+            run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
+            for s in run.samples:
+                s.ids = list(run.prompt_ids)
+        if self.pipeline == "async":
+            self._solve_async(run)
+        else:
+            self._solve_rounds(run)
+
+    # ------------------------------------------------------------ adaptive retry
+
+    def _wants_retry(self, run: _Run) -> bool:
+        cfg = self.config
+        if cfg.retry_samples < 1 or run.stopped_early or self._out_of_time(run):
+            return False
+        if run.deadline is not None:  # time for a wave: at least half what the first took
+            now = time.monotonic()
+            if run.deadline - now < 0.5 * (now - run.start):
+                return False
+        counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
+        return max(counts.values(), default=0) < cfg.retry_below * len(run.samples)
+
+    def _second_wave(self, run: _Run) -> None:
+        """retry_samples more samples, prompted with the candidates; voted with the first."""
+        cfg = self.config
+        counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
+        candidates = sorted(counts, key=lambda a: -counts[a])[:cfg.retry_candidates]
+        first = len(run.samples)
+        wave = _Run(run.problem, "", [Sample(first + i, wave=1)
+                                      for i in range(cfg.retry_samples)],
+                    run.start, run.deadline, prior=list(run.samples))
+        run.waves.append(wave)
+        run.samples += wave.samples  # closed, finished and voted with the first wave's
+        try:
+            self._drive(wave, verification_problem(run.problem, candidates))
+        finally:
+            run.stopped_early |= wave.stopped_early
+            run.timed_out |= wave.timed_out
 
     # ------------------------------------------------------------ the round driver
 
@@ -698,7 +755,7 @@ class Solver:
         cfg = self.config
         if cfg.early_stop is None:
             return False
-        counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
+        counts = vote([s.answer for s in run.prior + run.samples], rules=cfg.rules).votes
         if decided(counts, pending, cfg.early_stop):
             run.stopped_early = True
         return run.stopped_early

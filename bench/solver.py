@@ -9,6 +9,8 @@ Sections:
   budget      TimeBudget on simulated 50-problem runs with heavy-tailed solve times
   pipeline    async pipeline against rounds, latency-simulating engine + real code execution
   smollm      SmolLM2 on CPU: the default preset against numina_aimo1, sample problems
+  weights     entropy vote weights and adaptive retry, replayed from a recorded `aimo eval`
+              run (--eval-run; the section prints the command that records one)
 
 overhead: a zero-latency ScriptedEngine plays 48 samples that each write a sympy block in
 every round (3 executions per trace, the most M=4 allows) and then box an answer, so what is
@@ -33,6 +35,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -265,8 +268,103 @@ def bench_smollm(args) -> None:
     print(f"truth: {[int(r['answer']) for r in rows]}")
 
 
+# ---------------------------------------------------------------- weights and retry
+
+
+def bench_weights(args) -> None:
+    """Replays the votes of a recorded `aimo eval` run (every sample kept: --no-early-stop;
+    token entropies: --logprobs; second waves: --retry-samples) under each weighting, and the
+    adaptive retry against the first wave alone, scored against the known answers."""
+    from aimo_lib.competitions import get_competition
+    from aimo_lib.evaluation import load_records
+    from aimo_lib.solver import entropy_weight
+
+    run = args.eval_run
+    if not os.path.exists(os.path.join(run, "samples.jsonl")):
+        print(f"\n## weights: no recorded run in {run}; make one with\n  aimo eval --dataset "
+              "math4 --data-dir ../shared/data --limit 80 --num-samples 8 --retry-samples 8 "
+              f"--logprobs 20 --entropy-tail 64 --no-early-stop --out {run}")
+        return
+    with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    solver = config.get("solver") or config
+    rules = get_competition(solver.get("competition", "aimo1")).rules
+    code_ok = float(solver.get("code_ok_weight", 1.0))
+    records = [r for r in load_records(run) if not r.get("failed")]
+    problems = []
+    for r in records:
+        samples = [_RecordedSample(**{k: d.get(k) for k in _RecordedSample.FIELDS})
+                   for d in r["result"]["samples"]]
+        problems.append((rules.apply(r["truth"]), samples))
+    n1 = sum(1 for s in problems[0][1] if not s.wave) if problems else 0
+    print(f"\n## weights: {len(problems)} problems of {run} (N={n1} first-wave samples, "
+          f"code_ok_weight {code_ok:g}), votes replayed")
+
+    def code_weight(s) -> float:
+        calls = s.code_calls or []
+        return code_ok if calls and all(c["status"] == "ok" for c in calls) else 1.0
+
+    def decide(samples, kind: str, sharpness: float = 1.0):
+        weights = [code_weight(s) * (1.0 if kind == "count" else
+                                     entropy_weight(s, kind, sharpness)) for s in samples]
+        return vote([s.answer for s in samples], weights, rules=rules).answer
+
+    first = [(truth, [s for s in samples if not s.wave]) for truth, samples in problems]
+    base = [decide(samples, "count") for _, samples in first]
+    rules_tried = [("count (the preset's vote)", "count", 1.0),
+                   ("mean_entropy, sharpness 1", "mean_entropy", 1.0),
+                   ("mean_entropy, sharpness 4", "mean_entropy", 4.0),
+                   ("tail_entropy, sharpness 1", "tail_entropy", 1.0),
+                   ("tail_entropy, sharpness 4", "tail_entropy", 4.0)]
+    k = max(len(first), 1)
+    print(f"{'first wave, weights':<30}{'accuracy':>10}{'agree':>8}{'fixed':>7}{'broken':>8}")
+    for name, kind, sharp in rules_tried:
+        picks = [decide(samples, kind, sharp) for _, samples in first]
+        right = [p == t for p, (t, _) in zip(picks, first, strict=True)]
+        was = [b == t for b, (t, _) in zip(base, first, strict=True)]
+        print(f"{name:<30}{sum(right) / k:>10.1%}"
+              f"{sum(p == b for p, b in zip(picks, base, strict=True)) / k:>8.1%}"
+              f"{sum(r and not w for r, w in zip(right, was, strict=True)):>7}"
+              f"{sum(w and not r for r, w in zip(right, was, strict=True)):>8}")
+    ceiling = sum(any(s.answer == t for s in samples) for t, samples in first)
+    print(f"{'pass@N (any sample right)':<30}{ceiling / k:>10.1%}")
+    # separation: do right answers come with lower entropy than wrong ones?
+    for kind in ("mean_entropy", "tail_entropy"):
+        right = [getattr(s, kind) for t, ss in first for s in ss
+                 if s.answer is not None and s.answer == t and getattr(s, kind) is not None]
+        wrong = [getattr(s, kind) for t, ss in first for s in ss
+                 if s.answer is not None and s.answer != t and getattr(s, kind) is not None]
+        if right and wrong:
+            print(f"{kind}: right answers {statistics.mean(right):.3f} nats (n={len(right)}), "
+                  f"wrong {statistics.mean(wrong):.3f} (n={len(wrong)})")
+    retried = [(t, ss) for t, ss in problems if any(s.wave for s in ss)]
+    if retried:
+        with_retry = [decide(ss, "count") for _, ss in problems]
+        right = sum(p == t for p, (t, _) in zip(with_retry, problems, strict=True))
+        used = sum(len(ss) for _, ss in problems) / k
+        second_alone = sum(decide([s for s in ss if s.wave], "count") == t for t, ss in retried)
+        alone = sum(b == t for b, (t, _) in zip(base, first, strict=True))
+        print(f"retry: {len(retried)} of {len(problems)} problems without consensus got a "
+              f"second wave; accuracy {alone / k:.1%} first wave alone -> {right / k:.1%} "
+              "both waves voted together "
+              f"({used:.1f} samples per problem); the second wave alone on those: "
+              f"{second_alone}/{len(retried)}")
+
+
+@dataclass
+class _RecordedSample:
+    """What the replay reads of a sample record."""
+
+    FIELDS = ("answer", "wave", "mean_entropy", "tail_entropy", "code_calls")
+    answer: int | None
+    wave: int | None
+    mean_entropy: float | None
+    tail_entropy: float | None
+    code_calls: list | None
+
+
 SECTIONS = {"overhead": bench_overhead, "early_stop": bench_early_stop, "budget": bench_budget,
-            "pipeline": bench_pipeline, "smollm": bench_smollm}
+            "pipeline": bench_pipeline, "smollm": bench_smollm, "weights": bench_weights}
 
 
 def main() -> None:
@@ -278,6 +376,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=2000, help="synthetic problems (early_stop)")
     ap.add_argument("--runs", type=int, default=1000, help="simulated runs (budget)")
     ap.add_argument("--smollm-problems", type=int, default=5, help="sample problems (smollm)")
+    ap.add_argument("--eval-run", default="runs/weights-math4",
+                    help="a recorded `aimo eval` run to replay (weights)")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}")

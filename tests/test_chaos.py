@@ -26,6 +26,7 @@ chaos = st.fixed_dictionaries({
     "fragments": st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=12).map(tuple),
     "harmony": st.lists(st.sampled_from(HARMONY_FRAGMENTS), min_size=1, max_size=12).map(tuple),
     "max_model_len": st.sampled_from([None, 60, 400]),
+    "retry": st.sampled_from([0, 3]),  # a second wave where the first has no consensus
 })
 
 
@@ -43,7 +44,7 @@ def test_solve_survives_a_hostile_engine(sandbox, preset, dialect, pipeline, com
     config = SolverConfig.preset(
         preset, num_samples=4, max_rounds=3, max_new_tokens=40, code_timeout_s=0.5,
         pipeline=pipeline, competition=competition, dialect=dialect,
-        max_tool_calls=1 if dialect == "harmony" else None)
+        max_tool_calls=1 if dialect == "harmony" else None, retry_samples=draw["retry"])
     start = time.monotonic()
     try:
         result = Solver(engine, sandbox, config).solve("What is 6 * 7?", time_limit_s=LIMIT_S)
@@ -56,6 +57,7 @@ def test_solve_survives_a_hostile_engine(sandbox, preset, dialect, pipeline, com
     if result.fallback:
         assert result.answer == config.rules.fallback
     assert {s.status for s in result.samples} <= STATUSES
+    assert len(result.samples) in (4, 4 + draw["retry"])
     for s in result.samples:
         assert s.answer is None or validate_answer(s.answer, competition) == s.answer
     result.to_json()  # the record is always writable
