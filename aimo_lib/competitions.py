@@ -3,7 +3,7 @@ where Kaggle mounts the data, which evaluation server drives the notebook, the m
 
     c = get_competition("aimo3")
     c.rules.apply(123456)   # None: out of range (answers 0..99999, no modulus)
-    c.total_s, c.problems, c.kaggle_dir, c.server, c.hardware
+    c.total_s, c.problems, c.kaggle_dir, c.server, c.hardware, c.machine_shape
 
 Facts from ../shared/REFERENCE.md section 3. Every module asks here; a new competition is one
 new entry.
@@ -29,6 +29,10 @@ class Competition:
     # env.iter_test() loop (AIMO 1)
     server: tuple[str, str] | None
     hardware: str
+    # kernel-metadata.json's machine_shape for that hardware; None where not confirmed (the
+    # metadata's own value is kept). "NvidiaTeslaT4" is Kaggle's documented T4 x2;
+    # "NvidiaH100" is what public AIMO 3 push scripts use (not in Kaggle's docs reachable here)
+    machine_shape: str | None = None
 
     @property
     def total_s(self) -> float:
@@ -42,12 +46,13 @@ class Competition:
 
 
 COMPETITIONS = {c.name: c for c in (
-    Competition("aimo1", AIMO1, 9, 50, "ai-mathematical-olympiad-prize", None, "2xT4"),
+    Competition("aimo1", AIMO1, 9, 50, "ai-mathematical-olympiad-prize", None, "2xT4",
+                "NvidiaTeslaT4"),
     Competition("aimo2", AIMO2, 5, 50, "ai-mathematical-olympiad-progress-prize-2",
                 ("kaggle_evaluation.aimo_2_inference_server", "AIMO2InferenceServer"), "4xL4"),
     Competition("aimo3", AIMO3, 5, 50, "ai-mathematical-olympiad-progress-prize-3",
                 ("kaggle_evaluation.aimo_3_inference_server", "AIMO3InferenceServer"),
-                "1xH100"),
+                "1xH100", "NvidiaH100"),
 )}
 
 

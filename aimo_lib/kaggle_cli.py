@@ -2,6 +2,7 @@
 
     aimo-kaggle wheelhouse --out build/wheels --dataset you/aimo-lib-wheels
     aimo-kaggle push-dataset build/wheels [--new]
+    aimo-kaggle kernel-metadata --competition aimo3 --user you --model-source o/m/f/v/1
     aimo-kaggle push-kernel [--dir .]
     aimo-kaggle status you/aimo-sc-tir
     aimo-kaggle output you/aimo-sc-tir --out runs/kaggle
@@ -65,6 +66,30 @@ def push_dataset(args) -> None:
              args.dry_run)
 
 
+def kernel_metadata(args) -> None:
+    """A folder to push for another competition: the notebook, and the repository's
+    kernel-metadata.json with that competition's data source, machine and the model given."""
+    from .competitions import get_competition
+
+    competition = get_competition(args.competition)
+    with open(os.path.join(REPO, "kernel-metadata.json")) as f:
+        meta = json.load(f)
+    meta["competition_sources"] = [competition.kaggle_dir]
+    if competition.machine_shape:
+        meta["machine_shape"] = competition.machine_shape
+    if args.model_source:
+        meta["model_sources"] = list(args.model_source)
+    if args.user:
+        meta = json.loads(json.dumps(meta).replace("your-kaggle-username", args.user))
+    os.makedirs(args.out, exist_ok=True)
+    shutil.copy(os.path.join(REPO, meta["code_file"]), args.out)
+    meta["code_file"] = os.path.basename(meta["code_file"])
+    with open(os.path.join(args.out, "kernel-metadata.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    print(f"{args.out}: {competition.name} on {competition.hardware} (machine_shape "
+          f"{meta['machine_shape']}); next: aimo-kaggle push-kernel --dir {args.out}")
+
+
 def push_kernel(args) -> None:
     path = os.path.join(args.dir, "kernel-metadata.json")
     with open(path) as f:
@@ -110,6 +135,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new", action="store_true", help="create it (first time)")
     p.add_argument("--message", "-m", default="update")
     p.set_defaults(func=push_dataset)
+
+    p = add("kernel-metadata", "a folder to push for a competition: the notebook and its "
+            "metadata (data source, machine_shape, model)")
+    p.add_argument("--competition", required=True, help="aimo1 | aimo2 | aimo3")
+    p.add_argument("--out", default="build/kernel", help="the folder to write")
+    p.add_argument("--user", default=None, help="your Kaggle username (replaces the "
+                   "placeholder)")
+    p.add_argument("--model-source", action="append", default=None,
+                   help="owner/model/framework/variation/version of the attached model "
+                   "(repeatable), e.g. for gpt-oss on AIMO 3")
+    p.set_defaults(func=kernel_metadata)
 
     p = add("push-kernel", "push kaggle_notebook.ipynb with its metadata")
     p.add_argument("--dir", default=REPO, help="folder with kernel-metadata.json")

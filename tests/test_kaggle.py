@@ -342,6 +342,32 @@ def test_kernel_metadata_passes_the_kaggle_clis_own_checks():
     assert meta["competition_sources"] == ["ai-mathematical-olympiad-prize"]
 
 
+def test_kernel_metadata_for_aimo3_passes_the_kaggle_clis_checks(tmp_path, capsys):
+    """An AIMO 3 folder: its competition's data, the H100 machine, the model given; the
+    notebook beside it; everything else as in the repository's metadata."""
+    pytest.importorskip("kaggle")
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    from aimo_lib.kaggle_cli import main
+
+    out = tmp_path / "aimo3"
+    main(["kernel-metadata", "--competition", "aimo3", "--user", "me", "--out", str(out),
+          "--model-source", "me/gpt-oss-120b/transformers/default/1"])
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["competition_sources"] == ["ai-mathematical-olympiad-progress-prize-3"]
+    assert meta["machine_shape"] == "NvidiaH100" and meta["id"] == "me/aimo-sc-tir"
+    assert meta["model_sources"] == ["me/gpt-oss-120b/transformers/default/1"]
+    assert (out / meta["code_file"]).is_file() and meta["enable_internet"] is False
+    api = KaggleApi()
+    api.parse_kernel_string(meta["id"])
+    for source in meta["model_sources"]:
+        api.validate_model_instance_version_string(source)
+    assert "push-kernel --dir" in capsys.readouterr().out
+    main(["kernel-metadata", "--competition", "aimo2", "--out", str(tmp_path / "a2")])
+    meta2 = json.loads((tmp_path / "a2" / "kernel-metadata.json").read_text())
+    assert meta2["machine_shape"] == "NvidiaTeslaT4"  # unconfirmed for AIMO 2: left as is
+
+
 def test_requirements_pin_the_runtime():
     with open(os.path.join(REPO, "requirements.txt")) as f:
         pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
