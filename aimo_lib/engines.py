@@ -58,7 +58,7 @@ from .models import default_model_path
 __all__ = [
     "ENGINE_KINDS", "Completion", "ContextLengthError", "Engine", "EngineError", "EngineSpec",
     "GenerationParams", "HFEngine", "OpenAIEngine", "ReplicaEngine", "Request", "ScriptedEngine",
-    "VLLMEngine", "as_engine", "default_model_path", "vllm_available",
+    "VLLMEngine", "as_engine", "default_model_path", "topk_entropy", "vllm_available",
 ]
 
 

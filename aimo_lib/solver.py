@@ -52,9 +52,9 @@ from .sandbox import ExecutionResult, Sandbox
 __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
            "SolverConfig", "dump_jsonl", "preset_for_model"]
 
+VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
 # How late solve() may return after its time limit: the wind-down (aborting requests, the
 # grace given to an engine that stops at the deadline by itself, reaping a cut code block).
-VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")
 ALLOWANCE_S = 2.0
 _GRACE_S = 0.5  # wait this long past the deadline for an engine that says it honours it
 _MAX_RESUMES = 8  # continuations of one step (a stop string that meant nothing)
