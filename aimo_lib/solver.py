@@ -181,13 +181,17 @@ PRESETS = {
     # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
     # of 50; ../shared/REFERENCE.md section 2): 8 attempts, each a persistent kernel and up to
     # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a
-    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing.
+    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing, votes
+    # weighted by tail entropy (the 2nd place's choice; the mild exp(-H), which cost nothing
+    # where entropy does not separate right from wrong in bench/README.md's replay), and a
+    # second wave of 8 with the candidates when the first has no consensus.
     # Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
         code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
-        early_stop=EarlyStop(table=((4, 8),)), competition="aimo3"),
+        early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
+        vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8),
 }
 
 

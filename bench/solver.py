@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -271,7 +272,81 @@ def bench_smollm(args) -> None:
 # ---------------------------------------------------------------- weights and retry
 
 
+def _wave(rng: random.Random, spec: tuple, n: int, d: float) -> list[tuple[int | None, float]]:
+    """n synthetic samples (answer, entropy) of a problem `spec` = (p_right, wrong-answer
+    weights, p_none): the early_stop family; the correct answer is 0. Entropies are normal
+    (mean 0.6 nats, sd 0.15), wrong answers' shifted up by d standard deviations."""
+    p_right, pool, p_none = spec
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        answer = None if r < p_none else 0 if r < p_none + (1 - p_none) * p_right else (
+            1 + rng.choices(range(len(pool)), pool)[0])
+        out.append((answer, max(0.0, rng.gauss(0.6 + (0.0 if answer == 0 else d * 0.15),
+                                               0.15))))
+    return out
+
+
+def _spec(rng: random.Random, p_right: float | None = None) -> tuple:
+    size = rng.randint(1, 20)
+    pool = [1 / (i + 1) ** rng.uniform(0.5, 2.0) for i in range(size)]
+    return (rng.uniform(0.05, 0.95) if p_right is None else p_right, pool,
+            rng.uniform(0.0, 0.3))
+
+
+def _weighted(samples, sharpness: float) -> int | None:
+    return vote([a for a, _ in samples], [math.exp(-sharpness * h) for _, h in samples]).answer
+
+
+def bench_weights_synthetic(args) -> None:
+    """Entropy weights and the adaptive retry on synthetic vote streams, as a function of how
+    well entropy separates right from wrong answers (d, in standard deviations): what they
+    gain depends on the model's d, which the recorded replay below measures for a real one."""
+    n, k = 8, args.streams
+    print(f"\n## weights (synthetic): {k} problems x {n} samples, the early_stop family; "
+          "accuracy (agreement with the count vote)")
+    sharps = (1.0, 4.0, 16.0)
+    print(f"{'separation d':<14}{'count':>8}" + "".join(f"{f'exp(-{s:g}H)':>18}"
+                                                       for s in sharps))
+    for d in (0.0, 0.5, 1.0, 2.0):
+        rng = random.Random(7)
+        problems = [_wave(rng, _spec(rng), n, d) for _ in range(k)]
+        base = [vote([a for a, _ in p]).answer for p in problems]
+        row = f"{d:<14g}{sum(b == 0 for b in base) / k:>8.1%}"
+        for sharp in sharps:
+            picks = [_weighted(p, sharp) for p in problems]
+            row += (f"{sum(x == 0 for x in picks) / k:>10.1%} "
+                    f"({sum(x == b for x, b in zip(picks, base, strict=True)) / k:>5.1%})")
+        print(row)
+    print(f"\nretry: first wave of {n}; where its leader has under half the samples, {n} more "
+          "(voted together); the second wave's chance of the right answer raised by `boost`")
+    print(f"{'boost':<8}{'8 only':>9}{'16 always':>11}{'adaptive':>10}{'samples/problem':>17}"
+          f"{'retried':>9}")
+    for boost in (0.0, 0.1, 0.2):
+        rng = random.Random(11)
+        first_ok = always_ok = adaptive_ok = used = retried = 0
+        for i in range(k):  # the same first waves in every row
+            spec = _spec(rng)
+            first = _wave(rng, spec, n, 0.0)
+            second = _wave(random.Random(i), (min(1.0, spec[0] + boost), *spec[1:]), n, 0.0)
+            counts = vote([a for a, _ in first]).votes
+            again = max(counts.values(), default=0) < 0.5 * n
+            both = vote([a for a, _ in first + second]).answer
+            first_ok += vote([a for a, _ in first]).answer == 0
+            always_ok += both == 0
+            adaptive_ok += (both if again else vote([a for a, _ in first]).answer) == 0
+            used += 2 * n if again else n
+            retried += again
+        print(f"{boost:<8g}{first_ok / k:>9.1%}{always_ok / k:>11.1%}{adaptive_ok / k:>10.1%}"
+              f"{used / k:>17.1f}{retried / k:>9.1%}")
+
+
 def bench_weights(args) -> None:
+    bench_weights_synthetic(args)
+    bench_weights_recorded(args)
+
+
+def bench_weights_recorded(args) -> None:
     """Replays the votes of a recorded `aimo eval` run (every sample kept: --no-early-stop;
     token entropies: --logprobs; second waves: --retry-samples) under each weighting, and the
     adaptive retry against the first wave alone, scored against the known answers."""
