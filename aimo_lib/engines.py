@@ -503,6 +503,8 @@ class OpenAIEngine(_PoolEngine):
     without it (OpenAI's): the model then answers in a new turn.
     """
 
+    supports_logprobs = True  # asked for; a server that ignores it gives none
+
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  max_concurrency: int = 32, timeout_s: float = 600.0, max_retries: int = 5,
                  backoff_s: float = 0.5, names_stop_strings: bool = True,
@@ -515,7 +517,6 @@ class OpenAIEngine(_PoolEngine):
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.names_stop_strings = names_stop_strings
-        self.supports_logprobs = True  # asked for; a server that ignores it gives none
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
         self.model, self.max_model_len = self._served_model(model)

@@ -373,8 +373,8 @@ class Solver:
                    deadline)
         try:
             self._drive(run, run.problem)
-            if self._wants_retry(run):
-                self._second_wave(run)
+            if (candidates := self._retry_candidates(run)) is not None:
+                self._second_wave(run, candidates)
         except Exception:  # a bug or a broken engine: keep what the samples have
             run.error = traceback.format_exc()
             print(f"[aimo] solve() broke down; answering from what it has:\n{run.error}",
@@ -401,22 +401,24 @@ class Solver:
 
     # ------------------------------------------------------------ adaptive retry
 
-    def _wants_retry(self, run: _Run) -> bool:
+    def _retry_candidates(self, run: _Run) -> list[int] | None:
+        """The answers a second wave is asked to check, most voted first; None: no second
+        wave (off, a consensus, or too little time left)."""
         cfg = self.config
         if cfg.retry_samples < 1 or run.stopped_early or self._out_of_time(run):
-            return False
+            return None
         if run.deadline is not None:  # time for a wave: at least half what the first took
             now = time.monotonic()
             if run.deadline - now < 0.5 * (now - run.start):
-                return False
+                return None
         counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
-        return max(counts.values(), default=0) < cfg.retry_below * len(run.samples)
+        if max(counts.values(), default=0) >= cfg.retry_below * len(run.samples):
+            return None
+        return sorted(counts, key=lambda a: -counts[a])[:cfg.retry_candidates]
 
-    def _second_wave(self, run: _Run) -> None:
+    def _second_wave(self, run: _Run, candidates: list[int]) -> None:
         """retry_samples more samples, prompted with the candidates; voted with the first."""
         cfg = self.config
-        counts = vote([s.answer for s in run.samples], rules=cfg.rules).votes
-        candidates = sorted(counts, key=lambda a: -counts[a])[:cfg.retry_candidates]
         first = len(run.samples)
         wave = _Run(run.problem, "", [Sample(first + i, wave=1)
                                       for i in range(cfg.retry_samples)],
