@@ -997,10 +997,9 @@ class VLLMEngine(Engine):
         return Request(asyncio.run_coroutine_threadsafe(run(), self._loop), request_id)
 
     def abort(self, request: Request) -> None:
-        request.cancelled.set()
         if self.async_mode and not request.future.done() and self.engine is not None:
             asyncio.run_coroutine_threadsafe(self.engine.abort(request.id), self._loop)
-            request.future.cancel()
+        super().abort(request)
 
 
 def _check_cpu_quantization(model: str) -> None:

@@ -36,7 +36,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -368,7 +368,7 @@ def bench_weights_recorded(args) -> None:
     records = [r for r in load_records(run) if not r.get("failed")]
     problems = []
     for r in records:
-        samples = [_RecordedSample(**{k: d.get(k) for k in _RecordedSample.FIELDS})
+        samples = [_RecordedSample(**{f.name: d.get(f.name) for f in fields(_RecordedSample)})
                    for d in r["result"]["samples"]]
         problems.append((rules.apply(r["truth"]), samples))
     n1 = sum(1 for s in problems[0][1] if not s.wave) if problems else 0
@@ -430,7 +430,6 @@ def bench_weights_recorded(args) -> None:
 class _RecordedSample:
     """What the replay reads of a sample record."""
 
-    FIELDS = ("answer", "wave", "mean_entropy", "tail_entropy", "code_calls")
     answer: int | None
     wave: int | None
     mean_entropy: float | None
