@@ -35,6 +35,8 @@ import tempfile
 import time
 import traceback
 
+from aimo_lib.sandbox import truncation_marker
+
 CELL = "<cell>"  # filename of model code in tracebacks, so line numbers are the model's own
 
 # Linux constants (linux/sched.h, linux/mount.h, linux/prctl.h).
@@ -618,8 +620,8 @@ class _Capture:
         kept = self.head + self.tail
         head, tail = kept[:half], kept[-half:]
         cut = self.total - len(head) - len(tail)
-        marker = f"\n... [{cut} characters truncated] ...\n"
-        return head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace"), True
+        return (head.decode("utf-8", "replace") + truncation_marker(cut)
+                + tail.decode("utf-8", "replace")), True
 
 
 def _read_some(fd: int) -> bytes | None:

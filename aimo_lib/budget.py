@@ -24,7 +24,13 @@ from collections.abc import Callable
 
 from .competitions import get_competition
 
-__all__ = ["TimeBudget"]
+__all__ = ["ALLOWANCE_S", "TimeBudget"]
+
+# How late Solver.solve() may return after its time limit: the wind-down (aborting requests,
+# the grace given to an engine that stops at the deadline by itself, reaping a cut code
+# block). A budget shortens every limit by more than this (TimeBudget.lateness_s), the rest
+# covering the run loop's own work after a problem (its records, a health probe's start).
+ALLOWANCE_S = 2.0
 
 
 class TimeBudget:
@@ -41,7 +47,7 @@ class TimeBudget:
     def __init__(self, total_s: float, n_problems: int, *, startup_s: float = 0.0,
                  reserve_s: float = 0.0,
                  max_draw_s: float | None = None, max_per_problem_s: float | None = None,
-                 min_per_problem_s: float = 1.0, lateness_s: float = 5.0,
+                 min_per_problem_s: float = 1.0, lateness_s: float = ALLOWANCE_S + 3.0,
                  clock: Callable[[], float] = time.monotonic):
         if total_s <= startup_s + reserve_s or n_problems < 1:
             raise ValueError("need total_s > startup_s + reserve_s and n_problems >= 1")

@@ -33,7 +33,7 @@ from .answers import (
     numina_to_int,
 )
 from .prompts import render_prompt
-from .sandbox import ExecutionResult
+from .sandbox import DEFAULT_PRELOAD, ExecutionResult, clip_middle
 
 __all__ = ["BOXED", "CODE_END", "DIALECTS", "OUTPUT_FENCE", "Dialect", "Harmony", "Reading",
            "ToRA", "ToRASeed", "get_dialect"]
@@ -149,9 +149,9 @@ class ToRA(Dialect):
 
     def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
                     ) -> tuple[str, str]:
-        # the sandbox cut it once, at max_chars, with a true count; _clip only bounds what a
+        # the sandbox cut it once, at max_chars, with a true count; clip_middle only bounds what a
         # sandbox without that argument returns
-        shown = _clip(r.output.strip(), max_chars + 200)
+        shown = clip_middle(r.output.strip(), max_chars + 200)
         return shown, f"{shown}\n```\n"
 
 
@@ -303,7 +303,7 @@ class Harmony(Dialect):
 
     def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
                     ) -> tuple[str, str]:
-        shown = _clip(r.output.strip(), max_chars + 200)
+        shown = clip_middle(r.output.strip(), max_chars + 200)
         # The tool's reply, then the header of the model's next message (the model writes its
         # channel itself, as after the prompt).
         return shown, (f"{START}python to=assistant{CHANNEL}analysis{MESSAGE}{shown}{END}"
@@ -338,7 +338,6 @@ def get_dialect(name: str) -> Dialect:
 
 # ---------------------------------------------------------------- the seed's execution format
 
-NUMINA_PRELUDE = "import math\nimport numpy as np\nimport sympy as sp\n"
 
 
 def _numina_answer(window: str) -> str | None:
@@ -355,7 +354,7 @@ def _numina_answer(window: str) -> str | None:
 def _numina_code(code: str) -> str:
     """The seed's transformation: prelude, and print(...) around a last line without print(
     (so `x = 5` becomes `print(x = 5)`, an error the model then sees; kept, it steers it)."""
-    lines = (NUMINA_PRELUDE + code).strip().split("\n")
+    lines = (DEFAULT_PRELOAD + code).strip().split("\n")
     if "print(" not in lines[-1]:
         last = lines[-1].split("#")[0] if "#" in lines[-1] else lines[-1]
         lines[-1] = f"print({last})"
@@ -392,10 +391,3 @@ def _numina_traceback(output: str) -> str:
             kept.append(line)
             want_next = False
     return "\n".join(kept).strip()
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... [{len(text) - 2 * half} characters truncated] ...\n{text[-half:]}"

@@ -6,6 +6,19 @@ model has a chat template, else "chatml_tir")."""
 
 from __future__ import annotations
 
+# The AIMO-1 winner's format (NuminaMath-7B-TIR): a user turn renders as "### Problem: {p}\n",
+# an assistant turn as "### Solution: {s}\n"; the generation prompt is the two heads.
+NUMINA_PROBLEM, NUMINA_SOLUTION = "### Problem: ", "### Solution: "
+# ...as the chat template a checkpoint trained in it carries (BOS first, EOS after each
+# solution: their packing appended one per sample).
+NUMINA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '" + NUMINA_PROBLEM + "' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '" + NUMINA_SOLUTION + "' + message['content'] + '\\n' + eos_token }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '" + NUMINA_SOLUTION + "' }}{% endif %}"
+)
+
 TIR_INSTRUCTION = (
     "Please integrate natural language reasoning with programs to solve the problem above, "
     "and put your final answer within \\boxed{}."
@@ -34,7 +47,7 @@ _SHOT_SOLUTION = (
 
 TEMPLATES = {
     # The AIMO-1 winner's chat template (NuminaMath-7B-TIR), rendered.
-    "numina": "### Problem: {problem}\n### Solution: ",
+    "numina": NUMINA_PROBLEM + "{problem}\n" + NUMINA_SOLUTION,
     # ChatML with the Qwen2.5-Math / ToRA tool-integrated-reasoning instruction.
     "chatml_tir": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

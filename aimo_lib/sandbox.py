@@ -29,9 +29,25 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-__all__ = ["ExecutionResult", "Isolation", "Sandbox", "SandboxError", "Session"]
+__all__ = ["DEFAULT_PRELOAD", "ExecutionResult", "Isolation", "Sandbox", "SandboxError", "Session",
+           "clip_middle", "truncation_marker"]
 
+# The names every execution starts with; also the seed notebook's prelude, which it prepended
+# to every block (dialects.ToRASeed).
 DEFAULT_PRELOAD = "import math\nimport numpy as np\nimport sympy as sp\n"
+
+
+def truncation_marker(cut: int) -> str:
+    """What stands in for the `cut` characters taken out of the middle of a long output."""
+    return f"\n... [{cut} characters truncated] ...\n"
+
+
+def clip_middle(text: str, limit: int) -> str:
+    """`text` with its middle replaced by the truncation marker when longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + truncation_marker(len(text) - 2 * half) + text[-half:]
 
 # Loaded once in every worker. A chrooted child cannot read new module files, so model code
 # can import only what is loaded already: the standard modules that model code reaches for.

@@ -3,6 +3,8 @@ real-server tests and bench/engines.py.
 
     with VLLMServer(checkpoint) as server:          # waits until /v1/models answers
         engine = OpenAIEngine(server.url)
+    with ServedVLLM(checkpoint) as engine:          # both in one (EngineSpec "vllm_server")
+        ...
 
 The server and its engine processes never outlive this process (aimo_lib.reaper). The `vllm`
 console script of the CPU build fails (it looks up a distribution named `vllm`), so the
@@ -20,10 +22,10 @@ import tempfile
 import time
 import urllib.request
 
-from .engines import EngineError
+from .engines import EngineError, OpenAIEngine
 from .reaper import Reaper
 
-__all__ = ["VLLMServer", "free_port"]
+__all__ = ["ServedVLLM", "VLLMServer", "free_port"]
 
 
 def free_port() -> int:
@@ -112,3 +114,20 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ServedVLLM(OpenAIEngine):
+    """An OpenAIEngine over a VLLMServer it started and owns: close() stops both, so a run
+    can restart the whole server when it dies (EngineSpec kind "vllm_server")."""
+
+    def __init__(self, model: str, *, max_concurrency: int = 64, **server_kwargs):
+        self.server = VLLMServer(model, **server_kwargs)
+        try:
+            super().__init__(self.server.url, model, max_concurrency=max_concurrency)
+        except BaseException:
+            self.server.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self.server.close()

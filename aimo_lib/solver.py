@@ -15,8 +15,8 @@ loop is the same for all. Two drivers share that step:
 - async: each sample goes generate -> execute -> generate on its own, with no barrier
   between samples (engines with `submit`: vLLM async, OpenAI-compatible servers).
 
-Presets: "numina_aimo1" reproduces the AIMO-1 winning notebook rule for rule (see
-../shared/REFERENCE.md section 1); "default" is ours (see PRESETS).
+The configuration and its presets are in aimo_lib.presets, the records a solve produces in
+aimo_lib.results.
 
 Nothing a model writes, an engine does or the sandbox returns makes solve() raise: a failed
 request fails its sample (transient failures are retried once), a sample whose processing
@@ -29,289 +29,31 @@ where the engine can abort and abandoned where it cannot.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field
 
-from .answers import AnswerRules, EarlyStop, decided, vote
-from .competitions import get_competition
+from .answers import decided, vote
+from .budget import ALLOWANCE_S
 from .dialects import get_dialect
-from .engines import ContextLengthError, GenerationParams, Request, as_engine
+from .engines import ContextLengthError, EngineError, GenerationParams, Request, as_engine
+from .presets import PRESETS, SolverConfig, config_for_run, preset_for_model
 from .prompts import verification_problem
+from .results import CodeCall, Sample, SolveResult, entropy_weight
 from .sandbox import ExecutionResult, Sandbox
 
 __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
-           "SolverConfig", "dump_jsonl", "preset_for_model"]
+           "SolverConfig", "config_for_run", "entropy_weight", "preset_for_model"]
 
-VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
-# How late solve() may return after its time limit: the wind-down (aborting requests, the
-# grace given to an engine that stops at the deadline by itself, reaping a cut code block).
-ALLOWANCE_S = 2.0
 _GRACE_S = 0.5  # wait this long past the deadline for an engine that says it honours it
+_POLL_S = 1.0  # the async driver looks at its requests at least this often
 _MAX_RESUMES = 8  # continuations of one step (a stop string that meant nothing)
 _MAX_ANSWER_TRIES = 4  # continuations to close an answer's nested braces
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    """Every knob of the decoder. Build one with `SolverConfig.preset(name, **overrides)`."""
-
-    name: str = "default"
-    num_samples: int = 16  # N: width (samples voted over)
-    max_rounds: int = 4  # M: generation steps per sample (at most M-1 code executions)
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 2048  # per step
-    # how transcripts show code, output and answer: a name in aimo_lib.dialects.DIALECTS
-    dialect: str = "tora"
-    max_tool_calls: int | None = None  # per sample; past it a call is answered with a note
-    sample_max_tokens: int | None = None  # per sample, all steps together (long reasoning)
-    # "auto": the model's own chat template (a checkpoint is served in the format it was
-    # trained on), else "chatml_tir"; see prompts.render_prompt
-    prompt_template: str = "auto"
-    code_timeout_s: float = 5.0
-    max_output_chars: int = 1000  # what the model sees of one execution
-    restart_on_fail: bool = True  # a failed sample starts over from the prompt (else pruned)
-    keep_answered: bool = False  # the seed's: an answered sample stays in the batch, is
-    # generated again each later step, and its answer is re-read after every step
-    # Beyond the seed:
-    stateful: bool = True  # one sandbox session per sample: earlier blocks' names persist
-    stop_at_boxed: bool = True  # a sample ends at its first \boxed{...}
-    stop_at_code_end: bool = True  # run a ```python block as soon as it closes, even when the
-    # model forgets to open the ```output block (we write that fence for it)
-    answer_max_tokens: int = 32  # to close an answer's braces after stopping at "\boxed{"
-    continue_from_ids: bool = True  # token-id prompts where the engine takes them
-    pipeline: str = "auto"  # "async" where the engine can submit, else "rounds"
-    early_stop: EarlyStop | None = EarlyStop()  # consensus: cancel stragglers once decided
-    code_ok_weight: float = 1.0  # vote weight of samples whose code all ran cleanly
-    # Confidence: > 0 asks the engine for every token's top-k logprobs and keeps each
-    # sample's token entropies (Sample.mean_entropy, .tail_entropy; needs supports_logprobs)
-    logprobs_top_k: int = 0
-    # the final vote's weights: "count" (one per sample), "mean_entropy" or "tail_entropy"
-    # (exp(-entropy_sharpness * H), H the mean token entropy of the whole sample, or of its
-    # last entropy_tail_tokens: the reasoning that led to its answer); early stop still counts
-    vote_weights: str = "count"
-    entropy_tail_tokens: int = 2048
-    entropy_sharpness: float = 1.0
-    # Adaptive retry: when the first wave ends without consensus (its leading answer has less
-    # than retry_below of the samples) and time is left (at least half of what the first wave
-    # took), retry_samples more are prompted with the retry_candidates most voted answers to
-    # check; both waves are voted together. 0: off
-    retry_samples: int = 0
-    retry_below: float = 0.5
-    retry_candidates: int = 4
-    competition: str = "aimo1"  # answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)
-    fallback: int | None = 0  # answer when no sample gives a valid one (flagged)
-    seed: int = 42
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides) -> SolverConfig:
-        """A named preset with field overrides, e.g. preset("numina_aimo1", num_samples=8).
-        Presets: "default", "numina_aimo1", "embedded_cpu", "aimo3_gpt_oss" (see PRESETS)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown SolverConfig fields: {sorted(unknown)}")
-        return replace(PRESETS[name], **overrides)
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_rounds < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_samples, max_rounds and max_new_tokens must be >= 1")
-        if self.code_timeout_s <= 0:
-            raise ValueError("code_timeout_s must be positive")
-        if self.pipeline not in ("auto", "async", "rounds"):
-            raise ValueError("pipeline must be 'auto', 'async' or 'rounds'")
-        for name in ("max_tool_calls", "sample_max_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (or None: no limit)")
-        get_dialect(self.dialect)
-        if self.vote_weights not in VOTE_WEIGHTS:
-            raise ValueError(f"vote_weights must be one of {VOTE_WEIGHTS}, not "
-                             f"{self.vote_weights!r}")
-        if self.vote_weights != "count" and self.logprobs_top_k < 1:
-            raise ValueError(f"vote_weights={self.vote_weights!r} needs the token entropies: "
-                             "set logprobs_top_k (e.g. 20)")
-        if self.retry_samples < 0 or not 0.0 <= self.retry_below <= 1.0 or (
-                self.retry_candidates < 0):
-            raise ValueError("retry_samples and retry_candidates must be >= 0 and retry_below "
-                             "within [0, 1]")
-        if self.entropy_tail_tokens < 1 or self.logprobs_top_k < 0:
-            raise ValueError("entropy_tail_tokens must be >= 1 and logprobs_top_k >= 0")
-
-    @property
-    def rules(self) -> AnswerRules:
-        return replace(get_competition(self.competition).rules, fallback=self.fallback)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS = {
-    # The submitted AIMO-1 notebook (NuminaMath-7B-TIR, 29/50): N=48, M=4, T=0.8, 2048 tokens,
-    # text prompts re-tokenised every step (token boundaries are part of what the model saw).
-    "numina_aimo1": SolverConfig(
-        name="numina_aimo1", num_samples=48, max_rounds=4, temperature=0.8, max_new_tokens=2048,
-        prompt_template="numina", dialect="tora_seed", code_timeout_s=5.0, restart_on_fail=True,
-        stateful=False, keep_answered=True,
-        stop_at_boxed=False, stop_at_code_end=False, continue_from_ids=False, pipeline="rounds",
-        early_stop=None),
-    # Where it departs from the seed, by necessity: a request that fails fails its sample
-    # (the seed's whole notebook died), and each step's max_tokens is capped to the context
-    # left (vLLM refused the whole batch).
-    # Ours: a stateful session per sample with real tracebacks and REPL display; answers read
-    # anywhere under strict integer rules, pure-reasoning answers kept; a sample stops at its
-    # first \boxed{}; consensus early stop; async where the engine allows; token-id prompts.
-    "default": SolverConfig(),
-    # The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes
-    # of samples whose code ran cleanly weighted 3x (re-voting the demo's traces: 1/10 ->
-    # 3/10; the model's own arithmetic is rarely right, its code often is).
-    "embedded_cpu": SolverConfig(
-        name="embedded_cpu", num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
-        prompt_template="chatml_tir_1shot", code_ok_weight=3.0),
-    # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
-    # of 50; ../shared/REFERENCE.md section 2): 8 attempts, each a persistent kernel and up to
-    # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a
-    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing, votes
-    # weighted by tail entropy (the 2nd place's choice; the mild exp(-H), which cost nothing
-    # where entropy does not separate right from wrong in bench/README.md's replay), and a
-    # second wave of 8 with the candidates when the first has no consensus.
-    # Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
-    "aimo3_gpt_oss": SolverConfig(
-        name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
-        max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
-        code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
-        early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
-        vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8),
-}
-
-
-def preset_for_model(model: str | None) -> str:
-    """The preset for a model: "embedded_cpu" for the embedded SmolLM2 (None), the AIMO 3
-    preset for gpt-oss (its config.json says model_type "gpt_oss"), else "default"."""
-    if model is None:
-        return "embedded_cpu"
-    try:
-        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
-            family = json.load(f).get("model_type", "")
-    except (OSError, ValueError, AttributeError):
-        family = ""  # a hub id, a GGUF file, a served name: nothing to read
-    return "aimo3_gpt_oss" if family == "gpt_oss" else "default"
-
-
-def config_for_run(preset: str, model: str | None, *, served: bool = False,
-                   **settings) -> SolverConfig:
-    """A run's solver config (the notebook's and `aimo`'s): the preset, "auto" choosing one
-    for the model (a served model with no name given is not the embedded one: "default"),
-    then the settings the user gave; a setting of None was not given and keeps the preset's."""
-    if preset == "auto":
-        preset = "default" if served and model is None else preset_for_model(model)
-    return SolverConfig.preset(preset, **{k: v for k, v in settings.items() if v is not None})
-
-
-@dataclass
-class CodeCall:
-    code: str
-    status: str  # ExecutionResult.status
-    output: str  # what the model was shown
-    duration_s: float
-
-
-@dataclass
-class Sample:
-    index: int
-    text: str = ""  # everything generated after the prompt, tool outputs included
-    # running | answered | pruned | hallucinated | exhausted | context_full | timeout |
-    # cancelled | error (its requests failed, or processing its text broke: see `error`)
-    status: str = "running"
-    raw_answer: str | None = None
-    answer: int | None = None  # valid under the competition's rules, else None
-    code_calls: list[CodeCall] = field(default_factory=list)
-    tokens: int = 0
-    finish_reason: str | None = None  # of the last generation
-    steps: int = 0  # generation steps taken (restarts do not reset it)
-    restarts: int = 0
-    elapsed_s: float = 0.0
-    error: str | None = None  # why the sample failed (an exception's type and message)
-    wave: int = 0  # 1: a second-wave sample (adaptive retry), prompted with the candidates
-    # mean token entropy (nats) of all it generated, and of its last entropy_tail_tokens
-    # tokens; None without logprobs
-    mean_entropy: float | None = None
-    tail_entropy: float | None = None
-    # Live state, not part of the record:
-    entropies: list[float] = field(default_factory=list, repr=False)
-    session: Any = field(default=None, repr=False)
-    ids: list[int] | None = field(default=None, repr=False)
-    answer_tries: int = field(default=0, repr=False)
-    resumes: int = field(default=0, repr=False)  # continuations within this step
-    retried: bool = field(default=False, repr=False)  # a transient failure was retried
-    # this step's max_tokens is what is left ("context_full": of the context, "exhausted": of
-    # the sample's token budget); cut there, the sample ends with that status
-    capped: str | None = field(default=None, repr=False)
-
-    def record(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("session", "ids", "answer_tries", "resumes", "retried",
-                                 "capped", "entropies")}
-        out["code_calls"] = [asdict(c) for c in self.code_calls]
-        return out
-
-
-@dataclass
-class SolveResult:
-    problem: str
-    answer: int | None
-    votes: dict[int, float]
-    fallback: bool  # True: no sample gave a valid answer; `answer` is the configured fallback
-    stopped_early: bool  # consensus reached; the remaining samples were cancelled
-    samples: list[Sample]
-    tokens_generated: int
-    elapsed_s: float
-    preset: str = ""
-    timed_out: bool = False  # the deadline cancelled generation
-    error: str | None = None  # a traceback when solving broke down (the answer is still valid)
-    prompt: str = ""  # the rendered prompt every sample continued
-
-    @property
-    def engine_failed(self) -> bool:
-        """Every sample's requests failed (a dead engine, or a broken set-up)."""
-        return bool(self.samples) and all(s.status == "error" for s in self.samples)
-
-    @property
-    def retried(self) -> bool:
-        """A second wave ran (adaptive retry: the first had no consensus)."""
-        return any(s.wave for s in self.samples)
-
-    @property
-    def nothing_back(self) -> bool:
-        """The deadline passed with no request completed: a hung engine, or steps longer
-        than the time limit (guard.probe tells which)."""
-        return self.timed_out and self.tokens_generated == 0
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["votes"] = {str(k): v for k, v in self.votes.items()}
-        d["samples"] = [s.record() for s in self.samples]
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-
-def dump_jsonl(results: Iterable[SolveResult], path: str) -> None:
-    """Append results to a JSONL file, one line per problem."""
-    with open(path, "a", encoding="utf-8") as f:
-        for r in results:
-            f.write(r.to_json() + "\n")
 
 
 @dataclass
@@ -486,7 +228,7 @@ class Solver:
         if run.deadline is None:
             return self.engine.generate(prompts, params)
         knows_deadline = self.engine.supports_deadline
-        future = _in_daemon_thread(
+        future = in_daemon_thread(
             lambda: self.engine.generate(prompts, params, deadline=run.deadline))
         # An engine that stops at the deadline itself returns what it has a moment later;
         # one that does not is abandoned at the deadline (its result is dropped).
@@ -543,16 +285,26 @@ class Solver:
         for s in run.samples:
             self._guard(run, s, lambda s=s: generate(s, "step"))
         while pending:
-            timeout = None if run.deadline is None else max(0.0, run.deadline - time.monotonic())
-            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            left = _POLL_S if run.deadline is None else run.deadline - time.monotonic()
+            done, _ = wait(pending, timeout=max(0.0, min(left, _POLL_S)),
+                           return_when=FIRST_COMPLETED)
+            # a future cancelled without its waiters being told (Future.cancel) never wakes
+            # wait(): it is looked for at every poll
+            done |= {f for f in pending if f.cancelled()}
             if not done:
-                run.timed_out = True
-                break
+                if self._out_of_time(run):
+                    break
+                continue
             for future in done:
                 s, kind, _ = pending.pop(future)
-                if future.cancelled() or s.status != "running":
+                if s.status != "running":
                     continue
-                if kind == "code":
+                if future.cancelled():  # not by us (we abort only after this loop)
+                    if kind == "code":
+                        continue
+                    action = self._take(run, s, EngineError(
+                        "the request was cancelled (the engine was closed under it?)"), kind)
+                elif kind == "code":
                     self._guard(run, s, lambda s=s, f=future: self._append_output(s, *f.result()))
                     action = "step" if s.status == "running" else "done"
                 else:
@@ -835,14 +587,6 @@ class Solver:
             error=run.error, prompt=run.prompt)
 
 
-def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
-    """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
-    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"); 1 where the engine
-    gave no logprobs (every sample then counts alike)."""
-    h = s.mean_entropy if kind == "mean_entropy" else s.tail_entropy
-    return 1.0 if h is None else math.exp(-sharpness * h)
-
-
 def _transient(exc: BaseException) -> bool:
     """Worth one more try: a dropped connection, a timeout, or an engine that says so."""
     return isinstance(exc, (ConnectionError, TimeoutError, FuturesTimeout)) or bool(
@@ -870,7 +614,7 @@ def _retry_once(first: BaseException | None, call: Callable[[], list | None]):
     return None  # unreachable
 
 
-def _in_daemon_thread(fn: Callable[[], object]) -> Future:
+def in_daemon_thread(fn: Callable[[], object]) -> Future:
     """fn() on a daemon thread of its own: abandoned when it outlives its deadline, without
     holding up the interpreter's exit (a ThreadPoolExecutor's threads are joined at exit)."""
     future: Future = Future()

@@ -47,7 +47,7 @@ from aimo_lib import Solver, SolverConfig  # noqa: E402
 from aimo_lib.answers import EarlyStop, decided, vote  # noqa: E402
 from aimo_lib.budget import TimeBudget  # noqa: E402
 from aimo_lib.engines import ScriptedEngine  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from aimo_lib.sandbox import DEFAULT_PRELOAD, Sandbox  # noqa: E402
 
 BLOCKS = [
     "x = sp.Symbol('x')\nprint(sp.factor(x**{k} - 1))",
@@ -216,8 +216,7 @@ def bench_pipeline(args) -> None:
     cfg = dict(num_samples=48, max_rounds=4, early_stop=None, prompt_template="numina")
     per_token = 0.004
     rows = []
-    with Sandbox(preload="import math\nimport numpy as np\nimport sympy as sp\n"
-                 "x = sp.Symbol('x')\n") as sb:
+    with Sandbox(preload=DEFAULT_PRELOAD + "x = sp.Symbol('x')\n") as sb:
         for pipeline in ("rounds", "async"):
             times = []
             for i in range(args.problems):

@@ -19,6 +19,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aimo_lib import Solver, SolverConfig  # noqa: E402
 from aimo_lib.engines import GenerationParams, HFEngine, VLLMEngine  # noqa: E402
+from aimo_lib.prompts import render_prompt  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
 
 PROBLEMS = [("What is 17 * 23?", 391), ("How many positive divisors does 36 have?", 9)]
@@ -52,7 +53,7 @@ def main() -> int:
     print(f"engine loaded in {time.perf_counter() - start:.1f} s")
 
     params = GenerationParams(max_tokens=256, temperature=0.8, stop=("```output\n",), seed=0)
-    prompt = "### Problem: What is 2+2?\n### Solution: "
+    prompt = render_prompt("numina", "What is 2+2?")
     start = time.perf_counter()
     outs = engine.generate([prompt] * 16, params)
     took = time.perf_counter() - start

@@ -67,6 +67,7 @@ def main() -> int:
     import sft
 
     from aimo_lib.kaggle import NotebookConfig, make_solve_fn
+    from aimo_lib.prompts import render_prompt
 
     work = tempfile.mkdtemp(prefix="gpu-train-")
     model = args.model or random_model(args.random_init, os.path.join(work, "base"))
@@ -91,7 +92,7 @@ def main() -> int:
         print("FAIL: the SFT loss is not finite or does not fall")
         return 1
 
-    rows = [{"prompt": f"### Problem: What is {i} + {i}?\n### Solution: ",
+    rows = [{"prompt": render_prompt("numina", f"What is {i} + {i}?"),
              "completion": r["messages"][1]["content"].replace(f"{{{2 * i}}}", "{7}")
              if i % 2 else r["messages"][1]["content"], "label": i % 2 == 0}
             for i, r in enumerate(tir_rows(8))]
@@ -114,7 +115,7 @@ def main() -> int:
     solve.close()
     print(f"served: prompt {result.prompt!r}, answer {result.answer}, "
           f"{result.tokens_generated} tokens in {took:.1f} s", flush=True)
-    if "### Problem: What is 5 + 5?\n### Solution: " not in result.prompt or result.error:
+    if render_prompt("numina", "What is 5 + 5?") not in result.prompt or result.error:
         print(f"FAIL: not served in its training format ({result.error})")
         return 1
     print("OK")

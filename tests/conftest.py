@@ -10,7 +10,7 @@ if os.geteuid() != 0 and _hard == resource.RLIM_INFINITY:
     resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
 
 # Visible to the test process only; the sandbox must never show it to model code.
-os.environ.setdefault("AIMO_TEST_SECRET_TOKEN", "hunter2-do-not-leak")
+os.environ.setdefault("SANDBOX_TEST_SECRET_TOKEN", "hunter2-do-not-leak")
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ per sample, and the vote weights built on them (mean and tail-windowed entropy).
 import math
 
 import pytest
+from fake_openai import FakeOpenAIServer  # tests/ is on sys.path (rootdir conftest)
 from hypothesis import given
 from hypothesis import strategies as st
-from test_engines import _Server  # tests/ is on sys.path (rootdir conftest)
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.engines import GenerationParams, OpenAIEngine, ScriptedEngine, topk_entropy
@@ -120,7 +120,7 @@ def test_entropy_weight_is_one_without_entropies():
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_openai_logprobs_become_entropies(api):
-    server = _Server("vllm")
+    server = FakeOpenAIServer("vllm")
     try:
         engine = OpenAIEngine(server.url, api=api)
         prompt = engine.apply_chat_template([{"role": "user", "content": "hi"}]) if (

@@ -301,7 +301,7 @@ def test_cannot_signal_or_see_the_caller(sandbox):
 
 def test_environment_is_scrubbed(sandbox):
     r = sandbox.run("import os\nprint(sorted(os.environ))\nprint(dict(os.environ))")
-    assert "hunter2" not in r.output and "AIMO_TEST_SECRET_TOKEN" not in r.output
+    assert "hunter2" not in r.output and "SANDBOX_TEST_SECRET_TOKEN" not in r.output
     assert "TOKEN" not in r.output and "KEY" not in r.output
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.engines import ScriptedEngine
-from aimo_lib.solver import dump_jsonl
+from aimo_lib.records import append_jsonl
 
 P = "### Solution: "  # the numina prompt ends with this
 OUT = "```output\n"
@@ -216,7 +216,8 @@ def test_time_limit_stops_new_rounds(sandbox):
 def test_result_serialises_to_jsonl(sandbox, tmp_path):
     res, _ = solve(sandbox, default(n=2), ["\\boxed{3}"])
     path = tmp_path / "r.jsonl"
-    dump_jsonl([res, res], str(path))
+    for r in (res, res):
+        append_jsonl(str(path), r.to_dict())
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["answer"] == 3 and rows[0]["votes"] == {"3": 2.0}
     assert rows[0]["samples"][0]["status"] == "answered" and rows[0]["preset"] == "default"

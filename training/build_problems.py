@@ -23,7 +23,7 @@ from collections import Counter
 from common import load_dataset_any, write_json
 
 from aimo_lib.answers import extract_boxed
-from aimo_lib.gateway import read_rows
+from aimo_lib.records import read_rows
 
 _INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?")
 

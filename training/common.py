@@ -17,15 +17,7 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-# The AIMO-1 winner's chat template (NuminaMath-7B-TIR): "### Problem: {p}\n### Solution: ",
-# BOS first, EOS after each solution (their packing appended one per sample).
-NUMINA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\\n' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{{ '### Solution: ' + message['content'] + '\\n' + eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
-)
+from aimo_lib.prompts import NUMINA_CHAT_TEMPLATE  # noqa: E402 - after the path
 
 
 @dataclass
@@ -102,21 +94,6 @@ def model_init_kwargs(model) -> dict:
     """What TRL's scripts pass to from_pretrained from ModelConfig."""
     return {"revision": model.model_revision, "dtype": model.dtype,
             "attn_implementation": model.attn_implementation}
-
-
-def in_flight(items, fn, concurrency: int, desc: str, progress: bool = True):
-    """fn(item) for every item, `concurrency` at a time (an engine serves their requests
-    together); yields (item, future) as each finishes, with a progress bar, so the caller
-    writes each result at once and an interrupted run loses only what was in flight."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix=desc) as pool:
-        futures = {pool.submit(fn, item): item for item in items}
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
-                           disable=not progress):
-            yield futures[future], future
 
 
 def prepare_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str = "runs/models"

@@ -1,0 +1,81 @@
+"""EngineSpec: the one place an engine is chosen and built (the notebook, `aimo`, training).
+Back-ends are imported when built, so importing this never needs torch or vLLM."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from .base import Engine
+from .hf import HFEngine
+from .openai import OpenAIEngine
+from .replica import ReplicaEngine
+from .vllm import VLLMEngine
+
+ENGINE_KINDS = ("auto", "vllm", "vllm_server", "hf", "openai")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build: the one factory (the notebook, `aimo`, training); its fields are
+    run settings (aimo_lib.config) under the names in their metadata."""
+
+    # auto (vLLM wherever it is importable, GPU or CPU; transformers if vLLM is missing or
+    # fails to start) | vllm | vllm_server (vLLM's OpenAI-compatible server as a child
+    # process) | hf (transformers) | openai (a server already running: openai_url)
+    kind: str = field(default="auto", metadata={"setting": "engine"})
+    # a checkpoint folder, hub id or .gguf file; None: the embedded SmolLM2 (written once as a
+    # checkpoint for vLLM); openai: the served model's name (None: the first it lists)
+    model: str | None = None
+    # base URL of a running OpenAI-compatible server (engine openai); repeat for replicas
+    openai_urls: tuple[str, ...] = field(default=(), metadata={"setting": "openai_url"})
+    max_concurrency: int = 64  # requests in flight per OpenAI-compatible server
+    async_mode: bool = True  # vLLM: each sample continues on its own (the async pipeline)
+
+    @property
+    def remote(self) -> bool:
+        """The engine is a server this process did not start: it cannot be restarted, only
+        waited for."""
+        return self.kind == "openai"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINE_KINDS:
+            raise ValueError(f"unknown engine {self.kind!r}: one of {', '.join(ENGINE_KINDS)}")
+        if isinstance(self.openai_urls, str):
+            object.__setattr__(self, "openai_urls", (self.openai_urls,))
+        if self.kind == "openai" and not self.openai_urls:
+            raise ValueError("engine 'openai' needs the server's base URL (e.g. "
+                             "http://127.0.0.1:8000/v1); repeat it for replicas")
+
+    def build(self, **vllm_kwargs) -> Engine:
+        """The engine (vllm_kwargs: VLLMEngine's, e.g. max_model_len=4096)."""
+        if self.kind == "openai":
+            replicas = [OpenAIEngine(url, self.model, max_concurrency=self.max_concurrency)
+                        for url in self.openai_urls]
+            return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
+        if self.kind == "vllm_server":
+            from ..models import as_checkpoint
+            from ..serving import ServedVLLM
+
+            return ServedVLLM(as_checkpoint(self.model), max_concurrency=self.max_concurrency,
+                              **vllm_kwargs)
+        if self.kind == "hf" or (self.kind == "auto" and not vllm_available()):
+            return HFEngine(self.model)
+        from ..models import as_checkpoint
+
+        checkpoint = as_checkpoint(self.model)  # vLLM reads no GGUF
+        try:
+            return VLLMEngine(checkpoint, async_mode=self.async_mode, **vllm_kwargs)
+        except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly
+            if self.kind == "vllm":
+                raise
+            import logging
+
+            logging.getLogger("aimo_lib").warning(
+                "vLLM failed to start (%s: %s); falling back to transformers (HFEngine)",
+                type(exc).__name__, exc)
+            return HFEngine(self.model)

@@ -1,0 +1,107 @@
+"""What solving a problem produced: each sample's trace (`Sample`, its `CodeCall`s) and the
+problem's `SolveResult`, with their JSON records."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["CodeCall", "Sample", "SolveResult", "entropy_weight"]
+
+@dataclass
+class CodeCall:
+    code: str
+    status: str  # ExecutionResult.status
+    output: str  # what the model was shown
+    duration_s: float
+
+
+@dataclass
+class Sample:
+    index: int
+    text: str = ""  # everything generated after the prompt, tool outputs included
+    # running | answered | pruned | hallucinated | exhausted | context_full | timeout |
+    # cancelled | error (its requests failed, or processing its text broke: see `error`)
+    status: str = "running"
+    raw_answer: str | None = None
+    answer: int | None = None  # valid under the competition's rules, else None
+    code_calls: list[CodeCall] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None  # of the last generation
+    steps: int = 0  # generation steps taken (restarts do not reset it)
+    restarts: int = 0
+    elapsed_s: float = 0.0
+    error: str | None = None  # why the sample failed (an exception's type and message)
+    wave: int = 0  # 1: a second-wave sample (adaptive retry), prompted with the candidates
+    # mean token entropy (nats) of all it generated, and of its last entropy_tail_tokens
+    # tokens; None without logprobs
+    mean_entropy: float | None = None
+    tail_entropy: float | None = None
+    # Live state, not part of the record:
+    entropies: list[float] = field(default_factory=list, repr=False)
+    session: Any = field(default=None, repr=False)
+    ids: list[int] | None = field(default=None, repr=False)
+    answer_tries: int = field(default=0, repr=False)
+    resumes: int = field(default=0, repr=False)  # continuations within this step
+    retried: bool = field(default=False, repr=False)  # a transient failure was retried
+    # this step's max_tokens is what is left ("context_full": of the context, "exhausted": of
+    # the sample's token budget); cut there, the sample ends with that status
+    capped: str | None = field(default=None, repr=False)
+
+    def record(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("session", "ids", "answer_tries", "resumes", "retried",
+                                 "capped", "entropies")}
+        out["code_calls"] = [asdict(c) for c in self.code_calls]
+        return out
+
+
+@dataclass
+class SolveResult:
+    problem: str
+    answer: int | None
+    votes: dict[int, float]
+    fallback: bool  # True: no sample gave a valid answer; `answer` is the configured fallback
+    stopped_early: bool  # consensus reached; the remaining samples were cancelled
+    samples: list[Sample]
+    tokens_generated: int
+    elapsed_s: float
+    preset: str = ""
+    timed_out: bool = False  # the deadline cancelled generation
+    error: str | None = None  # a traceback when solving broke down (the answer is still valid)
+    prompt: str = ""  # the rendered prompt every sample continued
+
+    @property
+    def engine_failed(self) -> bool:
+        """Every sample's requests failed (a dead engine, or a broken set-up)."""
+        return bool(self.samples) and all(s.status == "error" for s in self.samples)
+
+    @property
+    def retried(self) -> bool:
+        """A second wave ran (adaptive retry: the first had no consensus)."""
+        return any(s.wave for s in self.samples)
+
+    @property
+    def nothing_back(self) -> bool:
+        """The deadline passed with no request completed: a hung engine, or steps longer
+        than the time limit (run.probe tells which)."""
+        return self.timed_out and self.tokens_generated == 0
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["votes"] = {str(k): v for k, v in self.votes.items()}
+        d["samples"] = [s.record() for s in self.samples]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
+    """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
+    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"); 1 where the engine
+    gave no logprobs (every sample then counts alike)."""
+    h = s.mean_entropy if kind == "mean_entropy" else s.tail_entropy
+    return 1.0 if h is None else math.exp(-sharpness * h)

@@ -1,0 +1,74 @@
+"""The package's shape: no import cycle between its modules (each imports only what sits
+below it), and one home for what used to be written twice."""
+
+import ast
+import os
+
+import aimo_lib
+
+ROOT = os.path.dirname(aimo_lib.__file__)
+
+
+def _modules() -> dict[str, str]:
+    mods = {}
+    for folder, _, files in os.walk(ROOT):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
+                mods[rel.removesuffix(".__init__")] = path
+    return mods
+
+
+def _imports(mod: str, path: str, mods: dict[str, str]) -> set[str]:
+    """The aimo_lib modules `mod` imports when it is imported (module-level imports only:
+    an import inside a function runs later and cannot make a cycle at import time)."""
+    package = mod if path.endswith("__init__.py") else mod.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.parse(open(path, encoding="utf-8").read()).body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            for alias in node.names:  # `from . import x`: the module x if there is one
+                if f"{target}.{alias.name}" in mods:
+                    out.add(f"{target}.{alias.name}")
+                elif target in mods and target != package:
+                    out.add(target)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in mods}
+    return out - {mod}
+
+
+def test_no_import_cycle_in_aimo_lib():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods) for m, p in mods.items()}
+    cycles = []
+
+    def visit(node, stack, done):
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                done.add(nxt)
+                visit(nxt, stack + [nxt], done)
+
+    for m in sorted(mods):
+        visit(m, [m], {m})
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_one_home_for_the_shared_pieces():
+    """The sandbox's preload (the seed's prelude), the truncation marker, the seed's prompt
+    format and the lateness allowance are each written once in aimo_lib."""
+    sources = {m: open(p, encoding="utf-8").read() for m, p in _modules().items()}
+    preload = "import math\\nimport numpy as np\\nimport sympy as sp"
+    for text, home in [(preload, "aimo_lib.sandbox"),
+                       ("characters truncated]", "aimo_lib.sandbox"),
+                       ('"### Problem: "', "aimo_lib.prompts"),
+                       ("ALLOWANCE_S = ", "aimo_lib.budget")]:
+        where = sorted(m for m, s in sources.items() if text in s)
+        assert where == [home], f"{text!r} is written in {where}, not only in {home}"
