@@ -11,11 +11,12 @@ new entry.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from .answers import AIMO1, AIMO2, AIMO3, AnswerRules
 
-__all__ = ["COMPETITIONS", "Competition", "get_competition"]
+__all__ = ["COMPETITIONS", "Competition", "InvalidAnswer", "get_competition", "validate_answer"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,23 @@ def get_competition(name: str) -> Competition:
     if name not in COMPETITIONS:
         raise ValueError(f"unknown competition {name!r}; choose from {sorted(COMPETITIONS)}")
     return COMPETITIONS[name]
+
+
+class InvalidAnswer(ValueError):
+    """An answer Kaggle's gateway would reject (not an integer, or out of range)."""
+
+
+def validate_answer(answer, competition: str) -> int:
+    """The answer as an int, or InvalidAnswer if the competition's gateway would reject it."""
+    if isinstance(answer, bool):
+        raise InvalidAnswer(f"answer {answer!r} is a bool, not an integer")
+    try:
+        value = operator.index(answer)  # int, numpy integers; not floats or strings
+    except TypeError:
+        raise InvalidAnswer(f"answer {answer!r} ({type(answer).__name__}) is not an integer"
+                            ) from None
+    lo, hi = get_competition(competition).answer_range
+    if not lo <= value <= hi:
+        raise InvalidAnswer(f"answer {value} is outside {lo}..{hi}, the range for "
+                            f"{competition}; apply the competition's answer rules first")
+    return value

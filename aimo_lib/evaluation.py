@@ -18,19 +18,16 @@ import math
 import os
 import random
 import statistics
-import threading
 import time
-import traceback
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from .answers import vote
 from .competitions import get_competition
-from .gateway import Problem, append_jsonl, read_jsonl, read_rows
+from .gateway import Problem
+from .records import read_jsonl, read_rows
 
-__all__ = ["DATASETS", "EvalProblem", "compare_runs", "load_eval_dataset", "maj_at_k",
-           "run_eval", "summarize"]
+__all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "load_eval_dataset",
+           "maj_at_k", "run_eval", "summarize"]
 
 # name -> (Numina's hub dataset, file name of the local JSONL copy)
 DATASETS = {
@@ -202,69 +199,33 @@ def load_records(out_dir: str) -> list[dict]:
     return list(latest.values())
 
 
-def _failed_result(error: str, elapsed_s: float, fallback: int) -> dict:
-    """The record of a solve that raised: the fallback answer and the traceback."""
-    return {"answer": fallback, "votes": {}, "fallback": True, "stopped_early": False,
-            "samples": [], "tokens_generated": 0, "elapsed_s": elapsed_s, "timed_out": False,
-            "error": error}
+def eval_runner(config, out_dir: str, **kwargs):
+    """The Runner of an evaluation run: its records are out_dir/samples.jsonl (one per
+    problem and seed), its limit per problem config.time_limit_s (no budget)."""
+    from .run import Runner
+
+    return Runner(config, records=os.path.join(out_dir, "samples.jsonl"), **kwargs)
 
 
-def run_eval(problems: list[EvalProblem], make_solver: Callable[[int], object], seeds: list[int],
-             out_dir: str, config: dict, competition: str = "aimo1", concurrency: int = 1,
-             progress: bool = True) -> dict:
-    """Solve every (problem, seed) pair not yet in out_dir/samples.jsonl; then summarise.
+def run_eval(problems: list[EvalProblem], runner, seeds: list[int], out_dir: str, config: dict,
+             concurrency: int = 1, progress: bool = True) -> dict:
+    """Solve every (problem, seed) pair not yet in the runner's records (eval_runner:
+    out_dir/samples.jsonl), `concurrency` at a time; then summarise into out_dir.
 
-    make_solver(seed) returns a Solver for that seed (built once per seed). `config` is
-    written to config.json beside the results. A solve that raises is recorded with its
-    traceback and the fallback answer (and redone by the next run); once the engine looks
-    dead (guard.EngineHealth) the remaining problems are recorded that way at once.
+    `config` is written to config.json beside the results. A solve that fails is recorded
+    with its traceback and the fallback answer (and redone by the next run); an engine that
+    dies is restarted (aimo_lib.run).
     """
-    from tqdm.auto import tqdm
-
-    from .guard import EngineHealth
+    from .run import Job
 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, default=str)
-    done = {(r["id"], r["seed"]) for r in load_records(out_dir) if not r.get("failed")}
-    todo = [(p, s) for s in seeds for p in problems if (p.id, s) not in done]
-    solvers = {s: make_solver(s) for s in seeds if any(t[1] == s for t in todo)}
-    lock = threading.Lock()
-    path = os.path.join(out_dir, "samples.jsonl")
-    health = EngineHealth()
-    fallback = get_competition(competition).rules.fallback
-
-    def one(problem: EvalProblem, seed: int) -> None:
-        start = time.monotonic()
-        record = {"id": problem.id, "seed": seed, "truth": problem.answer}
-        if health.dead:
-            error = f"not attempted: the engine is dead ({health.reason.strip()})"
-            record.update(failed=True, result=_failed_result(error, 0.0, fallback))
-        else:
-            try:
-                result = solvers[seed].solve(problem.problem)
-                health.record(result.engine_failed, result.error or "")
-                record["result"] = result.to_dict()
-            except Exception:  # noqa: BLE001 - one problem's failure is not the run's
-                error = traceback.format_exc()
-                health.record(True, error)
-                record.update(failed=True, result=_failed_result(
-                    error, time.monotonic() - start, fallback))
-        with lock:
-            append_jsonl(path, record)
-
-    with tqdm(total=len(problems) * len(seeds), initial=len(problems) * len(seeds) - len(todo),
-              desc="eval", unit="problem", disable=not progress) as bar:
-        with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            futures = [pool.submit(one, p, s) for p, s in todo]
-            try:
-                for f in as_completed(futures):
-                    f.result()
-                    bar.update(1)
-            except BaseException:  # Ctrl-C or a failure: start nothing more, keep what is done
-                for f in futures:
-                    f.cancel()
-                raise
+    jobs = [Job(p.problem, p.id, seed=s, record={"truth": p.answer})
+            for s in seeds for p in problems]
+    for _ in runner.map(jobs, concurrency, progress, desc="eval"):
+        pass
+    competition = runner.competition
     records = load_records(out_dir)
     summary = summarize(records, problems, competition)
     summary.update(dataset=config.get("dataset"), competition=competition,

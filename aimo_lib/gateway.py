@@ -1,7 +1,7 @@
 """A local stand-in for Kaggle's evaluation gateway, plus what a competitor needs.
 
     gateway = LocalGateway(load_problems("samples"), competition="aimo1", out_dir="runs/demo")
-    report = gateway.run(solve)          # solve(problem_text, problem_id) -> int | SolveResult
+    report = gateway.run(runner)         # aimo_lib.run.Runner: runner.solve(text, id) -> Outcome
 
 Like the real gateways: problems come in a shuffled (seeded) order, one at a time, and the
 next one comes only after the previous was answered; answers must be integers in the
@@ -13,20 +13,17 @@ reference answers are known, and resumability (answered problems are skipped on 
 from __future__ import annotations
 
 import csv
-import json
-import operator
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .competitions import get_competition
+from .competitions import InvalidAnswer, get_competition, validate_answer
+from .records import append_jsonl, read_jsonl, read_rows
 
-__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "append_jsonl", "load_problems",
-           "read_jsonl", "read_rows", "validate_answer"]
-
+__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "load_problems"]
 
 
 class GatewayError(RuntimeError):
@@ -38,53 +35,6 @@ class Problem:
     id: str
     problem: str
     answer: int | None = None  # the reference answer, when known
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Records appended with append_jsonl; [] if the file does not exist yet. A line torn by
-    a crash is skipped (its record is simply redone)."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return rows
-
-
-def read_rows(path: str) -> list[dict]:
-    """Rows of a .jsonl or .csv file, with clear errors for anything else."""
-    if path.endswith(".jsonl"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        return rows
-    if path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    raise ValueError(f"{path}: expected a .jsonl or .csv file of problems")
-
-
-def append_jsonl(path: str, record: dict) -> None:
-    """Append one record durably. A line torn by an earlier crash is closed off first, so
-    it costs only its own record."""
-    with open(path, "a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        torn = False
-        if end:
-            f.seek(end - 1)
-            torn = f.read(1) != b"\n"
-        f.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def load_problems(source: str, limit: int | None = None) -> list[Problem]:
@@ -112,22 +62,6 @@ def load_problems(source: str, limit: int | None = None) -> list[Problem]:
         problems.append(Problem(str(row["id"]), str(row["problem"]),
                                 None if answer in (None, "") else answer))
     return problems[:limit] if limit else problems
-
-
-def validate_answer(answer, competition: str) -> int:
-    """The answer as an int, or GatewayError if Kaggle would reject it."""
-    if isinstance(answer, bool):
-        raise GatewayError(f"answer {answer!r} is a bool, not an integer")
-    try:
-        value = operator.index(answer)  # int, numpy integers; not floats or strings
-    except TypeError:
-        raise GatewayError(f"answer {answer!r} ({type(answer).__name__}) is not an integer"
-                           ) from None
-    lo, hi = get_competition(competition).answer_range
-    if not lo <= value <= hi:
-        raise GatewayError(f"answer {value} is outside {lo}..{hi}, the range for "
-                           f"{competition}; apply the competition's answer rules first")
-    return value
 
 
 @dataclass
@@ -201,7 +135,10 @@ class LocalGateway:
         if self.timeout_s is not None and elapsed > self.timeout_s:
             raise GatewayError(f"problem {p.id} took {elapsed:.0f} s, over the {self.timeout_s:g}"
                                " s limit per problem")
-        value = validate_answer(answer, self.competition)
+        try:
+            value = validate_answer(answer, self.competition)
+        except InvalidAnswer as exc:
+            raise GatewayError(str(exc)) from None
         row = {"id": p.id, "answer": value, "truth": p.answer, "elapsed_s": round(elapsed, 3),
                "correct": p.answer is not None and value == p.answer % (
                    get_competition(self.competition).answer_range[1] + 1),
@@ -212,17 +149,12 @@ class LocalGateway:
         self._waiting = None
         self._write_submission()
 
-    def run(self, solve: Callable[[str, str], object]) -> Report:
-        """Serve every problem to solve(problem, id) -> int or SolveResult; write the files.
-        A solve that raises or answers out of range gets the fallback answer (see guard)."""
-        from .guard import GuardedSolve
-
-        guarded = solve if isinstance(solve, GuardedSolve) else GuardedSolve(
-            solve, self.competition, os.path.join(self.out_dir, "results.jsonl"))
+    def run(self, runner) -> Report:
+        """Serve every problem to runner.solve(problem, id) -> run.Outcome (an answer valid for
+        the competition, whatever solving did: aimo_lib.run.Runner); write the files."""
         for p in self.iter_test():
-            out = guarded(p.problem, p.id)
-            self.predict(p.id, out.answer, out.result if hasattr(out.result, "votes") else None,
-                         out.error)
+            out = runner.solve(p.problem, p.id)
+            self.predict(p.id, out.answer, out.result, out.error)
         report = Report(self.competition, [self._done[p.id] for p in self.problems
                                            if p.id in self._done], self.out_dir)
         with open(os.path.join(self.out_dir, "report.txt"), "w", encoding="utf-8") as f:

@@ -1,8 +1,8 @@
-"""Kaggle's evaluation APIs behind one call, and what the notebook configures.
+"""Kaggle's evaluation APIs behind one call, and what the notebook finds on Kaggle by itself.
 
-    config = NotebookConfig.from_env()          # AIMO_* environment variables / overrides
-    solve = make_solve_fn(config)                # lazy: the model loads in the first call
-    serve(solve, config)                         # whichever API is present, else our gateway
+    config = load_config(globals())     # the notebook's settings, then competition/model found
+    runner = make_runner(config)        # lazy: the model loads in the first problem
+    serve(runner)                       # whichever API is present, else our gateway
 
 - AIMO 1 (`aimo` module, in the competition's rerun): make_env() / iter_test() / predict().
 - AIMO 2 and 3 (`kaggle_evaluation`): an inference server around the module-level `predict`
@@ -11,29 +11,38 @@
 - Anywhere else: `aimo_lib.gateway.LocalGateway` over a problem file (default: the sample
   problems shipped with aimo_lib), with a score when answers are known.
 
-Every path answers through `aimo_lib.guard`: a solve that fails, for any reason, submits the
-fallback answer (its traceback goes to results.jsonl and the log) and the run goes on; a dead
-engine gets the remaining problems answered at once rather than each waiting out its budget.
+Every path answers through `aimo_lib.run.Runner`: a solve that fails, for any reason, submits
+the fallback answer (its traceback goes to results.jsonl and the log), a dead engine is
+restarted, and the run goes on.
+
+Kaggle's input folder is /kaggle/input, or $AIMO_KAGGLE_INPUT (`aimo-kaggle rehearse` lays
+out a Kaggle-like one there): the competition whose data is attached there is the run's when
+COMPETITION is auto, and the model is found there when MODEL is auto, in the Models layout
+(<model>/<framework>/<variation>/<version>/config.json) or as a Dataset
+(<slug>/[<folder>/...]config.json).
 """
 
 from __future__ import annotations
 
+import glob
 import importlib
+import importlib.util
 import json
 import os
-import threading
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import replace
 
-from .competitions import get_competition
-from .gateway import LocalGateway, Report, append_jsonl, load_problems, read_rows
-from .guard import EngineHealth, GuardedSolve, log, probe
+from .competitions import COMPETITIONS, get_competition
+from .config import RunConfig, replace_engine
+from .gateway import LocalGateway, Report, load_problems
+from .models import ModelNotFoundError
+from .records import log, read_rows
+from .run import Runner
 
-__all__ = ["NotebookConfig", "is_rerun", "make_solve_fn", "predict", "serve"]
+__all__ = ["find_competition", "find_model", "is_rerun", "kaggle_input", "load_config",
+           "make_runner", "predict", "resolve", "serve"]
 
-KAGGLE_INPUT = "/kaggle/input"
+# Newest first: where several are attached, the latest competition is the one being run.
+_NEWEST_FIRST = ("aimo3", "aimo2", "aimo1")
 
 
 def is_rerun() -> bool:
@@ -41,168 +50,130 @@ def is_rerun() -> bool:
     return bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN"))
 
 
-@dataclass
-class NotebookConfig:
-    """Everything the notebook can set; each field also reads AIMO_<FIELD> from the env."""
-
-    competition: str = "aimo1"  # aimo1 | aimo2 | aimo3
-    model: str | None = "auto"  # a model dir; "auto": one attached on Kaggle, else SmolLM2
-    engine: str = "auto"  # auto (vllm where importable, GPU or CPU; else hf) | vllm | hf | openai
-    openai_url: str | None = None  # for engine=openai
-    # "auto": from the model (embedded_cpu for the embedded SmolLM2, aimo3_gpt_oss for gpt-oss,
-    # else default); or a name in aimo_lib.solver.PRESETS
-    preset: str = "auto"
-    num_samples: int | None = None  # None: the preset's
-    max_rounds: int | None = None
-    max_new_tokens: int | None = None
-    prompt_template: str | None = None
-    temperature: float | None = None
-    total_hours: float | None = None  # None: the competition's (9 h AIMO 1, 5 h AIMO 2/3)
-    problems: str = "auto"  # off Kaggle's rerun: a .jsonl/.csv path, "samples" or "auto"
-    limit: int | None = None  # serve only the first N problems (local runs)
-    out_dir: str = "submission"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.model == "auto":
-            self.model = _attached_model()
-
-    @classmethod
-    def from_env(cls, **overrides) -> NotebookConfig:
-        """Defaults, then AIMO_* environment variables, then non-None `overrides`."""
-        values = {}
-        for f in fields(cls):
-            raw = os.environ.get(f"AIMO_{f.name.upper()}")
-            if raw not in (None, ""):
-                kind = str(f.type).replace(" | None", "")
-                values[f.name] = (int(raw) if kind == "int" else float(raw) if kind == "float"
-                                  else raw)
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown NotebookConfig fields: {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def solver_config(self):
-        from .solver import config_for_run
-
-        return config_for_run(
-            self.preset, self.model, served=self.engine == "openai",
-            competition=self.competition, seed=self.seed, num_samples=self.num_samples,
-            max_rounds=self.max_rounds, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, prompt_template=self.prompt_template)
-
-    def engine_spec(self):
-        from .engines import EngineSpec
-
-        return EngineSpec(self.engine, self.model, (self.openai_url,) if self.openai_url else ())
+def kaggle_input() -> str:
+    """Where Kaggle mounts attached data: /kaggle/input, or $AIMO_KAGGLE_INPUT."""
+    return os.environ.get("AIMO_KAGGLE_INPUT") or "/kaggle/input"
 
 
-def _attached_model() -> str | None:
-    """A model attached to a Kaggle notebook: /kaggle/input/<model>/<framework>/<variation>/<n>
-    with a config.json; None elsewhere (the embedded SmolLM2 is used)."""
-    import glob
-
-    found = sorted(glob.glob(os.path.join(KAGGLE_INPUT, "*", "*", "*", "*", "config.json")))
-    return os.path.dirname(found[0]) if found else None
+def on_kaggle() -> bool:
+    return os.path.isdir(kaggle_input())
 
 
-class SolveFn:
-    """solve(problem, problem_id) -> SolveResult, as make_solve_fn builds it.
-
-    Nothing heavy happens until the first call (so an AIMO 2/3 server starts within Kaggle's
-    15 minutes); each call gets its deadline from the run's TimeBudget (`expect(n)` sizes it
-    for the problems actually served); results are appended to <out_dir>/results.jsonl.
-    Never raises: an engine that cannot be built, or that has died, gives the flagged
-    fallback (and the records say why).
-    """
-
-    def __init__(self, config: NotebookConfig, engine=None, probe_timeout_s: float = 30.0):
-        from .budget import TimeBudget
-
-        self.config, self.probe_timeout_s = config, probe_timeout_s
-        self.budget = TimeBudget.for_run(config.competition, config.total_hours)
-        self.health = EngineHealth()
-        self._engine = engine  # an engine, a callable building one, or None: from config
-        self._solver = None
-        self._lock = threading.Lock()
-        self.results_path = os.path.join(config.out_dir, "results.jsonl")
-        os.makedirs(config.out_dir, exist_ok=True)
-        with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump({"notebook": asdict(config), "solver": config.solver_config().to_dict()},
-                      f, indent=2, default=str)
-
-    def expect(self, n_problems: int) -> None:
-        """The run serves `n_problems` in all: size the per-problem budget for them."""
-        self.budget.resize(n_problems)
-
-    def __call__(self, problem: str, problem_id: str = ""):
-        from .solver import SolveResult
-
-        with self._lock:  # one problem at a time, as the gateways serve them
-            limit = self.budget.next_limit_s()
-            start = time.monotonic()
-            result = error = None
-            if self.health.dead:
-                error = f"not attempted: the engine is dead ({self.health.reason.strip()})"
-            else:
-                try:
-                    result = self._get_solver().solve(problem, time_limit_s=limit)
-                except Exception:  # building the engine failed (solve() itself never raises)
-                    error = traceback.format_exc()
-            if result is None:
-                rules = self.config.solver_config().rules
-                result = SolveResult(problem, rules.fallback, {}, True, False, [], 0,
-                                     time.monotonic() - start, self.config.preset, error=error)
-                log(f"{problem_id}: no solver; fallback {result.answer}:\n{error}")
-            failed = result.engine_failed or not result.samples
-            why = error or _first_error(result)
-            if not failed and result.nothing_back and self._solver is not None:
-                why = probe(self._solver.engine, self.probe_timeout_s)  # hung, or just slow?
-                failed = why is not None
-            self.health.record(failed, why or "")
-            self.budget.record(result.elapsed_s)
-            append_jsonl(self.results_path, {"id": problem_id, **result.to_dict()})
-            log(f"{problem_id}: answer {result.answer} votes {dict(result.votes)} in "
-                f"{result.elapsed_s:.1f} s (limit {limit:.0f} s); {self.budget}")
-            return result
-
-    def _get_solver(self):
-        if self._solver is None:
-            from .sandbox import Sandbox
-            from .solver import Solver
-
-            start = time.monotonic()
-            engine = self._engine
-            if engine is None:
-                engine = self.config.engine_spec().build()
-            elif not hasattr(engine, "generate") and callable(engine):
-                engine = engine()
-            self._solver = Solver(engine, Sandbox(), self.config.solver_config())
-            log(f"model and sandbox ready in {time.monotonic() - start:.0f} s")
-        return self._solver
-
-    def close(self) -> None:
-        """Shut the engine and the sandbox down."""
-        if self._solver is not None:
-            self._solver.engine.close()
-            self._solver.sandbox.close()
-            self._solver = None
+def _api_present(competition: str) -> bool:
+    c = get_competition(competition)
+    module = c.server[0] if c.server else "aimo"
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is not there
+        return False
 
 
-def _first_error(result) -> str:
-    return next((s.error for s in result.samples if s.error), "") or (result.error or "")
+def find_competition() -> str | None:
+    """The competition whose data is attached (its folder under the input folder, or its
+    evaluation API importable), newest first; None when there is none."""
+    for name in _NEWEST_FIRST:
+        if os.path.isdir(os.path.join(kaggle_input(), get_competition(name).kaggle_dir)):
+            return name
+    for name in _NEWEST_FIRST:
+        if _api_present(name):
+            return name
+    return None
 
 
-def make_solve_fn(config: NotebookConfig, engine=None, **kwargs) -> SolveFn:
-    """The notebook's solve(problem, problem_id) -> SolveResult; see SolveFn. `engine`: an
-    engine or a function building one (default: from the config, at the first call)."""
-    return SolveFn(config, engine, **kwargs)
+def _is_model_dir(path: str) -> bool:
+    """A transformers checkpoint: config.json beside weights (or a tokenizer, for tests)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return False
+    names = os.listdir(path)
+    return any(n.endswith((".safetensors", ".bin", ".pt", ".gguf")) or
+               n == "model.safetensors.index.json" or n == "tokenizer.json" for n in names)
+
+
+def find_model(max_depth: int = 5) -> str | None:
+    """A model attached to the notebook: the first folder under the input folder (sorted,
+    breadth first, at most `max_depth` deep) holding a checkpoint, in the Models layout or
+    uploaded as a Dataset; the competition's data and the wheels dataset are skipped."""
+    root = kaggle_input()
+    if not os.path.isdir(root):
+        return None
+    skip = {c.kaggle_dir for c in COMPETITIONS.values()}
+    level = [os.path.join(root, d) for d in sorted(os.listdir(root)) if d not in skip]
+    found = []
+    for _ in range(max_depth):
+        found = [d for d in level if os.path.isdir(d) and _is_model_dir(d)]
+        if found:
+            break
+        level = [os.path.join(d, n) for d in level if os.path.isdir(d)
+                 and not glob.glob(os.path.join(d, "aimo_lib-*.whl"))
+                 for n in sorted(os.listdir(d))]
+    if len(found) > 1:
+        log(f"several models are attached: {', '.join(found)}; using {found[0]} (set MODEL "
+            "to choose)")
+    return found[0] if found else None
+
+
+class NoModelAttached(ModelNotFoundError):
+    """On Kaggle, MODEL is auto and no model is attached."""
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """The config with its competition and model concrete: `auto` found on Kaggle (the data
+    and model attached), else aimo1 and the embedded SmolLM2. On Kaggle with no model
+    attached an interactive run stops here with what to attach; a scoring rerun goes on (every
+    problem then gets the fallback, with the reason in the log)."""
+    competition = config.competition
+    if competition == "auto":
+        competition = find_competition() or "aimo1"
+    get_competition(competition)
+    if config.model == "auto":
+        model = find_model()
+        if model is None and on_kaggle() and config.engine.kind != "openai":
+            message = (f"no model found under {kaggle_input()}: attach your model to the "
+                       "notebook (Add Input: a Kaggle Model, or a Dataset with the checkpoint "
+                       "folder: config.json and the weights), or set MODEL to its folder")
+            if not is_rerun():
+                raise NoModelAttached(message)
+            log(f"!!! {message}; every problem gets the fallback answer")
+        config = replace_engine(config, model=model)
+    return replace(config, competition=competition)
+
+
+def load_config(notebook: dict | None = None, **values) -> RunConfig:
+    """The notebook's run configuration: its UPPERCASE parameters (None: not given), AIMO_*
+    variables and `values`, then resolve()d."""
+    return resolve(RunConfig.load(notebook=notebook, values=values))
+
+
+def make_runner(config: RunConfig, engine=None, **kwargs) -> Runner:
+    """The run's Runner: the competition's TimeBudget (TOTAL_HOURS, start-up and reserve
+    kept), results.jsonl in OUT_DIR, config.json beside it. Nothing heavy happens until the
+    first problem (so an AIMO 2/3 server starts within Kaggle's 15 minutes)."""
+    from .budget import TimeBudget
+
+    os.makedirs(config.out_dir, exist_ok=True)
+    budget = None if config.time_limit_s is not None else TimeBudget.for_run(
+        config.competition, config.total_hours)
+    if engine is None and config.model is None and on_kaggle() and (
+            config.engine.kind != "openai"):
+        engine = _no_model  # resolve() said why: answer the fallback at once, each problem
+    runner = Runner(config, engine=engine, budget=budget,
+                    records=os.path.join(config.out_dir, "results.jsonl"), **kwargs)
+    try:
+        solver = config.solver_config().to_dict()
+    except (ValueError, TypeError) as exc:
+        solver = f"invalid: {exc}"
+    with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"run": config.to_dict(), "solver": solver}, f, indent=2, default=str)
+    return runner
+
+
+def _no_model():
+    raise NoModelAttached(f"no model is attached under {kaggle_input()}")
 
 
 # ---------------------------------------------------------------- AIMO 2 / 3
 
-_solve: GuardedSolve | None = None
+_runner: Runner | None = None
 
 
 def _scalar(column):
@@ -216,18 +187,18 @@ def predict(id_, problem, *rest):
     Never raises: an exception here would stop Kaggle's gateway and lose the submission."""
     import polars as pl
 
-    if _solve is None:
+    if _runner is None:
         raise RuntimeError("aimo_lib.kaggle.serve() must be called before predict()")
     try:
         problem_id, text = str(_scalar(id_)), str(_scalar(problem))
     except Exception:  # noqa: BLE001 - malformed input: still answer the row
         problem_id, text = str(id_), str(problem)
-    answer = _solve(text, problem_id).answer
+    answer = _runner.solve(text, problem_id).answer
     return pl.DataFrame({"id": [problem_id], "answer": [answer]})
 
 
 def _default_problems(competition: str) -> str:
-    kaggle_dir = os.path.join(KAGGLE_INPUT, get_competition(competition).kaggle_dir)
+    kaggle_dir = os.path.join(kaggle_input(), get_competition(competition).kaggle_dir)
     for name in ("test.csv", "train.csv", "reference.csv"):
         path = os.path.join(kaggle_dir, name)
         if os.path.exists(path):
@@ -235,18 +206,41 @@ def _default_problems(competition: str) -> str:
     return "samples"
 
 
-def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report | None:
-    """Drive whichever evaluation API is present for `config.competition`.
+def _api_for(competition: str) -> str | None:
+    """The competition whose evaluation API this run will drive: the configured one when it
+    is present, else (loudly) another one that is; None when none is."""
+    if _api_present(competition):
+        return competition
+    other = next((c for c in _NEWEST_FIRST if _api_present(c)), None)
+    if other is not None:
+        log(f"!!! COMPETITION is {competition}, but its evaluation API is not attached; "
+            f"{other}'s is: serving {other} (attach the right competition's data, or set "
+            "COMPETITION, to silence this)")
+    return other
 
-    Returns the local gateway's Report when our gateway ran (off Kaggle), else None.
+
+def serve(runner: Runner) -> Report | None:
+    """Drive whichever evaluation API is present for the runner's competition.
+
+    Returns the local gateway's Report when our gateway ran (off Kaggle's APIs), else None.
+    In a scoring rerun of AIMO 2/3 this never returns: Kaggle's server blocks while its
+    gateway sends the problems (and the notebook is stopped afterwards).
     """
-    global _solve
+    global _runner
+    config = runner.config
     competition = config.competition
+    if is_rerun():
+        api = _api_for(competition)
+        if api is None:
+            raise RuntimeError(
+                f"a {competition} scoring rerun, but no competition's evaluation API can be "
+                "imported: attach the competition's data to the notebook (it provides the "
+                "`aimo` module for AIMO 1, `kaggle_evaluation` for AIMO 2 and 3)")
+        if api != competition:
+            runner.set_competition(api)
+            competition = api
     server_class = get_competition(competition).server
-    guarded = GuardedSolve(solve, competition,
-                           os.path.join(config.out_dir, "results.jsonl"))
-    expect = getattr(solve, "expect", None)
-    if competition == "aimo1" and is_rerun():
+    if is_rerun() and server_class is None:
         import aimo  # shipped with the AIMO 1 competition data
 
         env = aimo.make_env()
@@ -255,33 +249,29 @@ def serve(solve: Callable[[str, str], object], config: NotebookConfig) -> Report
                 problem_id, text = str(test["id"].values[0]), str(test["problem"].values[0])
             except Exception:  # noqa: BLE001 - malformed input: still answer the row
                 problem_id, text = "?", str(test)
-            sample_submission["answer"] = guarded(text, problem_id).answer
+            sample_submission["answer"] = runner.solve(text, problem_id).answer
             env.predict(sample_submission)
         return None
-    if server_class and importlib.util.find_spec("kaggle_evaluation") is not None:
+    if server_class and (is_rerun() or _api_present(competition)):
         module, name = server_class
-        _solve = guarded
+        _runner = runner
         server = getattr(importlib.import_module(module), name)(predict)
         if is_rerun():
+            log(f"{competition} scoring rerun: serving predict() to Kaggle's gateway")
             server.serve()
         else:
-            path = _problems_path(config)
-            if callable(expect) and path.endswith((".csv", ".jsonl")) and os.path.exists(path):
-                expect(len(read_rows(path)))
+            path = _problems_path(config, competition)
+            if path.endswith((".csv", ".jsonl")) and os.path.exists(path):
+                runner.expect(len(read_rows(path)))
             server.run_local_gateway((path,))
         return None
-    if is_rerun():
-        raise RuntimeError(f"a {competition} rerun without its evaluation API: attach the "
-                           "competition's data to the notebook")
-    gateway = LocalGateway(load_problems(_problems_path(config), config.limit), competition,
-                           seed=config.seed, out_dir=config.out_dir)
-    if callable(expect):
-        expect(len(gateway.problems))
-    report = gateway.run(guarded)
+    gateway = LocalGateway(load_problems(_problems_path(config, competition), config.limit),
+                           competition, seed=config.seed, out_dir=config.out_dir)
+    runner.expect(len(gateway.problems))
+    report = gateway.run(runner)
     print(report.table(), flush=True)
     return report
 
 
-def _problems_path(config: NotebookConfig) -> str:
-    return _default_problems(config.competition) if config.problems == "auto" else (
-        config.problems)
+def _problems_path(config: RunConfig, competition: str) -> str:
+    return _default_problems(competition) if config.problems == "auto" else config.problems

@@ -4,9 +4,10 @@ import pytest
 
 from aimo_lib import SolverConfig
 from aimo_lib.budget import TimeBudget
-from aimo_lib.competitions import COMPETITIONS, get_competition
-from aimo_lib.gateway import GatewayError, LocalGateway, validate_answer
-from aimo_lib.guard import GuardedSolve
+from aimo_lib.competitions import COMPETITIONS, InvalidAnswer, get_competition, validate_answer
+from aimo_lib.config import RunConfig
+from aimo_lib.gateway import LocalGateway
+from aimo_lib.run import Runner
 
 
 @pytest.mark.parametrize("name", sorted(COMPETITIONS))
@@ -14,7 +15,7 @@ def test_every_module_agrees_with_the_record(name):
     c = get_competition(name)
     lo, hi = c.answer_range
     assert validate_answer(lo, name) == lo and validate_answer(hi, name) == hi
-    with pytest.raises(GatewayError):
+    with pytest.raises(InvalidAnswer):
         validate_answer(hi + 1, name)
     # what the solver's rules let through, the gateway accepts
     assert c.rules.apply(hi) == hi and lo <= c.rules.apply(hi + 1 if c.rules.modulus else hi) <= hi
@@ -36,7 +37,7 @@ def test_facts_of_the_three_competitions():
     lambda: SolverConfig(competition="aimo4").rules,
     lambda: TimeBudget.for_run("aimo4"),
     lambda: LocalGateway([], "aimo4"),
-    lambda: GuardedSolve(lambda p, i: 0, "aimo4"),
+    lambda: Runner(RunConfig(competition="aimo4"), solve_fn=lambda p, i, limit: 0),
     lambda: validate_answer(1, "aimo4"),
 ])
 def test_an_unknown_competition_is_named_with_the_choices(make):

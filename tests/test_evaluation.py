@@ -7,10 +7,12 @@ import sys
 import pytest
 
 from aimo_lib import Solver, SolverConfig
+from aimo_lib.config import RunConfig
 from aimo_lib.engines import ScriptedEngine
 from aimo_lib.evaluation import (
     DATASETS,
     compare_runs,
+    eval_runner,
     load_eval_dataset,
     load_records,
     maj_at_k,
@@ -42,20 +44,28 @@ def canned(tmp_path):
     return problems
 
 
-def scripted_solver(sandbox, script=SCRIPT):
+CFG = SolverConfig.preset("default", num_samples=4, max_rounds=1, early_stop=None,
+                         stop_at_boxed=False, pipeline="rounds", prompt_template="{problem}")
+
+
+def scripted_engine(script=SCRIPT) -> ScriptedEngine:
     def fn(prompt, k):
         name = prompt.split("Problem ")[1][0]
         a = script[name][k % 4]
         return "no idea" if a is None else f"\\boxed{{{a}}}"
 
-    cfg = SolverConfig.preset("default", num_samples=4, max_rounds=1, early_stop=None,
-                              stop_at_boxed=False, pipeline="rounds", prompt_template="{problem}")
-    return lambda seed: Solver(ScriptedEngine(fn), sandbox, cfg)
+    return ScriptedEngine(fn)
+
+
+def scripted_runner(out, sandbox, script=SCRIPT):
+    """The evaluation's run loop on a scripted engine (real solver, real records)."""
+    return eval_runner(RunConfig(competition="aimo1"), str(out), engine=scripted_engine(script),
+                       sandbox=sandbox, solver=CFG)
 
 
 def test_exact_metrics_on_canned_data(canned, sandbox, tmp_path):
     out = tmp_path / "run"
-    summary = run_eval(canned, scripted_solver(sandbox), [0, 1], str(out),
+    summary = run_eval(canned, scripted_runner(out, sandbox), [0, 1], str(out),
                        {"dataset": "canned"}, progress=False)
     assert summary["maj_at_n"] == {"mean": pytest.approx(1 / 3), "std": 0.0,
                                    "per_seed": [pytest.approx(1 / 3)] * 2}
@@ -89,48 +99,45 @@ def test_maj_at_k_estimator():
         maj_at_k([1, 2], 1, 3)
 
 
-def recording(base, calls: list, fail_at: int | None = None):
-    """A make_solver for run_eval that records each problem solved (and can die at one)."""
-    class Recording:
-        def __init__(self, seed):
-            self.solver = base(seed)
+def recording(out, sandbox, calls: list, fail_at: int | None = None):
+    """An evaluation runner that records each problem solved (and can die at one)."""
+    solver = Solver(scripted_engine(), sandbox, CFG)
 
-        def solve(self, problem):
-            calls.append(problem)
-            if len(calls) == fail_at:
-                raise KeyboardInterrupt  # the run is killed during this problem
-            return self.solver.solve(problem)
+    def solve(problem, problem_id, limit):
+        calls.append(problem)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt  # the run is killed during this problem
+        return solver.solve(problem)
 
-    return Recording
+    return eval_runner(RunConfig(competition="aimo1"), out, solve_fn=solve)
 
 
 def test_resume_after_an_interruption(canned, sandbox, tmp_path):
     out = str(tmp_path / "run")
-    base = scripted_solver(sandbox)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(canned, recording(base, [], fail_at=3), [0, 1], out, {"dataset": "canned"},
-                 progress=False)
+        run_eval(canned, recording(out, sandbox, [], fail_at=3), [0, 1], out,
+                 {"dataset": "canned"}, progress=False)
     kept = len(load_records(out))
     assert kept in (2, 3)  # the two before the crash (and the one the worker had started)
     with open(os.path.join(out, "samples.jsonl"), "a") as f:
         f.write('{"id": "C", "se')  # a torn last line is ignored
     redo = []
-    summary = run_eval(canned, recording(base, redo), [0, 1], out, {"dataset": "canned"},
-                       progress=False)
+    summary = run_eval(canned, recording(out, sandbox, redo), [0, 1], out,
+                       {"dataset": "canned"}, progress=False)
     assert len(redo) == 6 - kept and len(load_records(out)) == 6
     assert summary["maj_at_n"]["mean"] == pytest.approx(1 / 3)
     again = []
-    run_eval(canned, recording(base, again), [0, 1, 2], out, {"dataset": "canned"},
+    run_eval(canned, recording(out, sandbox, again), [0, 1, 2], out, {"dataset": "canned"},
              progress=False)
     assert len(again) == 3  # only seed 2 was new
 
 
 def test_compare_runs_with_paired_bootstrap(canned, sandbox, tmp_path):
     better = {**SCRIPT, "C": [9, 9, 5, 5]}
-    run_eval(canned, scripted_solver(sandbox), [0], str(tmp_path / "a"), {"dataset": "set"},
-             progress=False)
-    run_eval(canned, scripted_solver(sandbox, better), [0], str(tmp_path / "b"),
-             {"dataset": "set"}, progress=False)
+    for name, script in (("a", SCRIPT), ("b", better)):
+        out = tmp_path / name
+        run_eval(canned, scripted_runner(out, sandbox, script), [0], str(out),
+                 {"dataset": "set"}, progress=False)
     (row,) = compare_runs(str(tmp_path / "a"), str(tmp_path / "b"))
     assert (row["dataset"], row["problems"]) == ("set", 3)
     assert row["a"] == pytest.approx(1 / 3) and row["b"] == pytest.approx(2 / 3)

@@ -228,13 +228,9 @@ def test_notebook_serves_gpt_oss_in_harmony_when_preset_is_auto(tmp_path, sandbo
         replies = tool_replies(prompt)
         return call("print(123 * 456)") if not replies else final(f"\\boxed{{{replies[-1]}}}")
 
-    monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
-    config = kg.NotebookConfig(model=_model_dir(tmp_path, "gpt_oss"), competition="aimo3",
-                               out_dir=str(tmp_path / "out"), num_samples=4)
-    solve = kg.make_solve_fn(config, engine=ScriptedEngine(fn))
-    try:
-        result = solve("What is 123 * 456?", "p1")
-    finally:
-        solve._solver = None  # the session's sandbox is shared: do not close it
+    config = kg.load_config(model=_model_dir(tmp_path, "gpt_oss"), competition="aimo3",
+                            out_dir=str(tmp_path / "out"), num_samples=4)
+    with kg.make_runner(config, engine=ScriptedEngine(fn), sandbox=sandbox) as runner:
+        result = runner.solve("What is 123 * 456?", "p1").result
     assert result.preset == "aimo3_gpt_oss" and result.answer == 56088  # > 999: no modulus
     assert result.prompt.startswith("<|start|>system") and list(result.votes) == [56088]

@@ -14,13 +14,10 @@ import pytest
 
 from aimo_lib import Solver
 from aimo_lib import kaggle as kg
-from aimo_lib.gateway import (
-    GatewayError,
-    LocalGateway,
-    Problem,
-    load_problems,
-    validate_answer,
-)
+from aimo_lib.competitions import InvalidAnswer, validate_answer
+from aimo_lib.config import RunConfig
+from aimo_lib.gateway import GatewayError, LocalGateway, Problem, load_problems
+from aimo_lib.run import Runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kaggle_standins")
@@ -29,6 +26,17 @@ PROBLEMS = [Problem(f"p{i}", f"What is {i} + {i}?", 2 * i) for i in range(6)]
 
 def adder(problem: str, problem_id: str) -> int:
     return 2 * int(problem.split()[2])
+
+
+def fn_runner(fn, competition: str = "aimo1", **kwargs) -> Runner:
+    """A Runner answering with fn(problem, id), guarded as every run's answers are."""
+    return Runner(RunConfig(competition=competition), solve_fn=lambda p, i, limit: fn(p, i),
+                  **kwargs)
+
+
+def run_config(**settings) -> RunConfig:
+    """A notebook's config with these settings, nothing from the environment."""
+    return kg.resolve(RunConfig.load(values=settings, env={}))
 
 
 # ---------------------------------------------------------------- the local gateway
@@ -41,7 +49,7 @@ def test_gateway_serves_shuffled_scores_and_writes_the_submission(tmp_path):
     assert order == [p.id for p in LocalGateway(PROBLEMS, seed=3, out_dir=str(tmp_path / "b"),
                                                 ).problems]  # seeded
     wrong = lambda problem, pid: 0 if pid == "p3" else adder(problem, pid)
-    report = gw.run(wrong)
+    report = gw.run(fn_runner(wrong))
     assert report.score == 5 and len(report.rows) == 6
     with open(tmp_path / "submission.csv") as f:
         rows = list(csv.DictReader(f))
@@ -68,14 +76,14 @@ def test_gateway_enforces_predict_before_next_and_validates_answers(tmp_path):
 
     gw2.predict(first.id, np.int64(12))  # numpy integers are integers
     assert validate_answer(99999, "aimo3") == 99999
-    with pytest.raises(GatewayError):
+    with pytest.raises(InvalidAnswer):
         validate_answer(100000, "aimo3")
 
 
 def test_gateway_timeout_per_problem(tmp_path):
     gw = LocalGateway(PROBLEMS, timeout_s=0.05, out_dir=str(tmp_path))
     with pytest.raises(GatewayError, match="over the 0.05 s limit"):
-        gw.run(lambda problem, pid: time.sleep(0.1) or 1)
+        gw.run(fn_runner(lambda problem, pid: time.sleep(0.1) or 1))
 
 
 def test_gateway_resumes_after_an_interruption(tmp_path):
@@ -88,23 +96,23 @@ def test_gateway_resumes_after_an_interruption(tmp_path):
         return adder(problem, pid)
 
     with pytest.raises(KeyboardInterrupt):
-        LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(crashes_on_fourth)
+        LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(fn_runner(crashes_on_fourth))
     with open(tmp_path / "gateway_progress.jsonl", "a") as f:
         f.write('{"id": "p5", "answ')  # a line torn by the crash is ignored
     again = []
-    report = LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(
-        lambda problem, pid: again.append(pid) or adder(problem, pid))
+    report = LocalGateway(PROBLEMS, out_dir=str(tmp_path)).run(fn_runner(
+        lambda problem, pid: again.append(pid) or adder(problem, pid)))
     assert len(again) == 3 and not set(again) & set(seen[:3]) and report.score == 6
     fresh = []
-    LocalGateway(PROBLEMS, out_dir=str(tmp_path), resume=False).run(
-        lambda problem, pid: fresh.append(pid) or 0)
+    LocalGateway(PROBLEMS, out_dir=str(tmp_path), resume=False).run(fn_runner(
+        lambda problem, pid: fresh.append(pid) or 0))
     assert len(fresh) == 6
 
 
 def test_gateway_parquet_for_aimo2(tmp_path):
     import polars as pl
 
-    LocalGateway(PROBLEMS, "aimo2", out_dir=str(tmp_path)).run(adder)
+    LocalGateway(PROBLEMS, "aimo2", out_dir=str(tmp_path)).run(fn_runner(adder, "aimo2"))
     df = pl.read_parquet(tmp_path / "submission.parquet")
     assert df.columns == ["id", "answer"] and len(df) == 6
 
@@ -138,11 +146,21 @@ def test_load_problems_sources_and_bad_input(tmp_path):
 # ---------------------------------------------------------------- the Kaggle adapters
 
 
+def _forget_apis() -> None:
+    for name in [m for m in sys.modules if m == "aimo" or m.startswith("kaggle_evaluation")]:
+        del sys.modules[name]
+
+
 @pytest.fixture
 def standins(monkeypatch, tmp_path):
+    """Kaggle's APIs (stand-ins) importable for this test only."""
     monkeypatch.syspath_prepend(STANDINS)
-    for name in [m for m in sys.modules if m == "aimo" or m.startswith("kaggle_evaluation")]:
-        monkeypatch.delitem(sys.modules, name)
+    _forget_apis()
+    yield _standin_files(monkeypatch, tmp_path)
+    _forget_apis()
+
+
+def _standin_files(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "problems.jsonl", "w") as f:
         for p in PROBLEMS:
@@ -156,8 +174,8 @@ def standins(monkeypatch, tmp_path):
 
 def test_aimo1_rerun_drives_the_aimo_env(standins, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("AIMO_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
-    assert kg.serve(adder, kg.NotebookConfig(competition="aimo1", model=None)) is None
+    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+    assert kg.serve(fn_runner(adder)) is None
     aimo = importlib.import_module("aimo")
     assert sorted(aimo.predictions) == sorted((p.id, p.answer) for p in PROBLEMS)
 
@@ -165,9 +183,8 @@ def test_aimo1_rerun_drives_the_aimo_env(standins, monkeypatch):
 @pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
 def test_aimo2_and_3_local_gateway_calls_predict_from_a_worker_thread(standins, competition):
     big = lambda problem, pid: adder(problem, pid) + (10_000 if competition == "aimo3" else 0)
-    cfg = kg.NotebookConfig(competition=competition, model=None,
-                            problems=str(standins / "test.csv"))
-    assert kg.serve(big, cfg) is None
+    config = run_config(competition=competition, problems=str(standins / "test.csv"))
+    assert kg.serve(kg.make_runner(config, solve_fn=lambda p, i, limit: big(p, i))) is None
     ev = importlib.import_module("kaggle_evaluation")
     calls = ev.calls[-len(PROBLEMS):]
     assert all(c["thread"] != c["main"] for c in calls)  # not the main thread
@@ -180,15 +197,16 @@ def test_aimo2_and_3_local_gateway_calls_predict_from_a_worker_thread(standins, 
 
 def test_aimo2_rerun_serves(standins, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("AIMO_STANDIN_RERUN_CSV", str(standins / "test.csv"))
-    kg.serve(adder, kg.NotebookConfig(competition="aimo2", model=None))
+    monkeypatch.setenv("KAGGLE_STANDIN_RERUN_CSV", str(standins / "test.csv"))
+    kg.serve(fn_runner(adder, "aimo2"))
     assert os.path.exists(standins / "submission.parquet")
 
 
 def test_an_out_of_range_answer_never_reaches_kaggle(standins, capsys):
-    cfg = kg.NotebookConfig(competition="aimo2", model=None, problems=str(standins / "test.csv"),
-                            out_dir=str(standins / "out"))
-    kg.serve(lambda problem, pid: 1234, cfg)  # a bug in solve: the submission still completes
+    config = run_config(competition="aimo2", problems=str(standins / "test.csv"),
+                        out_dir=str(standins / "out"))
+    # a bug in solve: the submission still completes
+    kg.serve(kg.make_runner(config, solve_fn=lambda problem, pid, limit: 1234))
     import polars as pl
 
     assert pl.read_parquet(standins / "submission.parquet")["answer"].to_list() == [0] * 6
@@ -200,9 +218,10 @@ def test_an_out_of_range_answer_never_reaches_kaggle(standins, capsys):
 @pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
 @pytest.mark.parametrize("fault", ["raise", "cuda"])
 def test_serve_survives_a_faulty_engine_through_the_gateway(standins, competition, fault):
-    """The real path: make_solve_fn's solver, Kaggle's server and gateway (stand-ins), an
-    engine that fails on one problem (a raise out of the engine, or a CUDA error inside every
-    request): a complete submission comes out, that problem with the fallback."""
+    """The real path: the notebook's runner and solver, Kaggle's server and gateway
+    (stand-ins), an engine that fails on one problem (a raise out of the engine, or a CUDA
+    error inside every request) but answers a probe: a complete submission comes out, that
+    problem with the fallback, and the engine is kept for the others."""
     from aimo_lib.engines import ScriptedEngine
 
     class Faulty(ScriptedEngine):
@@ -217,37 +236,40 @@ def test_serve_survives_a_faulty_engine_through_the_gateway(standins, competitio
             return super()._one(prompt, p, deadline, aborted)
 
     def answer(prompt, k):
+        if "What is" not in prompt:
+            return "2"  # the one-token probe
         i = int(prompt.split("What is ")[-1].split()[0])
         return f"```python\nprint({i} + {i})\n```\n```output\n" if "output" not in prompt else (
             f"So \\boxed{{{2 * i}}}.")
 
-    cfg = kg.NotebookConfig(competition=competition, model=None, out_dir=str(standins / "out"),
-                            problems=str(standins / "test.csv"), num_samples=2, total_hours=0.2)
-    solve = kg.make_solve_fn(cfg, engine=Faulty(answer))
+    config = run_config(competition=competition, out_dir=str(standins / "out"),
+                        problems=str(standins / "test.csv"), num_samples=2, total_hours=0.2)
+    runner = kg.make_runner(config, engine=Faulty(answer))
     try:
-        assert kg.serve(solve, cfg) is None
+        assert kg.serve(runner) is None
     finally:
-        solve.close()
+        runner.close()
     import polars as pl
 
     got = dict(pl.read_parquet(standins / "submission.parquet").iter_rows())
     assert got == {p.id: (0 if p.id == "p3" else p.answer) for p in PROBLEMS}
     records = {r["id"]: r for r in map(json.loads, open(standins / "out" / "results.jsonl"))}
-    assert records["p3"]["fallback"] and "CUDA error" in records["p3"]["samples"][0]["error"]
-    assert solve.budget.n_problems == len(PROBLEMS)  # sized from the CSV, not the 50
+    p3 = records["p3"]["result"]
+    assert p3["fallback"] and "CUDA error" in p3["samples"][0]["error"]
+    assert runner.budget.n_problems == len(PROBLEMS)  # sized from the CSV, not the 50
+    assert runner.restarts == 0
 
 
 def test_the_aimo1_loop_answers_every_problem_when_solve_raises(standins, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("AIMO_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
 
     def broken(problem, pid):
         if pid == "p2":
             raise MemoryError("CUDA out of memory")
         return adder(problem, pid)
 
-    kg.serve(broken, kg.NotebookConfig(competition="aimo1", model=None,
-                                       out_dir=str(standins / "out")))
+    kg.serve(fn_runner(broken, records=str(standins / "out" / "results.jsonl")))
     aimo = importlib.import_module("aimo")
     assert sorted(aimo.predictions) == sorted((p.id, 0 if p.id == "p2" else p.answer)
                                               for p in PROBLEMS)
@@ -266,9 +288,8 @@ def test_the_servers_reject_anything_but_a_module_level_predict(standins):
 
 def test_off_kaggle_the_local_gateway_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
-    cfg = kg.NotebookConfig(competition="aimo1", model=None, problems="samples", limit=2,
-                            out_dir=str(tmp_path))
-    report = kg.serve(lambda problem, pid: 7, cfg)
+    config = run_config(problems="samples", limit=2, out_dir=str(tmp_path))
+    report = kg.serve(kg.make_runner(config, solve_fn=lambda problem, pid, limit: 7))
     assert len(report.rows) == 2 and (tmp_path / "submission.csv").exists()
 
 
@@ -276,42 +297,39 @@ def test_a_rerun_without_the_api_fails_loudly(monkeypatch, tmp_path):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(RuntimeError, match="attach the competition"):
-        kg.serve(adder, kg.NotebookConfig(competition="aimo2", model=None))
+        kg.serve(fn_runner(adder, "aimo2"))
 
 
-def test_notebook_config_from_env_and_lazy_model(monkeypatch, tmp_path, sandbox):
+def test_settings_from_the_environment_and_a_lazy_model(monkeypatch, tmp_path, sandbox):
     monkeypatch.setenv("AIMO_NUM_SAMPLES", "3")
     monkeypatch.setenv("AIMO_TEMPERATURE", "0.5")
     monkeypatch.setenv("AIMO_COMPETITION", "aimo3")
-    cfg = kg.NotebookConfig.from_env(out_dir=str(tmp_path), model=None)
-    assert (cfg.num_samples, cfg.temperature, cfg.competition, cfg.model) == (3, 0.5, "aimo3",
-                                                                              None)
-    solver_cfg = cfg.solver_config()
-    assert (solver_cfg.num_samples, solver_cfg.competition) == (3, "aimo3")
+    config = kg.load_config(out_dir=str(tmp_path))
+    assert (config.competition, config.model, config.out_dir) == ("aimo3", None, str(tmp_path))
+    solver_cfg = config.solver_config()
+    assert (solver_cfg.num_samples, solver_cfg.temperature, solver_cfg.competition) == (
+        3, 0.5, "aimo3")
     # PRESET=auto, the embedded model: its CPU preset
     assert solver_cfg.name == "embedded_cpu" and solver_cfg.prompt_template == "chatml_tir_1shot"
-    with pytest.raises(TypeError, match="unknown NotebookConfig"):
-        kg.NotebookConfig.from_env(modle="x")
 
     from aimo_lib.engines import EngineSpec, ScriptedEngine
 
     built = []
     monkeypatch.setattr(EngineSpec, "build", lambda spec: built.append(spec) or ScriptedEngine(
         lambda p, k: "\\boxed{12345}"))
-    monkeypatch.setattr("aimo_lib.sandbox.Sandbox", lambda: sandbox)
-    solve = kg.make_solve_fn(cfg)
+    runner = kg.make_runner(config, sandbox=sandbox)
     assert built == []  # nothing loads before the first problem (the 15-minute rule)
     limits = []
     real_solve = Solver.solve
     monkeypatch.setattr(Solver, "solve", lambda self, p, time_limit_s=None: limits.append(
         time_limit_s) or real_solve(self, p, time_limit_s))
-    assert solve("q", "id1").answer == 12345 and len(built) == 1
-    solve("q", "id2")
+    assert runner.solve("q", "id1").answer == 12345 and len(built) == 1
+    runner.solve("q", "id2")
     assert len(built) == 1
     base = (5 * 3600 - 600 - 300) / 50  # AIMO 3: 5 h, 50 problems
     assert all(0 < limit <= 1.6 * base for limit in limits)  # bank draws are capped
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["solver"]["num_samples"] == 3 and saved["notebook"]["competition"] == "aimo3"
+    assert saved["solver"]["num_samples"] == 3 and saved["run"]["competition"] == "aimo3"
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["id1", "id2"]
 

@@ -208,24 +208,23 @@ def test_a_trained_checkpoint_is_served_in_its_own_format(tiny, tmp_path):
     """Trained on the seed's template, the checkpoint carries it, and the notebook's default
     (prompt_template "auto") renders the bare problem in it, one BOS; an explicit template
     still overrides it."""
-    from aimo_lib.kaggle import NotebookConfig, make_solve_fn
+    from aimo_lib.kaggle import load_config, make_runner
 
     out = tmp_path / "sft"
     sft.train(*recipe(tiny, out, max_steps=2, chat_template="numina", save_steps=100))
-    served = lambda **kw: NotebookConfig(model=str(out), engine="hf", competition="aimo3",
-                                         num_samples=2, max_rounds=1, max_new_tokens=4,
-                                         out_dir=str(tmp_path / "nb"), **kw)
-    solve = make_solve_fn(served())
-    result = solve("What is 2 + 2?", "p1")
-    tok = solve._solver.engine.tokenizer
-    solve.close()
+    served = lambda **kw: load_config(model=str(out), engine="hf", competition="aimo3",
+                                      num_samples=2, max_rounds=1, max_new_tokens=4,
+                                      out_dir=str(tmp_path / "nb"), **kw)
+    with make_runner(served()) as runner:
+        result = runner.solve("What is 2 + 2?", "p1").result
+        tok = runner._engine.tokenizer
     assert served().solver_config().prompt_template == "auto"
     assert result.prompt.endswith("### Problem: What is 2 + 2?\n### Solution: ")
     ids = tok(result.prompt)["input_ids"]  # as the engine encodes it
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
-    solve = make_solve_fn(served(prompt_template="chatml_tir"))
-    assert solve("What is 2 + 2?", "p2").prompt.startswith("<|im_start|>system")
-    solve.close()
+    with make_runner(served(prompt_template="chatml_tir")) as runner:
+        assert runner.solve("What is 2 + 2?", "p2").result.prompt.startswith(
+            "<|im_start|>system")
 
 
 def test_numina_chat_template_renders_like_the_seed(tiny):

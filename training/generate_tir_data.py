@@ -21,47 +21,46 @@ are skipped.
 from __future__ import annotations
 
 import argparse
-import sys
-import traceback
-from dataclasses import replace
 
-from common import in_flight  # also puts aimo_lib on the path
+import common  # noqa: F401 - puts aimo_lib on the path
 
-from aimo_lib import Solver, SolverConfig
+from aimo_lib import SolverConfig
 from aimo_lib.competitions import get_competition
+from aimo_lib.config import RunConfig
 from aimo_lib.evaluation import load_eval_dataset
-from aimo_lib.gateway import append_jsonl, read_jsonl
+from aimo_lib.records import Records
+from aimo_lib.run import Runner
 
 
 def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
              config: SolverConfig | None = None, competition: str = "aimo3",
              progress: bool = True, concurrency: int = 8) -> dict:
     """Returns counts: kept, rejected (wrong attempts), failed (problems with none kept),
-    errors (attempts whose solve raised: recorded with the traceback in the rejected file).
-    `concurrency` problems are in flight at once (the engine batches their requests); each
-    is written as soon as it is done, so an interrupted run loses at most those in flight."""
+    errors (attempts whose solving failed: recorded with the reason in the rejected file).
+    `concurrency` problems are in flight at once (the engine batches their requests), through
+    aimo_lib's run loop (each attempt guarded; an engine that stops answering is waited for);
+    each is written as soon as it is done, so an interrupted run loses at most those in
+    flight."""
     config = config or SolverConfig.preset("default", num_samples=1, early_stop=None,
                                            prompt_template="chatml_tir")
     rejected_path = out_path + ".rejected.jsonl"
-    done = {row["id"] for path in (out_path, rejected_path) for row in read_jsonl(path)}
+    done = {key for path in (out_path, rejected_path) for key in Records(path).done()}
     rules = get_competition(competition).rules
     counts = {"kept": 0, "rejected": 0, "failed": 0, "skipped": 0, "errors": 0}
-    todo = [p for p in problems if p.id not in done]
+    todo = [p for p in problems if (p.id,) not in done]
     counts["skipped"] = len(problems) - len(todo)
+    runner = Runner(RunConfig(competition=competition), engine=engine, sandbox=sandbox,
+                    solver=config)
 
     def one(p) -> tuple[str, dict, int, int]:
         """(file, row, wrong attempts, errors) for one problem, attempts in turn."""
         error, wrong, errors = None, 0, 0
         for attempt in range(attempts):
-            try:
-                solver = Solver(engine, sandbox, replace(config, seed=config.seed + attempt))
-                sample = solver.solve(p.problem).samples[0]
-            except Exception:  # one problem's failure is not the run's: record it, go on
-                error = traceback.format_exc()
-                errors += 1
-                print(f"[tir data] {p.id}: attempt {attempt + 1} failed:\n{error}",
-                      file=sys.stderr, flush=True)
+            outcome = runner.solve(p.problem, p.id, seed=config.seed + attempt)
+            if outcome.failed:  # the run loop logged why; the next attempt goes on
+                error, errors = outcome.error, errors + 1
                 continue
+            sample = outcome.result.samples[0]
             if sample.answer is not None and sample.answer == rules.apply(p.answer):
                 return out_path, {"id": p.id, "attempts": attempt + 1, "messages": [
                     {"role": "user", "content": p.problem},
@@ -69,9 +68,9 @@ def generate(problems, engine, sandbox, out_path: str, attempts: int = 4,
             wrong += 1
         return rejected_path, {"id": p.id, "attempts": attempts, "error": error}, wrong, errors
 
-    for _, future in in_flight(todo, one, concurrency, "tir data", progress):
-        path, row, wrong, errors = future.result()  # one() records its own failures
-        append_jsonl(path, row)  # only this thread writes
+    for _, (path, row, wrong, errors) in runner.map(todo, concurrency, progress, "tir data",
+                                                    fn=one):
+        Records(path).append(row)  # only this thread writes
         counts["kept" if path == out_path else "failed"] += 1
         counts["rejected"] += wrong
         counts["errors"] += errors

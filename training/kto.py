@@ -6,12 +6,14 @@
         --config ... --step train                              # ZeRO-3, like SFT
 
 The recipe's keys are KTOConfig and ModelConfig fields plus SamplingArguments and
-ChatArguments below (`--help` lists them; an unknown key is an error).
+ChatArguments below (`--help` lists them; an unknown key is an error); `run:` holds the
+sampling run's settings under the names the notebook uses (aimo_lib.config).
 
-1. sample (`--step sample`): `samples_per_prompt` TIR completions per problem of `problems`
-   (a problems.jsonl from build_problems.py) from the SFT model with aimo_lib's solver (real
-   code execution; vLLM, transformers or an OpenAI-compatible server), each labelled by answer
-   correctness; appended to <output_dir>/kto_data.jsonl, resumed if interrupted;
+1. sample (`--step sample`): `num_samples` TIR completions per problem of `problems` (a
+   problems.jsonl from build_problems.py) from the SFT model through aimo_lib's run loop (real
+   code execution; vLLM, transformers or an OpenAI-compatible server; an engine that dies is
+   restarted), each labelled by answer correctness; the rows go to
+   <output_dir>/kto_data.jsonl, and an interrupted run resumes where it stopped;
 2. train (`--step train`): TRL's KTOTrainer on those rows (the reference model is the frozen
    starting point), with fp32 master weights (load in float32, bf16 autocast: a bf16 AdamW
    step at lr 5e-7 changes about 1% of the weights), checkpoints every `save_steps` and resume;
@@ -22,15 +24,14 @@ free before the policy and the reference model load, then trains.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-import traceback
 from dataclasses import dataclass, field
 
 from common import (
     ChatArguments,
     MachineDefaults,
-    in_flight,
     load_tokenizer,
     model_init_kwargs,
     parse_recipe,
@@ -40,9 +41,10 @@ from common import (
 )
 from trl import KTOConfig, ModelConfig
 
-from aimo_lib import Solver, SolverConfig
 from aimo_lib.competitions import get_competition
-from aimo_lib.gateway import append_jsonl, read_jsonl
+from aimo_lib.config import RunConfig
+from aimo_lib.records import read_jsonl
+from aimo_lib.run import Job, Runner
 
 
 @dataclass
@@ -59,23 +61,20 @@ class SamplingArguments:
     problems: str | None = field(default=None, metadata={
         "help": "problems.jsonl (id, problem, integer answer) from build_problems.py"})
     max_problems: int | None = None
-    samples_per_prompt: int = field(default=4, metadata={"help": "completions per problem"})
-    engine: str = field(default="auto", metadata={
-        "help": "auto | vllm | hf | openai (+ openai_url, served_model)"})
-    openai_url: str | None = None
-    served_model: str | None = None
     concurrency: int = field(default=8, metadata={"help": "problems in flight at once"})
-    solver: dict | str = field(default_factory=dict, metadata={
-        "help": "aimo_lib SolverConfig fields, with 'preset' (YAML mapping)"})
+    run: dict | str = field(default_factory=dict, metadata={
+        "help": "run settings by name, as the notebook takes them (aimo_lib.config: engine, "
+                "openai_url, preset, num_samples, temperature, ...; YAML mapping). Defaults: "
+                "the recipe's model, 4 samples per problem, early stop off, aimo3 rules"})
     step: str = field(default="all", metadata={
         "help": "all: sample in a child process (its GPU memory freed), then train",
         "choices": ["all", "sample", "train"]})
 
     def __post_init__(self):
-        if isinstance(self.solver, str):  # from the command line
+        if isinstance(self.run, str):  # from the command line
             import yaml
 
-            self.solver = yaml.safe_load(self.solver) or {}
+            self.run = yaml.safe_load(self.run) or {}
 
 
 RECIPE = (TrainConfig, ModelConfig, ChatArguments, SamplingArguments)
@@ -90,47 +89,42 @@ def label(answer: int | None, reference: int, rules) -> bool | None:
     return answer is not None and answer == truth
 
 
+def sampling_config(sampling: SamplingArguments, model_path: str) -> RunConfig:
+    """The sampling run's settings: every completion kept (no early stop), 4 per problem, the
+    recipe's model (a served one by its name), then the recipe's `run` settings."""
+    served = sampling.run.get("engine") == "openai"
+    defaults = {"model": None if served else model_path, "preset": "default",
+                "num_samples": 4, "early_stop": "off", "competition": "aimo3"}
+    return RunConfig.load(values={**defaults, **sampling.run})
+
+
 def sample_completions(sampling: SamplingArguments, model_path: str, problems, out_path: str
                        ) -> list[dict]:
-    """KTO rows {"prompt", "completion", "label"} from the model's own SC-TIR samples."""
-    from aimo_lib import engines
-    from aimo_lib.sandbox import Sandbox
-
-    done = {row["id"] for row in read_jsonl(out_path)}
-    todo = [p for p in problems if p.id not in done]
-    rules = get_competition("aimo3").rules
-    invalid = {p.id for p in todo if label(None, p.answer, rules) is None}
+    """KTO rows {"prompt", "completion", "label"} from the model's own SC-TIR samples: each
+    problem's SolveResult is recorded in <out_path>.samples.jsonl (a rerun resumes there),
+    and the rows are written from those records."""
+    config = sampling_config(sampling, model_path)
+    rules = get_competition(config.competition).rules
+    invalid = {p.id for p in problems if label(None, p.answer, rules) is None}
     if invalid:  # a negative or out-of-range reference would make every miss "desirable"
         print(f"[kto] {len(invalid)} problems skipped: their reference answer is not valid "
-              f"under the aimo3 rules ({', '.join(sorted(invalid)[:5])}...)", flush=True)
-        todo = [p for p in todo if p.id not in invalid]
-    if todo:  # no engine is built when there is nothing to sample
-        served = sampling.engine == "openai"
-        engine = engines.EngineSpec(
-            sampling.engine, sampling.served_model if served else model_path,
-            (sampling.openai_url,) if served and sampling.openai_url else ()).build()
-        solver_cfg = dict(sampling.solver)
-        preset = solver_cfg.pop("preset", "default")
-        solver_cfg.setdefault("num_samples", sampling.samples_per_prompt)
-        cfg = SolverConfig.preset(preset, early_stop=None, competition="aimo3", **solver_cfg)
-        with Sandbox() as sandbox, engine:  # the engine is shut down before training starts
-            def one(p):  # a solver per problem: concurrent solves share no state
-                return Solver(engine, sandbox, cfg).solve(p.problem)
-
-            for p, future in in_flight(todo, one, sampling.concurrency, "kto sampling"):
-                try:
-                    result = future.result()
-                except Exception:  # one problem's failure is not the run's: record it, go on
-                    error = traceback.format_exc()
-                    print(f"[kto] {p.id}: sampling failed:\n{error}", flush=True)
-                    append_jsonl(out_path + ".errors.jsonl", {"id": p.id, "error": error})
-                    continue
-                for s in result.samples:
-                    if s.text:
-                        append_jsonl(out_path, {"id": p.id, "prompt": result.prompt,
-                                                "completion": s.text,
-                                                "label": label(s.answer, p.answer, rules)})
-    return read_jsonl(out_path)
+              f"under the {config.competition} rules ({', '.join(sorted(invalid)[:5])}...)",
+              flush=True)
+    jobs = [Job(p.problem, p.id, record={"truth": p.answer}) for p in problems
+            if p.id not in invalid]
+    samples = out_path + ".samples.jsonl"
+    with Runner(config, records=samples) as runner:  # shut down before training starts
+        for job, outcome in runner.map(jobs, sampling.concurrency, desc="kto sampling"):
+            if outcome.failed:  # recorded as failed: redone by the next run
+                print(f"[kto] {job.id}: sampling failed:\n{outcome.error}", flush=True)
+    latest = {r["id"]: r for r in read_jsonl(samples) if not r.get("failed")}
+    rows = [{"id": r["id"], "prompt": r["result"]["prompt"], "completion": s["text"],
+             "label": label(s["answer"], r["truth"], rules)}
+            for r in latest.values() for s in r["result"]["samples"] if s["text"]]
+    with open(out_path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(out_path + ".tmp", out_path)
+    return rows
 
 
 def train(config: TrainConfig, model: ModelConfig, chat: ChatArguments, rows: list[dict],

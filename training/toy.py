@@ -14,7 +14,7 @@
 4. on-policy KTO of the stage-2 model (toy-kto.yaml): its own samples on new seen-template
    problems, labelled by correctness (kto.sample_completions, kto.train);
 5. 8-bit GPTQ of the KTO model (toy-gptq.yaml, quantize.py);
-6. after each stage, the model served as the notebook serves it (aimo_lib's NotebookConfig and
+6. after each stage, the model served as the notebook serves it (aimo_lib's RunConfig and
    EngineSpec: vLLM where importable, CPU too, else transformers; a trained checkpoint in its
    own chat template, the base model with its best prompt, the one-shot CPU default) and
    evaluated with `aimo eval`'s harness on both held-out sets over `--seeds` seeds.
@@ -34,15 +34,14 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import sympy as sp
 from common import write_json
 
 from aimo_lib import SolverConfig
-from aimo_lib.engines import ENGINE_KINDS, EngineSpec, ScriptedEngine
-from aimo_lib.evaluation import EvalProblem, run_eval
-from aimo_lib.kaggle import NotebookConfig
+from aimo_lib.config import RunConfig
+from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine
+from aimo_lib.evaluation import EvalProblem, eval_runner, run_eval
 from aimo_lib.sandbox import Sandbox
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -153,8 +152,9 @@ def _kto(out: str, model_dir: str, problems, args) -> dict:
     done = os.path.join(out, "kto_report.json")
     if (report := _finished(done)) is not None:
         return report
-    config, model, chat, sampling = kto.parse_recipe(kto.RECIPE, _argv(
-        "toy-kto.yaml", model_name_or_path=model_dir, output_dir=out, engine=args.engine))
+    recipe = _argv("toy-kto.yaml", model_name_or_path=model_dir, output_dir=out)
+    config, model, chat, sampling = kto.parse_recipe(kto.RECIPE, recipe)
+    sampling.run = {**sampling.run, "engine": args.engine}
     os.makedirs(out, exist_ok=True)
     rows = kto.sample_completions(sampling, model_dir, problems,
                                   os.path.join(out, "kto_data.jsonl"))
@@ -180,32 +180,26 @@ def _gptq(out: str, model_dir: str, calibration: str) -> dict:
 
 def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
     """maj@N per held-out set over the seeds, the model served as the notebook serves it."""
-    config = NotebookConfig(model=model_dir, engine=args.engine, competition="aimo3",
-                            num_samples=args.samples, max_rounds=3,
-                            max_new_tokens=args.eval_tokens, temperature=0.7)
-    cfg = replace(config.solver_config(), early_stop=None)
+    config = RunConfig.load(values=dict(
+        model=model_dir, engine=args.engine, competition="aimo3", num_samples=args.samples,
+        max_rounds=3, max_new_tokens=args.eval_tokens, temperature=0.7, early_stop="off"))
+    cfg = config.solver_config()
     seeds = list(range(args.seeds))
     scores = {}
-    with EngineSpec(config.engine, config.model).build() as engine, Sandbox() as sandbox:
+    with config.engine.build() as engine, Sandbox() as sandbox:
         for name, problems in sets.items():
+            run_out = os.path.join(out, name)
+            runner = eval_runner(config, run_out, engine=engine, sandbox=sandbox)
             summary = run_eval(
-                problems, lambda seed: _solver(engine, sandbox, cfg, seed), seeds,
-                os.path.join(out, name), {"dataset": f"toy-{name}", "model": model_dir,
-                                          "engine": type(engine).__name__,
-                                          "solver": cfg.to_dict()}, "aimo3",
-                concurrency=args.concurrency, progress=False)
+                problems, runner, seeds, run_out,
+                {"dataset": f"toy-{name}", "model": model_dir, "engine": type(engine).__name__,
+                 "solver": cfg.to_dict()}, concurrency=args.concurrency, progress=False)
             scores[name] = {"maj": summary["maj_at_n"]["mean"],
                             "maj_per_seed": summary["maj_at_n"]["per_seed"],
                             "pass": summary["pass_at_n"]["mean"]}
         scores["engine"] = type(engine).__name__
         scores["prompt_template"] = cfg.prompt_template
     return scores
-
-
-def _solver(engine, sandbox, cfg: SolverConfig, seed: int):
-    from aimo_lib import Solver
-
-    return Solver(engine, sandbox, replace(cfg, seed=seed))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Stand-in for AIMO 1's `aimo` module, written from its documented contract (not Kaggle's
 code): make_env(); env.iter_test() yields (test, sample_submission) pandas DataFrames for one
 problem at a time, in random order; env.predict(sample_submission) must come before the next.
-Problems come from the JSONL file named by $AIMO_STANDIN_PROBLEMS."""
+Problems come from the JSONL file named by $KAGGLE_STANDIN_PROBLEMS."""
 
 import json
 import os
@@ -14,9 +14,9 @@ predictions: list[tuple[str, int]] = []  # what predict() received, for the test
 
 class _Env:
     def __init__(self):
-        with open(os.environ["AIMO_STANDIN_PROBLEMS"]) as f:
+        with open(os.environ["KAGGLE_STANDIN_PROBLEMS"]) as f:
             self._rows = [json.loads(line) for line in f if line.strip()]
-        random.Random(os.environ.get("AIMO_STANDIN_SEED", "0")).shuffle(self._rows)
+        random.Random(os.environ.get("KAGGLE_STANDIN_SEED", "0")).shuffle(self._rows)
         self._pending = None
 
     def iter_test(self):

@@ -4,7 +4,7 @@ documented contract, not from Kaggle's code:
 - `AIMO2InferenceServer(predict)` / `AIMO3InferenceServer(predict)`; `predict` must be a plain
   module-level function named `predict` (no lambda, partial or bound method);
 - in a rerun `server.serve()` blocks while the gateway sends the hidden problems (here: the
-  CSV named by $AIMO_STANDIN_RERUN_CSV); otherwise `server.run_local_gateway((csv_path,))`;
+  CSV named by $KAGGLE_STANDIN_RERUN_CSV); otherwise `server.run_local_gateway((csv_path,))`;
 - predict receives one polars Series per CSV column (`id`, `problem`, and `answer` if the CSV
   has it), from a worker thread, and returns a one-row DataFrame {"id", "answer": int};
 - the first call has no deadline; the problems are shuffled; the gateway writes
@@ -39,7 +39,7 @@ class InferenceServer:
             box["error"] = exc
 
     def serve(self):
-        self._gateway(os.environ["AIMO_STANDIN_RERUN_CSV"])
+        self._gateway(os.environ["KAGGLE_STANDIN_RERUN_CSV"])
 
     def run_local_gateway(self, data_paths=None):
         self._gateway(data_paths[0])

@@ -1,0 +1,359 @@
+"""The run configuration: one typed `RunConfig`, set one way from every source.
+
+    config = RunConfig.load(notebook=globals())            # the notebook's UPPERCASE names
+    config = RunConfig.load(cli=vars(args))                # `aimo`'s flags (add_arguments)
+    config = RunConfig.load(values={"temperature": 0.5})   # code, a YAML mapping (KTO)
+
+Every setting has one name, the field's own: the run's (`RunConfig`: competition, problems,
+budget, output), the engine's (`EngineSpec`: engine, model, openai_url, max_concurrency) and
+every `SolverConfig` field (temperature, num_samples, code_timeout_s, ...; None keeps the
+preset's). The same name is a notebook parameter (`TEMPERATURE`), an environment variable
+(`AIMO_TEMPERATURE`), a command-line flag (`--temperature`) and a YAML key (`temperature:`),
+so a field added to SolverConfig is settable everywhere at once. Later sources win:
+defaults < the YAML file named by `config` < AIMO_* variables < notebook parameters / flags.
+A name that is no setting is an error that names it (and the nearest setting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import io
+import os
+import re
+import tokenize
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .answers import EarlyStop
+from .engines.factory import EngineSpec
+from .presets import SolverConfig, config_for_run
+
+__all__ = ["SETTINGS", "ConfigError", "RunConfig", "Setting", "add_arguments", "parse_value"]
+
+ENV_PREFIX = "AIMO_"
+# AIMO_* variables that are not run settings: where aimo_lib keeps its cache, finds Numina's
+# validation sets, and finds Kaggle's input folder (a rehearsal points it elsewhere).
+ENV_NOT_SETTINGS = ("AIMO_CACHE", "AIMO_DATA_DIR", "AIMO_KAGGLE_INPUT")
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist, or a value it cannot take."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is configured by. Build it with `RunConfig.load(...)`."""
+
+    # auto: the competition whose data is attached on Kaggle, else aimo1 | aimo1 | aimo2 | aimo3
+    competition: str = "auto"
+    # a name in aimo_lib.presets.PRESETS; auto: from the model (embedded_cpu for the embedded
+    # SmolLM2, aimo3_gpt_oss for gpt-oss, else default)
+    preset: str = "auto"
+    # off Kaggle's rerun: a .jsonl/.csv of problems (id, problem, answer), "samples", or auto
+    # (the competition's CSV on Kaggle, else the samples shipped with aimo_lib)
+    problems: str = "auto"
+    limit: int | None = None  # serve only the first N problems
+    out_dir: str = "submission"  # submission files, results.jsonl, config.json, report.txt
+    total_hours: float | None = None  # the run's time budget; None: the competition's
+    time_limit_s: float | None = None  # a fixed limit per problem; None: the budget's share
+    seed: int = 0  # base seed of every sample's sampling
+    max_restarts: int = 3  # times a dead engine is rebuilt in one run
+    config: str | None = None  # a YAML file of settings (applied before the others)
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    # SolverConfig fields given by name (the rest are the preset's)
+    solver: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, *, values: Mapping[str, Any] | None = None,
+             notebook: Mapping[str, Any] | None = None, cli: Mapping[str, Any] | None = None,
+             env: Mapping[str, str] | None = None) -> RunConfig:
+        """Defaults < YAML (`config`) < AIMO_* environment < values / notebook / cli.
+
+        values: setting names (any case) to values, typed or strings. notebook: a notebook's
+        globals; its all-UPPERCASE names are settings (None: not given). cli: argparse's
+        namespace as a dict (flags made by add_arguments; None: not given). env: default
+        os.environ.
+        """
+        given: dict[str, Any] = {}
+        if notebook is not None:
+            given.update({k: v for k, v in notebook.items()
+                          if k.isupper() and not k.startswith("_") and v is not None})
+        if cli is not None:
+            given.update({k: v for k, v in cli.items() if k in SETTINGS and v is not None})
+        given.update({k: v for k, v in (values or {}).items() if v is not None})
+        given = _by_name(given, "setting")
+        from_env = _by_name(_env_settings(os.environ if env is None else env), "variable",
+                            prefix=ENV_PREFIX)
+        path = given.get("config") or from_env.get("config")
+        merged = {**(_yaml_settings(path) if path else {}), **from_env, **given}
+        return cls.from_settings(merged)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> RunConfig:
+        """A RunConfig from setting names (lowercase) to values, typed or strings."""
+        run, engine, solver = {}, {}, {}
+        for name, raw in settings.items():
+            s = SETTINGS.get(name)
+            if s is None:
+                raise ConfigError(_unknown(name, "setting"))
+            value = parse_value(s, raw)
+            {"run": run, "engine": engine, "solver": solver}[s.section][s.field] = value
+        try:
+            config = cls(**run, engine=EngineSpec(**engine), solver=solver)
+            if config.model != "auto":
+                config.solver_config()  # a bad value is an error now, not at the first problem
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        return config
+
+    @property
+    def model(self) -> str | None:
+        return self.engine.model
+
+    def with_settings(self, **settings) -> RunConfig:
+        """This config with more settings given by name (solver fields included)."""
+        merged = {**self.settings(), **settings}
+        return RunConfig.from_settings(merged)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings given (every run and engine field, the solver fields set)."""
+        out = {s.name: getattr(self if s.section == "run" else self.engine, s.field)
+               for s in SETTINGS.values() if s.section != "solver"}
+        out.update(self.solver)
+        return out
+
+    def solver_config(self, seed: int | None = None) -> SolverConfig:
+        """The SolverConfig of this run: the preset (auto: chosen for the model), then the
+        solver settings given. Needs a concrete model and competition (see kaggle.resolve)."""
+        competition = "aimo1" if self.competition == "auto" else self.competition
+        return config_for_run(self.preset, self.model, served=self.engine.kind == "openai",
+                              competition=competition,
+                              seed=self.seed if seed is None else seed, **self.solver)
+
+    def to_dict(self) -> dict:
+        """For config.json beside a run's results."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("engine", "solver")}
+        out["engine"] = dataclasses.asdict(self.engine)
+        out["solver"] = {k: _jsonable(v) for k, v in self.solver.items()}
+        return out
+
+
+# ---------------------------------------------------------------- the settings table
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the one name: a YAML key; --name-with-dashes; NAME; AIMO_NAME
+    section: str  # "run", "engine" or "solver"
+    field: str  # the dataclass field it sets
+    type: Any  # the field's type (resolved)
+    default: Any
+    help: str
+
+
+# Settings of the run that SolverConfig also has: the run's value is passed on.
+_SHARED = ("competition", "seed")
+
+
+def _settings() -> dict[str, Setting]:
+    table: dict[str, Setting] = {}
+    for section, cls, skip in (("run", RunConfig, ("engine", "solver")),
+                               ("engine", EngineSpec, ()),
+                               ("solver", SolverConfig, ("name", *_SHARED))):
+        hints, helps = typing.get_type_hints(cls), _field_comments(cls)
+        for f in fields(cls):
+            if f.name in skip:
+                continue
+            name = f.metadata.get("setting", f.name)
+            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else f.default)
+            table[name] = Setting(name, section, f.name, hints[f.name], default,
+                                  helps.get(f.name, ""))
+    return table
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's help: the comment lines right above it and the comment on its line, as
+    written in the class (the one place the fields are documented)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    helps, above = {}, []
+    lines = source.splitlines()
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        m = re.match(r"\s+(\w+)\s*:", line)
+        if m and not stripped.startswith(("def ", "@", "class ")):
+            trailing = ""
+            try:
+                comments = [t.string for t in tokenize.generate_tokens(
+                    io.StringIO(line + "\n").readline) if t.type == tokenize.COMMENT]
+                trailing = comments[-1].lstrip("# ") if comments else ""
+            except (tokenize.TokenError, IndentationError, SyntaxError):
+                pass
+            helps[m.group(1)] = " ".join([*above, trailing]).strip()
+        above = []
+    return helps
+
+
+SETTINGS: dict[str, Setting] = _settings()
+
+
+def _by_name(given: Mapping[str, Any], kind: str, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in given.items():
+        name = key[len(prefix):].lower().replace("-", "_")
+        if name not in SETTINGS:
+            raise ConfigError(_unknown(key, kind, prefix))
+        out[name] = value
+    return out
+
+
+def _unknown(key: str, kind: str, prefix: str = "") -> str:
+    name = key[len(prefix):].lower().replace("-", "_")
+    near = difflib.get_close_matches(name, list(SETTINGS), n=1, cutoff=0.6)
+    shown = (lambda n: prefix + n.upper()) if prefix or key.isupper() else (lambda n: n)
+    hint = f"; did you mean {shown(near[0])}?" if near else ""
+    return (f"unknown {kind} {key!r}{hint} (the settings: {', '.join(sorted(SETTINGS))}; "
+            "see README, Configuration reference)")
+
+
+def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if k.startswith(ENV_PREFIX) and k not in ENV_NOT_SETTINGS and v != ""}
+
+
+def _yaml_settings(path: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"reading {path} needs PyYAML: pip install pyyaml") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+    return _by_name({str(k): v for k, v in data.items()}, f"setting in {path}")
+
+
+# ---------------------------------------------------------------- values
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_NONE = ("", "none", "null")
+
+
+def parse_value(setting: Setting, raw: Any) -> Any:
+    """`raw` (a string from the environment or a flag, or a typed value from code, a notebook
+    or YAML) as the setting's type; ConfigError with what it takes otherwise."""
+    try:
+        return _parse(setting.type, raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{setting.name}: {raw!r} is not a valid value ({exc})") from None
+
+
+def _parse(kind: Any, raw: Any) -> Any:
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE):
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(kind)
+    if kind is EarlyStop:
+        return _early_stop(raw)
+    if typing.get_origin(kind) is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(x).strip() for x in items if str(x).strip())
+    if typing.get_origin(kind) in (Mapping, dict) or kind is dict:
+        if not isinstance(raw, Mapping):
+            raise TypeError("expected a mapping")
+        return dict(raw)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("expected an integer")
+        return int(raw) if not isinstance(raw, str) else int(raw.strip())
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        return float(raw)
+    if kind is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise TypeError("expected a string")
+        return str(raw)
+    return raw
+
+
+def _early_stop(raw: Any) -> EarlyStop | None:
+    """off | on | unbeatable | confidence | a table such as "4/4,5/7,6/9" (k of at most n), or
+    a mapping of EarlyStop's fields."""
+    if raw is None or isinstance(raw, EarlyStop):
+        return raw
+    if isinstance(raw, Mapping):
+        table = raw.get("table")
+        return EarlyStop(**{**raw, **({"table": tuple(map(tuple, table))} if table else {})})
+    text = str(raw).strip().lower()
+    if text in (*_NONE, "off", "false", "0"):
+        return None
+    if text in ("on", "true", "1", "table", "default"):
+        return EarlyStop()
+    if text in ("unbeatable", "confidence"):
+        return EarlyStop(rule=text)
+    pairs = re.findall(r"(\d+)\s*/\s*(\d+)", text)
+    if not pairs or len(pairs) != len(text.split(",")):
+        raise ValueError("expected off, on, unbeatable, confidence or a table like 4/4,5/7")
+    return EarlyStop(table=tuple((int(k), int(n)) for k, n in pairs))
+
+
+def _jsonable(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# ---------------------------------------------------------------- command-line flags
+
+
+_SHORT = {"num_samples": "-n", "max_rounds": "-m"}
+
+
+def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "solver"),
+                  skip: tuple[str, ...] = ()) -> None:
+    """A flag per setting (--temperature, --code-timeout-s, ...), grouped by section, each
+    defaulting to None (not given: the lower sources decide). Repeatable for lists."""
+    titles = {"run": "run", "engine": "engine", "solver": "solver (default: the preset's)"}
+    for section in sections:
+        group = parser.add_argument_group(titles[section])
+        for s in SETTINGS.values():
+            if s.section != section or s.name in skip:
+                continue
+            flags = [f"--{s.name.replace('_', '-')}"] + ([_SHORT[s.name]] if s.name in _SHORT
+                                                          else [])
+            repeat = typing.get_origin(s.type) is tuple
+            shown = s.default if not isinstance(s.default, EarlyStop) else "on (4/4,5/7,6/9)"
+            help_ = (s.help or s.name).replace("%", "%%")
+            if section != "solver":
+                help_ += f" (default: {shown})"
+            group.add_argument(*flags, dest=s.name, default=None,
+                               action="append" if repeat else "store", help=help_,
+                               metavar=s.name.upper() if not repeat else "VALUE")
+
+
+def replace_engine(config: RunConfig, **changes) -> RunConfig:
+    """The config with its EngineSpec changed (e.g. the model found on Kaggle)."""
+    return replace(config, engine=replace(config.engine, **changes))
