@@ -1,0 +1,220 @@
+"""Stopping rules for self-consistency: when may a problem's remaining samples be cancelled?
+
+    rule = StopRule("beta", threshold=0.95)                # Adaptive-Consistency's Beta rule
+    should_stop({437: 4}, pending=4, rule)                 # True: 4 of 4 agree
+    replay(traces, rule, wave=1)                           # a recorded problem, replayed
+
+Every rule looks at the answers counted so far (answer -> number of samples) and at how many
+samples could still arrive; all of them also stop when the leader cannot be caught
+(`unbeatable`). The rules:
+
+- "table" (today's default, imagination-research's AIMO-2 rule): the leader holds k of at most
+  n answers, for any (k, n) of the table (4 of 4, 5 of 7, 6 of 9).
+- "beta" (Adaptive-Consistency, Aggarwal et al. 2023): the posterior probability that the
+  leader's share beats the runner-up's, under a uniform Beta prior on the top two's split,
+  reaches `threshold`: P(p > 1/2), p ~ Beta(v1 + 1, v2 + 1). Their recommended rule.
+- "dirichlet" (the same paper): the probability that the leader has the largest share under a
+  Dirichlet(counts + 1) posterior over all answers seen (Monte Carlo, seeded).
+- "share" (DeepConf's consensus stop, Fu et al. 2025): the leader holds `threshold` of at
+  least `min_answers` answers.
+- "none": only `unbeatable`.
+
+Confidence-aware trace stopping (DeepConf's online mode): with `window` > 0 a sample whose mean
+token entropy over its last `window` tokens rises above `max_entropy` is stopped there, its
+remaining tokens saved and its vote dropped (DeepConf keeps traces whose sliding-window
+"group confidence" stays high; a token's entropy is our confidence measure, lower is surer).
+It combines with any rule above.
+
+`replay` plays a recorded problem (every sample generated to its end, early stop off) under a
+rule: the samples run in waves of `wave` (None: all at once, as the solver runs them; 1: one
+after another, Adaptive-Consistency's setting), every running sample generates one token per
+step (one decoding speed for all: continuous batching), the rule is asked each time a sample
+finishes, and a stop cancels what is still running, keeping the tokens it had generated.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["RULE_KINDS", "Replay", "StopRule", "Trace", "beta_confidence", "cut_at",
+           "dirichlet_confidence", "majority", "replay", "should_stop", "unbeatable"]
+
+RULE_KINDS = ("table", "beta", "dirichlet", "share", "none")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When to stop a problem's sampling (see the module docstring for the kinds)."""
+
+    kind: str = "table"
+    table: tuple[tuple[int, int], ...] = ((4, 4), (5, 7), (6, 9))
+    threshold: float = 0.95  # beta, dirichlet: posterior probability; share: leader's share
+    min_answers: int = 1  # beta, dirichlet, share: never stop on fewer answers than this
+    window: int = 0  # DeepConf: tokens of a sample's sliding window (0: no sample is stopped)
+    max_entropy: float = math.inf  # DeepConf: stop a sample whose window mean rises above
+    draws: int = 2000  # dirichlet: Monte Carlo draws
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"StopRule.kind must be one of {RULE_KINDS}, not {self.kind!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("StopRule.threshold is a probability or a share: within [0, 1]")
+        if self.min_answers < 1 or self.window < 0 or self.draws < 1:
+            raise ValueError("min_answers and draws must be >= 1, window >= 0")
+
+    @property
+    def label(self) -> str:
+        """A short name for tables."""
+        if self.kind == "table":
+            head = "table " + ", ".join(f"{k}/{n}" for k, n in self.table)
+        elif self.kind == "none":
+            head = "unbeatable only"
+        else:
+            head = f"{self.kind} {self.threshold:g}"
+            if self.min_answers > 1:
+                head += f" (>= {self.min_answers})"
+        if self.window:
+            head += f" + trace stop H{self.window} > {self.max_entropy:g}"
+        return head
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One recorded sample: its answer (None: none valid), the tokens it generated, and each
+    token's entropy in nats (empty without logprobs)."""
+
+    answer: int | None
+    tokens: int
+    entropies: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A problem replayed under a rule."""
+
+    answer: int | None  # the vote over the samples counted (None: none answered)
+    tokens: int  # tokens generated before the stop (a cancelled sample's partial ones too)
+    samples: int  # samples that finished (ended, or were stopped by the trace rule)
+    stopped: bool  # the rule stopped the problem before every sample finished
+
+
+# ---------------------------------------------------------------- the posteriors
+
+
+def beta_confidence(lead: int, second: int) -> float:
+    """P(p > 1/2) for p ~ Beta(lead + 1, second + 1): how sure a uniform prior over the top
+    two answers' split is that the leader is ahead. For integers this is a binomial tail:
+    P(Binomial(lead + second + 1, 1/2) <= lead), exact."""
+    if lead < 0 or second < 0:
+        raise ValueError("vote counts are >= 0")
+    n = lead + second + 1
+    return sum(math.comb(n, j) for j in range(lead + 1)) / 2 ** n
+
+
+def dirichlet_confidence(counts: Sequence[int], draws: int = 2000, seed: int = 0) -> float:
+    """P(the first answer of `counts` has the largest share) under Dirichlet(counts + 1),
+    by Monte Carlo over `draws` seeded draws (a fixed seed: the rule is deterministic)."""
+    if not counts:
+        return 0.0
+    rng = random.Random(seed)
+    wins = 0
+    for _ in range(draws):
+        shares = [rng.gammavariate(c + 1, 1.0) for c in counts]
+        wins += shares[0] >= max(shares)
+    return wins / draws
+
+
+def unbeatable(counts: dict[int, int], pending: int) -> bool:
+    """The leader is ahead by more than the samples still to come: nothing can change it."""
+    ranked = sorted(counts.values(), reverse=True) + [0, 0]
+    return bool(counts) and ranked[0] - ranked[1] > pending
+
+
+def should_stop(counts: dict[int, int], pending: int, rule: StopRule) -> bool:
+    """Stop the problem now? `counts`: answer -> samples that gave it; `pending`: samples still
+    running or not yet started."""
+    if not counts:
+        return False
+    if unbeatable(counts, pending) or pending == 0:
+        return True
+    ranked = sorted(counts.values(), reverse=True) + [0]
+    lead, second, total = ranked[0], ranked[1], sum(counts.values())
+    if rule.kind == "table":
+        return any(lead >= k and total <= n for k, n in rule.table)
+    if rule.kind == "none" or total < rule.min_answers:
+        return False
+    if rule.kind == "beta":
+        return beta_confidence(lead, second) >= rule.threshold
+    if rule.kind == "dirichlet":
+        leader = max(counts, key=counts.__getitem__)
+        ordered = [counts[leader]] + [c for a, c in counts.items() if a != leader]
+        return dirichlet_confidence(ordered, rule.draws) >= rule.threshold
+    return lead / total >= rule.threshold  # share
+
+
+# ---------------------------------------------------------------- one sample's confidence
+
+
+def cut_at(entropies: Sequence[float], window: int, max_entropy: float) -> int | None:
+    """DeepConf's online trace stop: the number of tokens after which the mean entropy of the
+    last `window` tokens first exceeds `max_entropy` (None: never, or window 0)."""
+    if window < 1 or len(entropies) < window or math.isinf(max_entropy):
+        return None
+    total = sum(entropies[:window])
+    if total / window > max_entropy:
+        return window
+    for t in range(window, len(entropies)):
+        total += entropies[t] - entropies[t - window]
+        if total / window > max_entropy:
+            return t + 1
+    return None
+
+
+# ---------------------------------------------------------------- replay
+
+
+def majority(answers: Sequence[int | None]) -> int | None:
+    """Plain majority over the answers given; ties to the first seen (the solver's vote)."""
+    counts: dict[int, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def replay(traces: Sequence[Trace], rule: StopRule, wave: int | None = None) -> Replay:
+    """Play the recorded samples of one problem under `rule`, in their order, `wave` at a time
+    (None: all at once); see the module docstring. The answer is the majority of the samples
+    counted, in their order (ties as the solver breaks them)."""
+    n = len(traces)
+    wave = n if wave is None or wave >= n else max(1, wave)
+    # each sample's length under the rule, and whether the trace rule stopped it
+    ends = []
+    for t in traces:
+        cut = cut_at(t.entropies[: t.tokens], rule.window, rule.max_entropy)
+        ends.append((cut, True) if cut is not None and cut < t.tokens else (t.tokens, False))
+    counted: list[int] = []  # indices whose answers count, in finish order
+    counts: dict[int, int] = {}
+    tokens = finished = 0
+    for first in range(0, n, wave):
+        members = list(range(first, min(n, first + wave)))
+        later = n - members[-1] - 1
+        # finish order inside the wave: shortest first, ties by index
+        order = sorted(members, key=lambda i: (ends[i][0], i))
+        for rank, i in enumerate(order):
+            length, was_cut = ends[i]
+            finished += 1
+            if not was_cut and traces[i].answer is not None:
+                counts[traces[i].answer] = counts.get(traces[i].answer, 0) + 1
+                counted.append(i)
+            pending = len(order) - rank - 1 + later
+            if pending and should_stop(counts, pending, rule):
+                tokens += sum(min(ends[j][0], length) for j in members)
+                answer = majority([traces[j].answer for j in sorted(counted)])
+                return Replay(answer, tokens, finished, True)
+        tokens += sum(ends[j][0] for j in members)
+    return Replay(majority([traces[j].answer for j in sorted(counted)]), tokens, finished,
+                  False)

@@ -1,0 +1,151 @@
+"""Stopping rules (aimo_lib.stopping): the posteriors, the trace stop, and the replay."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimo_lib.answers import EarlyStop, decided
+from aimo_lib.stopping import (
+    StopRule,
+    Trace,
+    beta_confidence,
+    cut_at,
+    dirichlet_confidence,
+    majority,
+    replay,
+    should_stop,
+)
+
+counts_st = st.dictionaries(st.integers(0, 9), st.integers(1, 12), max_size=5)
+traces_st = st.lists(st.builds(Trace, st.one_of(st.none(), st.integers(0, 3)),
+                               st.integers(1, 60)), min_size=1, max_size=12)
+
+
+def test_beta_confidence_is_the_beta_posterior_mass_above_one_half():
+    # P(p > 1/2), p ~ Beta(a, b), integrated numerically: the closed form must match it
+    for lead, second in [(0, 0), (4, 0), (5, 1), (6, 1), (7, 3), (3, 5)]:
+        a, b = lead + 1, second + 1
+        norm = math.gamma(a) * math.gamma(b) / math.gamma(a + b)
+        steps = 20000
+        mass = sum(((k + 0.5) / steps) ** (a - 1) * (1 - (k + 0.5) / steps) ** (b - 1)
+                   for k in range(steps // 2, steps)) / steps / norm
+        assert beta_confidence(lead, second) == pytest.approx(mass, abs=1e-4)
+    assert beta_confidence(4, 0) == 31 / 32  # four agreeing answers pass 0.95; three do not
+    assert beta_confidence(3, 0) < 0.95 < beta_confidence(4, 0)
+
+
+@given(st.integers(0, 30), st.integers(0, 30))
+def test_beta_confidence_grows_with_the_lead_and_falls_with_the_runner_up(lead, second):
+    p = beta_confidence(lead, second)
+    assert 0.0 < p < 1.0
+    assert beta_confidence(lead + 1, second) > p > beta_confidence(lead, second + 1)
+    assert beta_confidence(lead, second) + beta_confidence(second, lead) == pytest.approx(1.0)
+
+
+def test_dirichlet_confidence_with_two_answers_is_the_beta_rule():
+    for lead, second in [(4, 0), (5, 2), (3, 3)]:
+        assert dirichlet_confidence([lead, second], draws=20000) == pytest.approx(
+            beta_confidence(lead, second), abs=0.01)
+    # a third answer can only make the leader less sure
+    assert dirichlet_confidence([5, 2, 2], draws=5000) < dirichlet_confidence([5, 2], 5000)
+    assert dirichlet_confidence([5, 2], 500, seed=3) == dirichlet_confidence([5, 2], 500, 3)
+
+
+@given(counts_st, st.integers(0, 20))
+def test_the_table_rule_is_todays_early_stop(counts, pending):
+    table = StopRule("table")
+    votes = {a: float(c) for a, c in counts.items()}
+    assert should_stop(counts, pending, table) == (
+        decided(votes, pending, EarlyStop()) or (pending == 0 and bool(counts)))
+
+
+@given(counts_st, st.integers(0, 20), st.sampled_from(["table", "beta", "dirichlet", "share",
+                                                       "none"]))
+def test_every_rule_stops_when_the_leader_cannot_be_caught(counts, pending, kind):
+    ranked = sorted(counts.values(), reverse=True) + [0, 0]
+    if counts and ranked[0] - ranked[1] > pending:
+        assert should_stop(counts, pending, StopRule(kind, draws=200))
+    assert not should_stop({}, pending, StopRule(kind))
+
+
+def test_beta_rule_stops_on_agreement_and_waits_on_a_split():
+    rule = StopRule("beta", threshold=0.95)
+    assert not should_stop({7: 3}, 13, rule)
+    assert should_stop({7: 4}, 12, rule)
+    assert not should_stop({7: 5, 8: 1}, 10, rule)  # 0.9375
+    assert should_stop({7: 6, 8: 1}, 9, rule)
+    assert not should_stop({7: 4}, 12, StopRule("beta", threshold=0.95, min_answers=5))
+
+
+@given(st.lists(st.floats(0, 3, allow_nan=False), max_size=40), st.integers(0, 8),
+       st.floats(0, 3, allow_nan=False))
+def test_cut_at_is_the_first_window_above_the_threshold(entropies, window, threshold):
+    expected = None
+    if window:
+        for t in range(window, len(entropies) + 1):
+            if sum(entropies[t - window:t]) / window > threshold + 1e-9:
+                expected = t
+                break
+    got = cut_at(entropies, window, threshold)
+    if expected is None:  # float sums may differ in the last bit right at the threshold
+        assert got is None or abs(sum(entropies[got - window:got]) / window - threshold) < 1e-9
+    else:
+        assert got == expected or abs(
+            sum(entropies[expected - window:expected]) / window - threshold) < 1e-9
+
+
+@settings(max_examples=200)
+@given(traces_st, st.one_of(st.none(), st.integers(1, 5)))
+def test_stopping_only_when_nothing_can_change_keeps_the_full_vote(traces, wave):
+    full = majority([t.answer for t in traces])
+    r = replay(traces, StopRule("none"), wave=wave)
+    assert r.answer == full
+    assert r.tokens <= sum(t.tokens for t in traces)
+
+
+@given(traces_st, st.one_of(st.none(), st.integers(1, 5)),
+       st.sampled_from([StopRule("table"), StopRule("beta"),
+                        StopRule("share", threshold=0.7, min_answers=3)]))
+def test_a_replay_never_costs_more_than_generating_everything(traces, wave, rule):
+    r = replay(traces, rule, wave=wave)
+    total = sum(t.tokens for t in traces)
+    assert 0 < r.tokens <= total and 1 <= r.samples <= len(traces)
+    if not r.stopped:
+        assert r.tokens == total and r.samples == len(traces)
+        assert r.answer == majority([t.answer for t in traces])
+
+
+def test_a_parallel_stop_keeps_the_stragglers_partial_tokens():
+    traces = [Trace(5, 10 * (i + 1)) for i in range(8)]  # lengths 10..80, all answer 5
+    r = replay(traces, StopRule("table"))
+    # the 4th finishes at 40 tokens: 10+20+30+40 finished, four stragglers at 40 each
+    assert (r.answer, r.samples, r.tokens, r.stopped) == (5, 4, 100 + 4 * 40, True)
+    # one at a time (Adaptive-Consistency's setting) the stragglers never start
+    r = replay(traces, StopRule("beta"), wave=1)
+    assert (r.samples, r.tokens) == (4, 100)
+    # in waves of 4: the first wave decides at its last sample
+    assert replay(traces, StopRule("table"), wave=4).tokens == 100
+
+
+def test_a_trace_stopped_for_low_confidence_saves_its_tokens_and_loses_its_vote():
+    sure, unsure = (0.1,) * 30, (0.1,) * 5 + (2.0,) * 25
+    traces = [Trace(1, 30, unsure), Trace(1, 30, unsure), Trace(2, 30, sure)]
+    rule = StopRule("none", window=4, max_entropy=1.0)
+    r = replay(traces, rule)
+    assert cut_at(unsure, 4, 1.0) == 7  # tokens 4..7: 0.1 + 3 * 2.0 > 4 * 1.0
+    assert r.answer == 2  # the two unsure traces are cut: the sure one decides
+    assert r.tokens == 7 + 7 + 30
+    assert replay(traces, StopRule("none")).answer == 1
+
+
+def test_bad_rules_are_refused():
+    with pytest.raises(ValueError, match="kind"):
+        StopRule("sometimes")
+    with pytest.raises(ValueError, match="threshold"):
+        StopRule("beta", threshold=1.5)
+    assert "beta 0.95" in StopRule("beta").label
+    assert "trace stop" in StopRule("table", window=8, max_entropy=1.0).label
