@@ -14,7 +14,7 @@ import shutil
 import uuid
 
 __all__ = ["EMBEDDED_GGUF", "ModelNotFoundError", "as_checkpoint", "cache_dir",
-           "checkpoint_from_gguf", "default_model_path", "embedded_checkpoint"]
+           "checkpoint_from_gguf", "default_model_path", "embedded_checkpoint", "models_dir"]
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,8 +37,15 @@ def default_model_path() -> tuple[str, str]:
 
 
 def cache_dir() -> str:
+    """aimo_lib's cache folder: $AIMO_CACHE, else ~/.cache/aimo_lib."""
     return os.environ.get("AIMO_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "aimo_lib")
+
+
+def models_dir() -> str:
+    """Where models written or built once are kept (the embedded SmolLM2 as a checkpoint, the
+    benchmark model of bench/model.py)."""
+    return os.path.join(cache_dir(), "models")
 
 
 def checkpoint_from_gguf(directory: str, gguf_file: str, out: str) -> str:
@@ -79,7 +86,7 @@ def as_checkpoint(model: str | None = None) -> str:
     else:
         return model
     return checkpoint_from_gguf(directory, gguf,
-                                os.path.join(cache_dir(), "models", os.path.splitext(gguf)[0]))
+                                os.path.join(models_dir(), os.path.splitext(gguf)[0]))
 
 
 def embedded_checkpoint() -> str:

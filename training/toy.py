@@ -202,6 +202,46 @@ def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
     return scores
 
 
+def heldout(n: int, seed: int, train: list[tuple[EvalProblem, str]], templates=SEEN
+            ) -> list[EvalProblem]:
+    """n problems of `templates` with new numbers (seeded), none of them a training problem."""
+    seen = {p.problem for p, _ in train}
+    return [p for p in synthetic_problems(4 * n, seed, templates) if p.problem not in seen][:n]
+
+
+def stage1_cot(out: str, train: list[tuple[EvalProblem, str]], seed: int = 42,
+               base: str | None = None, **overrides) -> dict:
+    """Stage 1: CoT SFT of the base model (the recipe's: the embedded SmolLM2; or `base`, a
+    checkpoint folder) on worked solutions in words (toy-cot.yaml; `overrides`: its fields)."""
+    os.makedirs(out, exist_ok=True)
+    cot = os.path.join(out, "cot.jsonl")
+    with open(cot, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(cot_row(p, code)) + "\n" for p, code in train)
+    if base is not None:
+        overrides["model_name_or_path"] = base
+    return _sft("toy-cot.yaml", dataset_name=cot, output_dir=os.path.join(out, "stage1-cot"),
+                seed=seed, **overrides)
+
+
+def tir_data(out: str, train: list[tuple[EvalProblem, str]]) -> tuple[str, dict]:
+    """The programmatic teacher's TIR data through the real generation path: (path, counts)."""
+    from generate_tir_data import generate
+
+    tir = os.path.join(out, "tir.jsonl")
+    teacher_cfg = SolverConfig.preset("default", num_samples=1, early_stop=None,
+                                      competition="aimo3", prompt_template="chatml_tir")
+    with Sandbox() as sandbox:
+        counts = generate([p for p, _ in train], programmatic_teacher(), sandbox, tir,
+                          attempts=4, config=teacher_cfg, progress=False)
+    return tir, counts
+
+
+def stage2_tir(out: str, stage1_dir: str, tir: str, seed: int = 42, **overrides) -> dict:
+    """Stage 2: TIR SFT of the stage-1 model on the TIR data (toy-tir.yaml)."""
+    return _sft("toy-tir.yaml", dataset_name=tir, model_name_or_path=stage1_dir,
+                output_dir=os.path.join(out, "stage2-tir"), seed=seed, **overrides)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,12 +261,9 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
 
     train = instances(args.train, seed=1)
-    seen = {p.problem for p, _ in train}
-    fresh = lambda n, seed, templates=SEEN: [
-        p for p in synthetic_problems(4 * n, seed, templates) if p.problem not in seen][:n]
-    sets = {"seen-templates": fresh(args.heldout, 2), "unseen-templates": fresh(
-        args.heldout, 3, UNSEEN)}
-    kto_problems = [p for p in fresh(2 * args.kto_problems, 4)
+    sets = {"seen-templates": heldout(args.heldout, 2, train),
+            "unseen-templates": heldout(args.heldout, 3, train, UNSEEN)}
+    kto_problems = [p for p in heldout(2 * args.kto_problems, 4, train)
                     if p.problem not in {q.problem for q in sets["seen-templates"]}]
     kto_problems = kto_problems[: args.kto_problems]
     result = {"train_problems": len(train), "heldout": {k: len(v) for k, v in sets.items()},
@@ -243,26 +280,14 @@ def main() -> None:
 
     record("base", None, 0)
 
-    cot = os.path.join(out, "cot.jsonl")
-    with open(cot, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(cot_row(p, code)) + "\n" for p, code in train)
     t = time.time()
-    r1 = _sft("toy-cot.yaml", dataset_name=cot, output_dir=os.path.join(out, "stage1-cot"))
+    r1 = stage1_cot(out, train)
     record("stage1-cot", r1["output_dir"], time.time() - t, loss=[r1["losses"][0],
                                                                   r1["losses"][-1]])
 
-    from generate_tir_data import generate
-
-    tir = os.path.join(out, "tir.jsonl")
-    teacher_cfg = SolverConfig.preset("default", num_samples=1, early_stop=None,
-                                      competition="aimo3", prompt_template="chatml_tir")
-    with Sandbox() as sandbox:
-        counts = generate([p for p, _ in train], programmatic_teacher(), sandbox, tir,
-                          attempts=4, config=teacher_cfg, progress=False)
-    result["tir_data"] = counts
+    tir, result["tir_data"] = tir_data(out, train)
     t = time.time()
-    r2 = _sft("toy-tir.yaml", dataset_name=tir, model_name_or_path=r1["output_dir"],
-              output_dir=os.path.join(out, "stage2-tir"))
+    r2 = stage2_tir(out, r1["output_dir"], tir)
     record("stage2-tir", r2["output_dir"], time.time() - t, loss=[r2["losses"][0],
                                                                   r2["losses"][-1]])
 
