@@ -26,8 +26,9 @@ from .competitions import get_competition
 from .gateway import Problem
 from .records import read_jsonl, read_rows
 
-__all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "load_eval_dataset",
-           "maj_at_k", "run_eval", "summarize"]
+__all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "finished_answers",
+           "load_eval_dataset", "maj_at_k", "plot_presets", "plot_stopping", "run_eval",
+           "summarize"]
 
 # name -> (Numina's hub dataset, file name of the local JSONL copy)
 DATASETS = {
@@ -124,8 +125,21 @@ def maj_at_k(answers: list[int | None], truth: int, k: int, competition: str = "
     return hits / total
 
 
+def finished_answers(result: dict) -> list[int | None]:
+    """The answers of a solve's samples that finished: a sample cancelled by early stop never
+    gave its answer, so it is left out rather than counted as wrong (the run chose not to
+    finish it). Timed-out and failed samples stay in: losing them is the run's fault."""
+    return [x["answer"] for x in result["samples"] if x.get("status") != "cancelled"]
+
+
 def summarize(records: list[dict], problems: list[EvalProblem], competition: str) -> dict:
-    """Metrics from saved records ({"id", "seed", "result": SolveResult dict})."""
+    """Metrics from saved records ({"id", "seed", "result": SolveResult dict}).
+
+    maj@k draws k of each solve's finished samples (finished_answers: an early-stopped run's
+    cancelled samples are not counted as wrong); where fewer than k finished (early stop, or
+    a failed solve), the solve's own answer stands for its maj@k. So an early-stopped run's
+    maj@k for k above the samples it let finish is its accuracy, and below that it is over
+    the samples that finished first."""
     truth = {p.id: p.answer for p in problems}
     by_seed: dict[int, list[dict]] = {}
     for r in records:
@@ -141,15 +155,16 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
               for s in seeds]
     ks = sorted({1, 2, 4, 8, 16, 32, 48, 64, n} & set(range(1, n + 1)))
 
-    def maj_k(r: dict, k: int) -> float:  # a failed solve has fewer (no) samples: its answer
-        answers = [x["answer"] for x in r["result"]["samples"]]
-        if len(answers) < k:
+    def maj_k(r: dict, k: int) -> float:
+        answers = finished_answers(r["result"])
+        if len(answers) < k:  # the solve's own answer (fewer finished, or none: failed)
             return float(not r["result"]["fallback"] and _correct(
                 r["result"]["answer"], truth[r["id"]], competition))
         return maj_at_k(answers, truth[r["id"]], k, competition)
 
-    curve = {k: statistics.mean(statistics.mean(maj_k(r, k) for r in by_seed[s]) for s in seeds)
-             for k in ks}
+    per_seed = {k: [statistics.mean(maj_k(r, k) for r in by_seed[s]) for s in seeds]
+                for k in ks}
+    curve = {k: statistics.mean(v) for k, v in per_seed.items()}
     per_problem = []
     for p in problems:
         rs = [r for s in seeds for r in by_seed[s] if r["id"] == p.id]
@@ -178,6 +193,9 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
         "pass_at_n": {"mean": statistics.mean(pass_n) if pass_n else 0.0,
                       "std": statistics.stdev(pass_n) if len(pass_n) > 1 else 0.0},
         "maj_at_k": {str(k): v for k, v in curve.items()},
+        "maj_at_k_per_seed": {str(k): v for k, v in per_seed.items()},
+        "finished_samples_per_problem": statistics.mean(
+            len(finished_answers(r)) for r in results) if results else 0.0,
         "tokens_per_problem": statistics.mean(r["tokens_generated"] for r in results),
         "seconds_per_problem": statistics.mean(r["elapsed_s"] for r in results),
         "code_calls_per_sample": statistics.mean(len(x["code_calls"]) for x in samples)
@@ -245,7 +263,11 @@ def report_markdown(summary: dict, config: dict) -> str:
              f"- maj@{summary['num_samples']}: {m['mean']:.1%} ± {m['std']:.1%} "
              f"(per seed: {', '.join(f'{x:.1%}' for x in m['per_seed'])})",
              f"- pass@{summary['num_samples']}: {p['mean']:.1%} ± {p['std']:.1%}",
-             "- maj@k: " + ", ".join(f"k={k}: {v:.1%}" for k, v in summary["maj_at_k"].items()),
+             "- maj@k (over each solve's finished samples: cancelled ones are not counted as "
+             "wrong): " + ", ".join(f"k={k}: {v:.1%}" for k, v in summary["maj_at_k"].items()),
+             f"- samples finished per problem: "
+             f"{summary.get('finished_samples_per_problem', summary['num_samples']):.1f} of "
+             f"{summary['num_samples']}",
              f"- per problem: {summary['tokens_per_problem']:.0f} tokens, "
              f"{summary['seconds_per_problem']:.1f} s; {summary['code_calls_per_sample']:.2f} "
              f"code calls per sample; stopped early {summary['stopped_early']:.0%}, timed out "
@@ -259,40 +281,140 @@ def report_markdown(summary: dict, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(summary: dict, records: list[dict], out_dir: str) -> list[str]:
-    """accuracy_vs_k.png, vote_margin.png, time_per_problem.png (needs matplotlib)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _run_title(summary: dict, out_dir: str) -> str:
+    """"dataset, model, N=.." for a run's plots (the model from its config.json)."""
+    model = None
+    try:
+        with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
+            model = json.load(f).get("model")
+    except (OSError, ValueError, AttributeError):
+        pass
+    model = os.path.basename(str(model).rstrip("/")) if model else "embedded SmolLM2"
+    return f"{summary.get('dataset')}, {model}, N={summary.get('num_samples')}"
+
+
+def write_plots(summary: dict, records: list[dict], out_dir: str) -> list[str]:
+    """accuracy_vs_k.png (maj@k in percent against k on a log-2 axis with integer ticks, the
+    mean over seeds with their range as a band), vote_margin.png, time_per_problem.png;
+    titled with the dataset, the model and N (needs matplotlib; none without it)."""
+    plt = _pyplot()
+    if plt is None:
         return []
-    paths = []
-
-    def save(fig, name):
-        path = os.path.join(out_dir, name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    title = _run_title(summary, out_dir)
     ks = [int(k) for k in summary["maj_at_k"]]
-    ax.plot(ks, list(summary["maj_at_k"].values()), marker="o")
-    ax.set(xscale="log", xlabel="k (samples voted)", ylabel="maj@k accuracy",
-           title=f"maj@k, {summary.get('dataset')}")
+    mean = [100 * v for v in summary["maj_at_k"].values()]
+    per_seed = summary.get("maj_at_k_per_seed", {})
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if per_seed and len(next(iter(per_seed.values()))) > 1:
+        lo = [100 * min(per_seed[str(k)]) for k in ks]
+        hi = [100 * max(per_seed[str(k)]) for k in ks]
+        ax.fill_between(ks, lo, hi, alpha=0.2, label=f"range over {len(summary['seeds'])} seeds")
+    ax.plot(ks, mean, marker="o", label="mean over seeds" if per_seed else "maj@k")
+    _k_axis(ax, ks)
+    ax.set(ylim=(0, 100), xlabel="k (samples voted)", ylabel="maj@k accuracy (%)",
+           title=f"maj@k: {title}")
     ax.grid(alpha=0.3)
-    save(fig, "accuracy_vs_k.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.legend(loc="lower right", fontsize=8)
+    paths = [_save(plt, fig, os.path.join(out_dir, "accuracy_vs_k.png"))]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.hist([r["margin"] for r in summary["per_problem"]], bins=10, range=(0, 1))
-    ax.set(xlabel="vote margin (top1 - top2) / votes", ylabel="problems", title="vote margins")
-    save(fig, "vote_margin.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.set(xlabel="vote margin (top1 - top2) / votes", ylabel="problems",
+           title=f"vote margins: {title}")
+    paths.append(_save(plt, fig, os.path.join(out_dir, "vote_margin.png")))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.hist([r["result"]["elapsed_s"] for r in records], bins=20)
-    ax.set(xlabel="seconds", ylabel="problems x seeds", title="time per problem")
-    save(fig, "time_per_problem.png")
+    ax.set(xlabel="seconds", ylabel="problems x seeds", title=f"time per problem: {title}")
+    paths.append(_save(plt, fig, os.path.join(out_dir, "time_per_problem.png")))
     return paths
+
+
+def _k_axis(ax, ks: list[int]) -> None:
+    """k on a log-2 axis, ticked at the k measured, written as integers (1, 2, 4, 8...)."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlim(min(ks) / 1.3, max(ks) * 1.3)
+
+
+def plot_stopping(rows: list[dict], path: str, title: str, target: tuple[float, float] | None
+                  = (50.0, 99.0)) -> str | None:
+    """The stopping-rule comparison: tokens saved (%) against agreement with the full vote (%),
+    one point per rule (rows: {"label", "tokens_saved", "agreement"} in percent, optional
+    "agreement_ci": (low, high) drawn as error bars, "group" for the marker); `target`: the
+    corner a rule must reach (tokens saved, agreement), shaded."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    groups = list(dict.fromkeys(r.get("group", "") for r in rows))
+    markers = "osD^v<>P*X"
+    for g, marker in zip(groups, markers * 3, strict=False):
+        mine = [r for r in rows if r.get("group", "") == g]
+        for r in mine:
+            ci = r.get("agreement_ci")
+            yerr = None if ci is None else [[r["agreement"] - ci[0]], [ci[1] - r["agreement"]]]
+            ax.errorbar(r["tokens_saved"], r["agreement"], yerr=yerr, fmt=marker, capsize=3,
+                        color=f"C{groups.index(g)}", label=g or None)
+            ax.annotate(r["label"], (r["tokens_saved"], r["agreement"]), fontsize=6.5,
+                        xytext=(4, 3), textcoords="offset points")
+    if target is not None:
+        ax.fill_between([target[0], 100], target[1], 100.5, color="green", alpha=0.08,
+                        label=f"target: >= {target[0]:g}% saved at >= {target[1]:g}%")
+    lows = [r.get("agreement_ci", (r["agreement"],))[0] for r in rows] + [r["agreement"]
+                                                                           for r in rows]
+    ax.set(xlim=(0, 100), ylim=(max(0.0, min(lows) - 2), 100.5), xlabel="tokens saved (%)",
+           ylabel="agreement with the full vote (%)", title=title)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def plot_presets(rows: list[dict], path: str, title: str) -> str | None:
+    """The preset comparison: accuracy (%) against tokens per problem, one point per arm
+    (rows: {"label", "accuracy", "tokens"}, optional "accuracy_ci": (low, high) in percent,
+    drawn as error bars, and "seconds" written beside the label)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, r in enumerate(rows):
+        ci = r.get("accuracy_ci")
+        yerr = None if ci is None else [[r["accuracy"] - ci[0]], [ci[1] - r["accuracy"]]]
+        ax.errorbar(r["tokens"], r["accuracy"], yerr=yerr, fmt="o", capsize=4, color=f"C{i}",
+                    label=r["label"])
+        note = r["label"] + (f", {r['seconds']:.2f} s" if "seconds" in r else "")
+        ax.annotate(note, (r["tokens"], r["accuracy"]), fontsize=7, xytext=(5, 4),
+                    textcoords="offset points")
+    ax.set(ylim=(0, 100), xlim=(0, max(r["tokens"] for r in rows) * 1.25),
+           xlabel="tokens generated per problem", ylabel="accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(plt, fig, path)
 
 
 # ---------------------------------------------------------------- comparing runs

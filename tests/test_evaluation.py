@@ -199,3 +199,60 @@ def test_aimo_eval_end_to_end_with_smollm2(tmp_path):
     assert summary["problems"] == 2 and summary["num_samples"] == 2
     config = json.loads((out / "config.json").read_text())
     assert config["solver"]["num_samples"] == 2 and config["seeds"] == [0]
+
+
+def early_stopped_record(pid: str, seed: int, statuses_answers, answer: int) -> dict:
+    samples = [{"answer": a, "status": st, "code_calls": []} for st, a in statuses_answers]
+    return {"id": pid, "seed": seed, "result": {
+        "answer": answer, "fallback": False, "votes": {str(answer): 4.0}, "samples": samples,
+        "tokens_generated": 100, "elapsed_s": 1.0, "stopped_early": True}}
+
+
+def test_maj_at_k_leaves_out_samples_cancelled_by_early_stop():
+    # 4 samples agreed on the truth, 4 were cancelled by early stop (no answer): the old
+    # metric called the cancelled ones wrong, so maj@1 read 50% for a run that was right.
+    from aimo_lib.evaluation import EvalProblem, summarize
+
+    rec = early_stopped_record("A", 0, [("answered", 7)] * 4 + [("cancelled", None)] * 4, 7)
+    summary = summarize([rec], [EvalProblem("A", "p", 7)], "aimo1")
+    assert summary["maj_at_k"]["1"] == 1.0 and summary["maj_at_k"]["4"] == 1.0
+    assert summary["maj_at_k"]["8"] == 1.0  # fewer than 8 finished: the solve's own answer
+    assert summary["finished_samples_per_problem"] == 4
+    # a sample that timed out did not finish by the run's own fault: it still counts
+    rec = early_stopped_record("A", 0, [("answered", 7)] * 2 + [("timeout", None)] * 2, 7)
+    assert summarize([rec], [EvalProblem("A", "p", 7)], "aimo1")["maj_at_k"]["1"] == 0.5
+
+
+def test_maj_at_k_per_seed_and_the_plot_axes(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from aimo_lib.evaluation import (
+        EvalProblem,
+        _k_axis,
+        plot_presets,
+        plot_stopping,
+        summarize,
+        write_plots,
+    )
+
+    recs = [early_stopped_record("A", s, [("answered", 7)] * 6 + [("answered", 3)] * (2 + s),
+                                 7) for s in (0, 1)]
+    summary = summarize(recs, [EvalProblem("A", "p", 7)], "aimo1")
+    assert summary["maj_at_k_per_seed"]["1"] == [pytest.approx(6 / 8), pytest.approx(6 / 9)]
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 4, 8], [10, 20, 30, 40])
+    _k_axis(ax, [1, 2, 4, 8])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8"]
+    plt.close(fig)
+    (tmp_path / "config.json").write_text(json.dumps({"model": "/x/toy-tir-n120-s42"}))
+    summary["dataset"] = "toy"
+    paths = write_plots(summary, recs, str(tmp_path))
+    assert len(paths) == 3 and all(os.path.getsize(p) > 0 for p in paths)
+    assert plot_stopping([{"label": "table", "tokens_saved": 30.0, "agreement": 99.5,
+                           "agreement_ci": (98.0, 99.9), "group": "parallel"}],
+                         str(tmp_path / "s.png"), "stopping")
+    assert plot_presets([{"label": "default", "accuracy": 75.0, "tokens": 312,
+                          "accuracy_ci": (60.0, 85.0), "seconds": 1.2}],
+                        str(tmp_path / "p.png"), "presets")
