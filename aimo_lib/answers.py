@@ -62,21 +62,45 @@ def _closing(text: str, start: int) -> int | None:
     return None
 
 
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{|[^\s{}$\\]+)")
+_BRACE = re.compile(r"[{}]")
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Every "{" of `text` that is closed -> the index of its "}", in one pass (what
+    _closing finds for each, without rescanning the text once per brace)."""
+    opened: list[int] = []
+    pairs: dict[int, int] = {}
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            opened.append(m.start())
+        elif opened:
+            pairs[opened.pop()] = m.start()
+    return pairs
+
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last complete, non-empty \\boxed{...} or \\fbox{...} (also `\\boxed 5`).
 
-    An empty box (a model echoing "put your answer in \\boxed{}") is no answer."""
-    for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*(\{|[^\s{}$\\]+)", text))):
+    An empty box (a model echoing "put your answer in \\boxed{}") is no answer. Linear in the
+    text: a degenerate output ("\\boxed{" thousands of times) is read in milliseconds."""
+    pairs: dict[int, int] | None = None
+    for m in reversed(list(_BOX.finditer(text))):
         if m.group(1) != "{":
             return m.group(1)
-        close = _closing(text, m.end() - 1)
+        if pairs is None:
+            pairs = _closing_braces(text)
+        close = pairs.get(m.end() - 1)
         if close is not None and text[m.end() : close].strip():
             return text[m.end() : close]
     return None
 
 
+# "the answer is 42.", "Final answer: $37$", and in markdown "**Answer:** 42" (a line that
+# starts with "Answer"), "The answer is **42**.", "**Final answer:** \\(42\\)".
 _ANSWER_IS = re.compile(
-    r"(?:final answer|the answer)\s*(?:is|=|:)\s*:?\s*\$*\s*([^\n$]*?)\s*\$*\s*(?:\.\s|\.?$|\n)",
+    r"(?:final answer|the answer|(?:^|(?<=\n))[ \t>#*_-]*answer)[*_]*\s*(?:is|=|:)[*_]*"
+    r"\s*:?\s*\$*\s*([^\n$]*?)\s*\$*\s*(?:\.\s|\.?$|\n)",
     re.IGNORECASE,
 )
 
@@ -105,8 +129,13 @@ _UNITS = re.compile(
 )
 
 
+# Emphasis and math delimiters around an answer ("**42**.", "$42$", "_7_"), not inside it.
+_WRAPPING = re.compile(r"^[\s$*_]+|[\s$*_.]+$")
+
+
 def _strip_latex(s: str) -> str:
-    s = s.strip().strip("$").strip()
+    s = _WRAPPING.sub("", s)
+    s = re.sub(r"\\[()\[\]]", " ", s)  # \( \) \[ \] delimit math; they never group
     s = re.sub(r"\\(?:boxed|fbox)\s*\{", "{", s)
     # \text{...} and friends: keep the content, so "\text{5 ways}" -> "5 ways"
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r" \1 ", s)
@@ -140,6 +169,9 @@ def _latex_to_python(s: str) -> str:
     return s
 
 
+# An answer written in more than this many characters is no olympiad answer; the bound keeps
+# normalising a degenerate "answer" (a whole runaway output) to milliseconds.
+_MAX_ANSWER_CHARS = 2000
 # An answer past 300 digits is no olympiad answer (10^100 mod 1000 still is one); the bound also
 # keeps int() under Python's 4300-digit limit and float() from overflowing.
 _MAX_DIGITS = 300
@@ -198,6 +230,8 @@ def normalize_answer(s: str | int | None, rules: AnswerRules = AIMO1) -> int | N
         return None
     if isinstance(s, int):
         return rules.apply(s)
+    if len(str(s)) > _MAX_ANSWER_CHARS:
+        return None
     text = _strip_latex(str(s))
     if not text:
         return None
@@ -229,16 +263,31 @@ class Vote:
 
 def vote(answers: Sequence[int | None], weights: Sequence[float] | None = None,
          rules: AnswerRules = AIMO1) -> Vote:
-    """Majority (or weighted) vote over valid answers; ties go to the answer seen first."""
+    """Majority (or weighted) vote over valid answers; ties go to the answer seen first.
+
+    weights: one per answer, each finite and >= 0 (ValueError otherwise: a NaN has no place
+    in a vote and would make it name no winner)."""
+    if weights is not None and len(weights) != len(answers):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
     totals: dict[int, float] = {}
     for i, a in enumerate(answers):
         if a is not None:
-            totals[a] = totals.get(a, 0.0) + (1.0 if weights is None else float(weights[i]))
+            totals[a] = totals.get(a, 0.0) + (1.0 if weights is None else _weight(weights[i], a))
     if not totals:
         return Vote(rules.fallback, {}, True)
-    best = max(totals.values())
-    winner = next(a for a, w in totals.items() if w == best)  # dicts keep first-seen order
-    return Vote(winner, totals, False)
+    # max() keeps the first of equals, and dicts keep first-seen order: ties to the first seen
+    return Vote(max(totals, key=totals.__getitem__), totals, False)
+
+
+def _weight(w: object, answer: int) -> float:
+    try:
+        value = float(w)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"the vote weight of answer {answer} is {w!r}: weights must be "
+                         "finite and >= 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -343,10 +392,12 @@ def numina_normalize(answer: str) -> str:
     return answer
 
 
-def numina_to_int(answer: str) -> int | None:
-    """The notebook's filter: round(float(x)) (any float passes), negatives dropped, mod 1000."""
+def numina_to_int(answer: str, rules: AnswerRules = AIMO1) -> int | None:
+    """The notebook's filter: round(float(x)) (any float passes), then the competition's rules
+    (for AIMO 1, the notebook's own: negatives dropped, mod 1000; under AIMO 3 rules 12345
+    stays 12345, where the notebook's `% 1000` would have made it 345)."""
     try:
         value = round(float(answer))
     except (TypeError, ValueError, OverflowError):
         return None
-    return value % 1000 if value >= 0 else None
+    return rules.apply(value)

@@ -189,7 +189,7 @@ class ToRASeed(ToRA):
         return shown, f"{shown}\n```"  # the seed let the model write the newline
 
     def to_int(self, raw: str, rules: AnswerRules) -> int | None:
-        return numina_to_int(raw)
+        return numina_to_int(raw, rules)
 
 
 # ---------------------------------------------------------------- harmony (gpt-oss)

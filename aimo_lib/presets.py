@@ -11,6 +11,7 @@ a laptop; "aimo3_gpt_oss" gpt-oss as the AIMO 3 public notebooks ran it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -21,6 +22,11 @@ from .dialects import get_dialect
 __all__ = ["PRESETS", "VOTE_WEIGHTS", "SolverConfig", "config_for_run", "preset_for_model"]
 
 VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
+
+
+def _real(x: object) -> bool:
+    """A finite int or float (not a bool, not NaN, not +-inf)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,25 @@ class SolverConfig:
                              "within [0, 1]")
         if self.entropy_tail_tokens < 1 or self.logprobs_top_k < 0:
             raise ValueError("entropy_tail_tokens must be >= 1 and logprobs_top_k >= 0")
+        # Every vote weight must be a finite number >= 0, whatever the samples do: a NaN or an
+        # overflow here once made the final vote raise (or name no winner).
+        if not (_real(self.code_ok_weight) and 0 < self.code_ok_weight <= 1e6):
+            raise ValueError(f"code_ok_weight must be a number in (0, 1e6], not "
+                             f"{self.code_ok_weight!r}")
+        if not (_real(self.entropy_sharpness) and 0 <= self.entropy_sharpness <= 1e3):
+            raise ValueError(f"entropy_sharpness must be a number in [0, 1000] (the s of "
+                             f"exp(-s * H)), not {self.entropy_sharpness!r}")
+        self._check_fallback()
+
+    def _check_fallback(self) -> None:
+        """The fallback is submitted as an answer: it must be one the competition accepts."""
+        if self.fallback is None:
+            return
+        low, high = get_competition(self.competition).answer_range
+        if (not isinstance(self.fallback, int) or isinstance(self.fallback, bool)
+                or not low <= self.fallback <= high):
+            raise ValueError(f"fallback={self.fallback!r} is not a valid {self.competition} "
+                             f"answer: give an integer from {low} to {high} (or None)")
 
     @property
     def rules(self) -> AnswerRules:

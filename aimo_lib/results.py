@@ -8,7 +8,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["CodeCall", "Sample", "SolveResult", "entropy_weight"]
+__all__ = ["CodeCall", "Sample", "SolveResult", "clean_entropies", "entropy_weight"]
+
+# A token's top-k entropy is at most log(k) nats (about 3 for k=20); past this it is garbage.
+MAX_ENTROPY = 100.0
+
 
 @dataclass
 class CodeCall:
@@ -41,6 +45,7 @@ class Sample:
     tail_entropy: float | None = None
     # Live state, not part of the record:
     entropies: list[float] = field(default_factory=list, repr=False)
+    entropy_total: float = field(default=0.0, repr=False)  # sum(entropies), kept as they come
     session: Any = field(default=None, repr=False)
     ids: list[int] | None = field(default=None, repr=False)
     answer_tries: int = field(default=0, repr=False)
@@ -53,7 +58,7 @@ class Sample:
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("session", "ids", "answer_tries", "resumes", "retried",
-                                 "capped", "entropies")}
+                                 "capped", "entropies", "entropy_total")}
         out["code_calls"] = [asdict(c) for c in self.code_calls]
         return out
 
@@ -99,9 +104,23 @@ class SolveResult:
         return json.dumps(self.to_dict())
 
 
+def clean_entropies(values: object) -> list[float]:
+    """The token entropies an engine gave, without what cannot be one: None, NaN, +-inf,
+    negatives, values past MAX_ENTROPY (a broken engine's, or a server's, garbage would
+    otherwise poison the vote). Anything but a list or tuple gives none."""
+    if not isinstance(values, (list, tuple)):
+        return []
+    return [float(h) for h in values
+            if isinstance(h, (int, float)) and not isinstance(h, bool)
+            and 0.0 <= h <= MAX_ENTROPY]
+
+
 def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
     """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
     entropy ("mean_entropy") or that of its last tokens ("tail_entropy"); 1 where the engine
-    gave no logprobs (every sample then counts alike)."""
+    gave no logprobs (every sample then counts alike), or where H or the sharpness is not a
+    finite number. Always finite and >= 0."""
     h = s.mean_entropy if kind == "mean_entropy" else s.tail_entropy
-    return 1.0 if h is None else math.exp(-sharpness * h)
+    if h is None or not (math.isfinite(h) and math.isfinite(sharpness)):
+        return 1.0
+    return math.exp(min(-sharpness * h, 700.0))  # a negative sharpness must not overflow

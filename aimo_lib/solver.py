@@ -38,13 +38,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
 from dataclasses import dataclass, field
 
-from .answers import decided, vote
+from .answers import Vote, decided, vote
 from .budget import ALLOWANCE_S
 from .dialects import get_dialect
 from .engines import ContextLengthError, EngineError, GenerationParams, Request, as_engine
 from .presets import PRESETS, SolverConfig, config_for_run, preset_for_model
 from .prompts import verification_problem
-from .results import CodeCall, Sample, SolveResult, entropy_weight
+from .results import CodeCall, Sample, SolveResult, clean_entropies, entropy_weight
 from .sandbox import ExecutionResult, Sandbox
 
 __all__ = ["ALLOWANCE_S", "PRESETS", "CodeCall", "Sample", "SolveResult", "Solver",
@@ -54,6 +54,9 @@ _GRACE_S = 0.5  # wait this long past the deadline for an engine that says it ho
 _POLL_S = 1.0  # the async driver looks at its requests at least this often
 _MAX_RESUMES = 8  # continuations of one step (a stop string that meant nothing)
 _MAX_ANSWER_TRIES = 4  # continuations to close an answer's nested braces
+# A time limit longer than this is no limit: waits cannot take one past threading.TIMEOUT_MAX
+# (an OverflowError), and `--time-limit inf` means none.
+_NO_LIMIT_S = 365 * 86400.0
 
 
 @dataclass
@@ -110,7 +113,7 @@ class Solver:
         ALLOWANCE_S of the limit)."""
         cfg = self.config
         start = time.monotonic()
-        deadline = None if time_limit_s is None else start + max(0.0, time_limit_s)
+        deadline = _deadline(start, time_limit_s)
         run = _Run(str(problem), "", [Sample(i) for i in range(cfg.num_samples)], start,
                    deadline)
         try:
@@ -209,9 +212,6 @@ class Solver:
         try:
             done = self._call_engine(run, [requests[i][0] for i in todo],
                                      [requests[i][1] for i in todo])
-            if done is not None and len(done) != len(todo):
-                raise ValueError(f"the engine returned {len(done)} completions for "
-                                 f"{len(todo)} prompts")
         except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
             one = lambda i: lambda: self._call_engine(run, [requests[i][0]], [requests[i][1]])
             if len(todo) == 1:
@@ -224,9 +224,10 @@ class Solver:
         return out
 
     def _call_engine(self, run: _Run, prompts: list, params: list) -> list | None:
-        """engine.generate, waited for until the deadline at most (None: cut by it)."""
+        """engine.generate, waited for until the deadline at most (None: cut by it, and only
+        then: what the engine returns is checked, one completion per prompt)."""
         if run.deadline is None:
-            return self.engine.generate(prompts, params)
+            return _completions(self.engine.generate(prompts, params), len(prompts))
         knows_deadline = self.engine.supports_deadline
         future = in_daemon_thread(
             lambda: self.engine.generate(prompts, params, deadline=run.deadline))
@@ -234,10 +235,11 @@ class Solver:
         # one that does not is abandoned at the deadline (its result is dropped).
         wait_s = run.deadline - time.monotonic() + (_GRACE_S if knows_deadline else 0.0)
         try:
-            return future.result(timeout=max(0.0, wait_s))
+            out = future.result(timeout=max(0.0, wait_s))
         except FuturesTimeout:
             run.timed_out = True
             return None
+        return _completions(out, len(prompts))
 
     def _execute(self, run: _Run, samples: list[Sample]) -> None:
         """Run the samples' code blocks concurrently; none starts after the deadline."""
@@ -272,6 +274,8 @@ class Solver:
         pending: dict[Future, tuple[Sample, str, Request | None]] = {}
 
         def generate(s: Sample, kind: str) -> None:
+            if self._out_of_time(run):
+                return  # nothing new starts after the deadline
             params = self._params(run, s, kind)
             if params is None:
                 return
@@ -313,8 +317,10 @@ class Solver:
                         s.retried = True  # once per sample: a flapping server gets no more
                         self._guard(run, s, lambda s=s, k=kind: generate(s, k))
                         continue
-                    action = self._take(run, s, exc if exc is not None else future.result(),
-                                        kind)
+                    c = future.result() if exc is None else exc
+                    action = self._take(run, s, EngineError(
+                        "the engine's request returned None, not a completion") if c is None
+                        else c, kind)
                 if action == "execute" and not self._out_of_time(run):
                     pending[self._pool.submit(self._run_code, run, s)] = (s, "code", None)
                 elif action in ("step", "answer", "resume", "continue"):
@@ -370,7 +376,7 @@ class Solver:
         s.tokens += int(c.num_tokens or 0)
         s.finish_reason = c.finish_reason
         if c.entropies:
-            s.entropies += c.entropies
+            self._add_entropies(s, clean_entropies(c.entropies))
         if s.ids is not None:
             s.ids += list(c.token_ids) if c.token_ids is not None else self.engine.tokenize(text)
         if kind == "step":
@@ -391,7 +397,7 @@ class Solver:
         if action == "restart":
             self._close_session(s)
             s.text, s.code_calls, s.restarts = "", [], s.restarts + 1
-            s.entropies = []  # the confidence of the attempt that answers, not of one dropped
+            self._add_entropies(s, None)  # the confidence of the attempt that answers
             if s.ids is not None:
                 s.ids = list(run.prompt_ids)
             if s.steps < cfg.max_rounds:
@@ -497,7 +503,25 @@ class Solver:
             run.timed_out = True
         return run.timed_out
 
-    def _weights(self, samples: list[Sample]) -> list[float]:
+    def _add_entropies(self, s: Sample, entropies: list[float] | None) -> None:
+        """Add a completion's token entropies to the sample's confidence (None: forget them,
+        the sample restarted), keeping its mean and tail entropy current: early stop weighs
+        samples while they run."""
+        if entropies is None:
+            s.entropies, s.entropy_total = [], 0.0
+            s.mean_entropy = s.tail_entropy = None
+            return
+        if not entropies:
+            return
+        s.entropies += entropies
+        s.entropy_total += sum(entropies)
+        s.mean_entropy = s.entropy_total / len(s.entropies)
+        tail = s.entropies[-self.config.entropy_tail_tokens:]
+        s.tail_entropy = sum(tail) / len(tail)
+
+    def weights(self, samples: list[Sample]) -> list[float]:
+        """Each sample's vote weight (finite, >= 0): code_ok_weight for a sample whose code all
+        ran cleanly, times its entropy weight when the config asks for one."""
         cfg = self.config
         w = cfg.code_ok_weight
         weights = [w if s.code_calls and all(c.status == "ok" for c in s.code_calls) else 1.0
@@ -507,14 +531,23 @@ class Solver:
         return [x * entropy_weight(s, cfg.vote_weights, cfg.entropy_sharpness)
                 for x, s in zip(weights, samples, strict=True)]
 
+    def tally(self, samples: list[Sample]) -> Vote:
+        """The final vote over these samples: their answers, weighted (see weights)."""
+        return vote([s.answer for s in samples], self.weights(samples), rules=self.config.rules)
+
     def _consensus(self, run: _Run, pending: int) -> bool:
-        """Early stop decides on counts of answers (the table's "k of n" are samples);
-        weights belong to the final vote only."""
+        """Early stop: the rule decides on counts of answers (the table's "k of n" are
+        samples), and a stop is taken only where the final, weighted vote of the samples so
+        far names the same answer. So an early stop never answers other than the full vote of
+        the samples it had, and never stops on a count's consensus that the weights overturn
+        (the samples still running may yet turn the weighted vote)."""
         cfg = self.config
-        if cfg.early_stop is None:
-            return False
-        counts = vote([s.answer for s in run.prior + run.samples], rules=cfg.rules).votes
-        if decided(counts, pending, cfg.early_stop):
+        if cfg.early_stop is None or run.stopped_early:
+            return run.stopped_early
+        samples = run.prior + run.samples
+        counts = vote([s.answer for s in samples], rules=cfg.rules)
+        if decided(counts.votes, pending, cfg.early_stop) and (
+                self.tally(samples).answer == counts.answer):
             run.stopped_early = True
         return run.stopped_early
 
@@ -572,19 +605,26 @@ class Solver:
     def _result(self, run: _Run) -> SolveResult:
         cfg = self.config
         # Plain majority, ties to the first seen: the seed's Counter.most_common() too.
-        for s in run.samples:
-            if s.entropies:
-                s.mean_entropy = sum(s.entropies) / len(s.entropies)
-                tail = s.entropies[-cfg.entropy_tail_tokens:]
-                s.tail_entropy = sum(tail) / len(tail)
-        answers = [s.answer for s in run.samples]
-        v = vote(answers, self._weights(run.samples), rules=cfg.rules)
+        try:
+            v = self.tally(run.samples)
+        except Exception:  # noqa: BLE001 - a weighting bug must not lose the problem: count
+            error = traceback.format_exc()
+            run.error = f"{run.error}\n{error}" if run.error else error
+            v = vote([s.answer for s in run.samples], rules=cfg.rules)
         return SolveResult(
             problem=run.problem, answer=v.answer, votes=v.votes, fallback=v.fallback,
             stopped_early=run.stopped_early, samples=run.samples,
             tokens_generated=sum(s.tokens for s in run.samples),
             elapsed_s=time.monotonic() - run.start, preset=cfg.name, timed_out=run.timed_out,
             error=run.error, prompt=run.prompt)
+
+
+def _deadline(start: float, time_limit_s: float | None) -> float | None:
+    """The monotonic deadline of a limit: None for no limit (None, inf, or more than a year),
+    `start` for a limit of zero, a negative one or NaN (answer at once)."""
+    if time_limit_s is None or time_limit_s >= _NO_LIMIT_S:
+        return None
+    return start + (time_limit_s if time_limit_s > 0 else 0.0)  # NaN > 0 is False
 
 
 def _transient(exc: BaseException) -> bool:
@@ -603,15 +643,24 @@ def _retry_once(first: BaseException | None, call: Callable[[], list | None]):
     for attempt in range(tries):
         try:
             out = call()
-            if out is None:
-                return None
-            if len(out) != 1:
-                raise ValueError(f"the engine returned {len(out)} completions for 1 prompt")
-            return out[0]
+            return None if out is None else out[0]
         except Exception as exc:  # noqa: BLE001
             if attempt == tries - 1 or not _transient(exc):
                 return exc
     return None  # unreachable
+
+
+def _completions(out: object, n: int) -> list:
+    """What generate returned, checked: `n` completions (an engine that returns None, a batch
+    of the wrong size, or None for a request would otherwise leave samples that never end)."""
+    if not isinstance(out, (list, tuple)):
+        raise EngineError(f"the engine's generate returned {type(out).__name__}, not a list of "
+                          "completions")
+    if len(out) != n:
+        raise EngineError(f"the engine returned {len(out)} completions for {n} prompts")
+    if any(c is None for c in out):
+        raise EngineError("the engine returned None instead of a completion")
+    return list(out)
 
 
 def in_daemon_thread(fn: Callable[[], object]) -> Future:

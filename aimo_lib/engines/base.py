@@ -146,15 +146,20 @@ class _Adapted(Engine):
     """Any object with generate(prompts, params): the capabilities it declares as attributes,
     the defaults for the rest. Its deadline, if it knows none, the solver keeps itself."""
 
+    # Capabilities taken as declared; accepts_token_ids only with the tokenize() it needs.
+    _DECLARED = ("supports_deadline", "supports_logprobs", "names_stop_strings",
+                 "max_model_len", "has_chat_template")
+
     def __init__(self, obj):
         self.obj = obj
-        for name in ("supports_deadline", "names_stop_strings", "max_model_len",
-                     "has_chat_template"):
+        for name in self._DECLARED:
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))
-        for name in ("apply_chat_template", "count_tokens", "close"):
+        for name in ("apply_chat_template", "count_tokens", "close", "tokenize"):
             if callable(getattr(obj, name, None)):
                 setattr(self, name, getattr(obj, name))
+        self.accepts_token_ids = bool(getattr(obj, "accepts_token_ids", False)) and callable(
+            getattr(obj, "tokenize", None))
 
     def generate(self, prompts, params, deadline=None) -> list[Completion]:
         if self.supports_deadline:
@@ -250,11 +255,34 @@ def align_token_ids(text: str, ids: list[int], decode: Callable[[list[int]], str
                     encode: Callable[[str], list[int]]) -> list[int]:
     """Token ids that decode to exactly `text`: `ids` when they already do; else the longest
     prefix of `ids` whose decoding starts `text`, plus `text`'s rest tokenised (a stop string
-    cut inside a token, a trailing EOS)."""
-    if not ids or decode(ids) == text:
+    cut inside a token, a trailing EOS, a special token the text leaves out).
+
+    The prefix is found with O(log n) decodes: the usual cut (the last token or two) at once,
+    one early in the text (a dropped special token) by halving, so a 16k-token step costs
+    milliseconds, not the n decodes of trying every prefix."""
+    if not ids:
+        return encode(text) if text else []
+    if decode(ids) == text:
         return ids
-    for k in range(len(ids) - 1, -1, -1):
+
+    def fits(k: int) -> bool:
         head = decode(ids[:k])
-        if text.startswith(head) and "\ufffd" not in head[-1:]:
-            return ids[:k] + (encode(text[len(head):]) if len(head) < len(text) else [])
-    return encode(text)
+        return text.startswith(head) and "\ufffd" not in head[-1:]
+
+    # Gallop back from the end to a prefix that fits, then halve the gap above it: the largest
+    # fitting k (prefixes of a fitting prefix fit, but for a split multi-byte character).
+    step, bad, good = 1, len(ids), None
+    while good is None:
+        k = max(0, len(ids) - step)
+        if fits(k):
+            good = k
+        else:  # k = 0 always fits: the loop ends
+            bad, step = k, step * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    head = decode(ids[:good])
+    return ids[:good] + (encode(text[len(head):]) if len(head) < len(text) else [])
