@@ -90,10 +90,16 @@ class Dialect:
     def code(self, text: str) -> tuple[str, str] | None:
         raise NotImplementedError
 
-    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
-                    ) -> tuple[str, str]:
-        """(what the model is shown of the result, the text appended to the transcript)."""
+    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float,
+                    text: str = "") -> tuple[str, str]:
+        """(what the model is shown of the result, the text appended to the transcript);
+        `text`: the transcript so far, ending with the call."""
         raise NotImplementedError
+
+    def lost_special_tokens(self, step: str) -> bool:
+        """True when a step's text shows that the engine dropped the format's special tokens
+        (only formats made of them can tell)."""
+        return False
 
     def to_int(self, raw: str, rules: AnswerRules) -> int | None:
         return normalize_answer(raw, rules)
@@ -147,8 +153,8 @@ class ToRA(Dialect):
         code = blocks[-1][1:] if blocks[-1].startswith("\n") else blocks[-1]
         return code, code  # line numbers as the model sees them
 
-    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
-                    ) -> tuple[str, str]:
+    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float,
+                    text: str = "") -> tuple[str, str]:
         # the sandbox cut it once, at max_chars, with a true count; clip_middle only bounds what a
         # sandbox without that argument returns
         shown = clip_middle(r.output.strip(), max_chars + 200)
@@ -183,8 +189,8 @@ class ToRASeed(ToRA):
         blocks = _SEED_BLOCK.findall(text)
         return (blocks[-1], _numina_code(blocks[-1])) if blocks else None
 
-    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
-                    ) -> tuple[str, str]:
+    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float,
+                    text: str = "") -> tuple[str, str]:
         shown = _numina_output(r, timeout_s)
         return shown, f"{shown}\n```"  # the seed let the model write the newline
 
@@ -200,6 +206,22 @@ _TERMINATORS = re.compile(r"<\|(?:end|call|return)\|>")
 _RECIPIENT = re.compile(r"\bto=([\w.]+)")
 _CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
 _INTEGER = re.compile(r"[-+]?\d[\d,]*")
+
+# gpt-oss's own description of its python tool, word for word as its chat template and
+# openai_harmony render it (the text the model was trained with; its "120.0 seconds" is the
+# model's, the sandbox's own timeout is what a call gets).
+PYTHON_TOOL = (
+    "Use this tool to execute Python code in your chain of thought. The code will not be shown "
+    "to the user. This tool should be used for internal reasoning, but not for code that is "
+    "intended to be visible to the user (e.g. when creating plots, tables, or files).\n\n"
+    "When you send a message containing Python code to python, it will be executed in a "
+    "stateful Jupyter notebook environment. python will respond with the output of the "
+    "execution or time out after 120.0 seconds. The drive at '/mnt/data' can be used to save "
+    "and persist user files. Internet access for this session is UNKNOWN. Depends on the "
+    "cluster.")
+# What gpt-oss's python tool answers a call that printed nothing (its docker tool's words).
+NO_OUTPUT = ("[WARN] No output available. Use print() to output anything to stdout to receive "
+             "the output")
 
 HARMONY_INSTRUCTION = (
     "Solve the problem. Use the python tool to compute and check your work; it keeps its "
@@ -230,6 +252,11 @@ class _Message:
     def channel(self) -> str | None:
         m = _CHANNEL.search(self.header)
         return m.group(1) if m else None
+
+    @property
+    def is_final(self) -> bool:
+        """The assistant's answer: its message on the final channel, to nobody."""
+        return self.role == "assistant" and self.channel == "final" and not self.recipient
 
 
 def harmony_messages(text: str, role: str = "assistant") -> list[_Message]:
@@ -266,11 +293,7 @@ class Harmony(Dialect):
             "You are ChatGPT, a large language model trained by OpenAI.\n"
             "Knowledge cutoff: 2024-06\n\n"
             f"Reasoning: {self.reasoning_effort}\n\n"
-            "# Tools\n\n## python\n\n"
-            "Use this tool to run Python code in your chain of thought. When you send a "
-            "message with Python code to python, it runs in a stateful Jupyter notebook "
-            "environment and python replies with the output, or with a timeout. sympy, numpy "
-            "and the standard library are available; there is no internet access.\n\n"
+            f"# Tools\n\n## python\n\n{PYTHON_TOOL}\n\n"
             "# Valid channels: analysis, commentary, final. Channel must be included for "
             "every message.")
         return (f"{START}system{MESSAGE}{system}{END}"
@@ -282,17 +305,25 @@ class Harmony(Dialect):
 
     def after(self, text: str, finish_reason: str | None, kind: str, stops: tuple[str, ...]
               ) -> tuple[str, str]:
-        # An engine that stops on <|call|> as an end-of-sequence token (gpt-oss's generation
-        # config does) leaves it out of the text: write it, so the call reads as complete.
         last = harmony_messages(text)[-1]
-        if finish_reason in ("stop", "eos") and last.end is None and last.to_python:
-            return CALL, ""
+        if last.end is not None:
+            return "", ""
+        if finish_reason in ("stop", "eos"):
+            # An engine that stops on <|call|> or <|return|> as an end-of-sequence token
+            # (gpt-oss's generation config does) leaves it out of the text: write it, so the
+            # call or the final message reads as complete.
+            if last.to_python:
+                return CALL, ""
+            if last.is_final:
+                return RETURN, ""
+        if finish_reason == "length" and last.is_final:
+            return "", "resume"  # a final message cut by max_tokens: "123" of "12345"; go on
         return "", ""
 
     def read(self, prompt: str, text: str) -> Reading:
         messages = harmony_messages(text)
         for m in reversed(messages):
-            if m.role == "assistant" and m.channel == "final" and not m.recipient:
+            if m.is_final and m.end is not None:  # one still open was cut: no answer yet
                 raw = _final_answer(m.body)
                 return Reading("answer", raw) if raw is not None else Reading("nothing")
         return Reading("call") if _pending_call(text, messages[-1]) else Reading("nothing")
@@ -301,13 +332,21 @@ class Harmony(Dialect):
         last = harmony_messages(text)[-1]
         return (last.body, last.body) if _pending_call(text, last) else None
 
-    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float
-                    ) -> tuple[str, str]:
-        shown = clip_middle(r.output.strip(), max_chars + 200)
-        # The tool's reply, then the header of the model's next message (the model writes its
-        # channel itself, as after the prompt).
-        return shown, (f"{START}python to=assistant{CHANNEL}analysis{MESSAGE}{shown}{END}"
+    def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float,
+                    text: str = "") -> tuple[str, str]:
+        shown = clip_middle(r.output.strip(), max_chars + 200) or NO_OUTPUT
+        # The tool's reply on the call's channel (as gpt-oss's tool answers), then the header
+        # of the model's next message (the model writes its channel itself, as after the
+        # prompt).
+        channel = harmony_messages(text)[-1].channel if text else "analysis"
+        header = f"{CHANNEL}{channel}" if channel else ""
+        return shown, (f"{START}python to=assistant{header}{MESSAGE}{shown}{END}"
                        f"{START}assistant")
+
+    def lost_special_tokens(self, step: str) -> bool:
+        # gpt-oss opens every message it writes with <|channel|> (or a recipient, then it): a
+        # step with text but no special token at all comes from an engine that strips them.
+        return bool(step.strip()) and "<|" not in step
 
 
 def _pending_call(text: str, last: _Message) -> bool:

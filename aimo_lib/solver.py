@@ -94,6 +94,7 @@ class Solver:
         self._stops = self.dialect.stops(self.config.stop_at_boxed and names,
                                          self.config.stop_at_code_end and names)
         self._max_len = self.engine.max_model_len
+        self._warned: set[str] = set()  # what was said loudly once already
         if self.config.vote_weights != "count" and not self.engine.supports_logprobs:
             print(f"[aimo] vote_weights={self.config.vote_weights!r}: "
                   f"{type(self.engine).__name__} gives no logprobs, so every sample counts "
@@ -381,6 +382,17 @@ class Solver:
             s.ids += list(c.token_ids) if c.token_ids is not None else self.engine.tokenize(text)
         if kind == "step":
             s.steps, s.resumes = s.steps + 1, 0
+            if self.dialect.lost_special_tokens(text):
+                # Read on, every step would read as nothing, for ever: say why, once, loudly.
+                why = (f"the engine's text has none of the {self.dialect.name} format's special "
+                       "tokens: the engine or server strips them (skip_special_tokens), so no "
+                       "tool call and no answer can be read. Serve it so that they are kept: "
+                       "vLLM and OpenAI-compatible /v1/completions servers take "
+                       "skip_special_tokens=false per request (the solver asks for it); a chat "
+                       "endpoint, or a server that ignores it, cannot serve this format")
+                self._say_once("special tokens", why)
+                s.status, s.error = "error", why
+                return self._end(run, s)
         added, event = self.dialect.after(s.text, c.finish_reason, kind, self._stops)
         if added:
             self._append(s, added)  # e.g. the output fence after a closed code block
@@ -481,7 +493,8 @@ class Solver:
 
     def _append_output(self, s: Sample, code: str, r: ExecutionResult) -> None:
         cfg = self.config
-        shown, added = self.dialect.tool_output(r, cfg.max_output_chars, cfg.code_timeout_s)
+        shown, added = self.dialect.tool_output(r, cfg.max_output_chars, cfg.code_timeout_s,
+                                                s.text)
         s.code_calls.append(CodeCall(code, r.status, shown, r.duration_s))
         self._append(s, added)
 
@@ -490,6 +503,12 @@ class Solver:
         s.text += text
         if s.ids is not None:
             s.ids += self.engine.tokenize(text)
+
+    def _say_once(self, key: str, message: str) -> None:
+        """A problem with the set-up, not with one sample: on stderr, once per solver."""
+        if key not in self._warned:
+            self._warned.add(key)
+            print(f"[aimo] !!! {message}", file=sys.stderr, flush=True)
 
     def _close_session(self, s: Sample) -> None:
         if s.session is not None:

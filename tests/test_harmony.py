@@ -4,13 +4,23 @@ A continuation starts right after the prompt's "<|start|>assistant", as vLLM's w
 model writes its channel, its message, and either a tool call (a message to python ended by
 <|call|>), or more messages, or its final answer (ended by <|return|>)."""
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.dialects import CALL, RETURN, Harmony, get_dialect, harmony_messages
-from aimo_lib.engines import ScriptedEngine
+from aimo_lib.dialects import (
+    CALL,
+    NO_OUTPUT,
+    PYTHON_TOOL,
+    RETURN,
+    Harmony,
+    get_dialect,
+    harmony_messages,
+)
+from aimo_lib.engines import Completion, ScriptedEngine
 
 A = "<|start|>assistant"
 THINK = "<|channel|>analysis<|message|>I should compute this.<|end|>"
@@ -187,7 +197,7 @@ def test_harmony_reading_never_raises_and_only_calls_python(text):
     messages = harmony_messages(text)
     assert messages  # the first is the open assistant message
     added, event = d.after(text, "stop", "step", d.stops(True, True))
-    assert added in ("", CALL) and event == ""
+    assert added in ("", CALL, RETURN) and event == ""
     r = d.read("", text + added)
     assert r.kind in ("call", "answer", "nothing")
     if r.kind == "call":
@@ -196,6 +206,112 @@ def test_harmony_reading_never_raises_and_only_calls_python(text):
         assert (text + added).endswith(written + CALL)
     if r.kind == "answer":
         assert r.raw
+        # only a final message that ended is an answer; one cut by max_tokens goes on
+        assert [m for m in harmony_messages(text + added) if m.is_final and m.end]
+    last = harmony_messages(text)[-1]
+    if last.is_final and last.end is None:
+        assert d.after(text, "length", "step", ()) == ("", "resume")
+
+
+# ---------------------------------------------------------------- as gpt-oss writes it (#22)
+
+
+class Replies(ScriptedEngine):
+    """Completions as a server returns them: `fn(prompt, k)` -> (text, finish_reason)."""
+
+    def _one(self, prompt, p, deadline=None, aborted=None):
+        with self._lock:
+            k = self._seen[prompt] = self._seen.get(prompt, -1) + 1
+        text, finish = self.fn(prompt, k)
+        return Completion(text, finish, len(text.split()))
+
+
+def test_a_final_message_cut_by_max_tokens_is_no_answer_until_it_ends(sandbox):
+    # "123" was read as the answer from a final message cut inside "12345".
+    def fn(prompt, k):
+        if prompt.endswith(A):
+            return "<|channel|>final<|message|>The answer is 123", "length"
+        return "45.<|return|>", "stop"
+
+    s = Solver(Replies(fn), sandbox, harmony()).solve("q").samples[0]
+    assert (s.answer, s.status, s.restarts) == (12345, "answered", 0)
+
+
+def test_a_final_message_ended_by_an_eos_return_is_complete(sandbox):
+    # gpt-oss's generation config stops on <|return|> as an end-of-sequence token too
+    engine = Replies(lambda p, k: ("<|channel|>final<|message|>\\boxed{17}", "eos"))
+    s = Solver(engine, sandbox, harmony()).solve("q").samples[0]
+    assert (s.answer, s.status) == (17, "answered") and s.text.endswith(RETURN)
+
+
+def test_a_server_that_strips_special_tokens_is_named_once_and_fails_fast(sandbox, capsys):
+    # Every step read as nothing, restarted, for ever, and nobody said why.
+    stripped = "analysisI should compute 6*7.assistantfinal\\boxed{42}"
+    engine = ScriptedEngine(lambda p, k: stripped)
+    res = Solver(engine, sandbox, harmony(3, max_rounds=5)).solve("q")
+    assert engine.calls == 3 and {s.status for s in res.samples} == {"error"}
+    assert "strips them" in res.samples[0].error and res.engine_failed
+    assert capsys.readouterr().err.count("special tokens") == 1
+
+
+def test_the_python_tool_is_described_in_gpt_oss_own_words():
+    prompt = Harmony().prompt("auto", "q", None)
+    assert f"# Tools\n\n## python\n\n{PYTHON_TOOL}\n\n# Valid channels" in prompt
+    assert PYTHON_TOOL.startswith("Use this tool to execute Python code in your chain of "
+                                  "thought.")
+    assert "stateful Jupyter notebook environment" in PYTHON_TOOL
+
+
+def test_an_empty_tool_output_asks_for_print_and_replies_go_on_the_calls_channel(sandbox):
+    def fn(prompt, k):
+        replies = tool_replies(prompt)
+        if not replies:
+            return call("x = 6 * 7", header="<|channel|>commentary to=python")
+        if len(replies) == 1:
+            return call("print(x)")
+        return final(f"\\boxed{{{replies[-1]}}}")
+
+    res = Solver(ScriptedEngine(fn), sandbox, harmony(max_rounds=4)).solve("q")
+    s = res.samples[0]
+    assert [c.output for c in s.code_calls] == [NO_OUTPUT, "42"] and res.answer == 42
+    assert f"<|start|>python to=assistant<|channel|>commentary<|message|>{NO_OUTPUT}<|end|>" \
+        in s.text
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>" in s.text
+
+
+def _official_renderer():
+    """openai_harmony with its vocabulary file, or a skip (it downloads the o200k file
+    unless TIKTOKEN_ENCODINGS_BASE names a folder that has it)."""
+    oh = pytest.importorskip("openai_harmony")
+    base = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+    if not base or not os.path.exists(os.path.join(base, "o200k_base.tiktoken")):
+        pytest.skip("openai_harmony's vocabulary: set TIKTOKEN_ENCODINGS_BASE to a folder "
+                    "with o200k_base.tiktoken")
+    return oh, oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def test_rendering_matches_openai_harmony_token_for_token():
+    oh, enc = _official_renderer()
+    d = Harmony()
+    system = (oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort.HIGH)
+              .with_tools(oh.ToolNamespaceConfig.python()))
+    call_message = (oh.Message.from_role_and_content(oh.Role.ASSISTANT, "print(6*7)")
+                    .with_channel("commentary").with_recipient("python"))
+    reply = (oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "python"), "42")
+             .with_recipient("assistant").with_channel("commentary"))
+    convo = oh.Conversation.from_messages([
+        oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
+        oh.Message.from_role_and_content(
+            oh.Role.DEVELOPER, oh.DeveloperContent.new().with_instructions(d.instruction)),
+        oh.Message.from_role_and_content(oh.Role.USER, "What is 6*7?"),
+        call_message, reply])
+    theirs = enc.decode(enc.render_conversation_for_completion(convo, oh.Role.ASSISTANT))
+    prompt = d.prompt("auto", "What is 6*7?", None)
+    transcript = " to=python<|channel|>commentary<|message|>print(6*7)<|call|>"  # the model's
+    from aimo_lib.sandbox import ExecutionResult
+
+    _, added = d.tool_output(ExecutionResult("ok", "42", 0.0), 1000, 5.0, transcript)
+    assert prompt + transcript + added == theirs
 
 
 # ---------------------------------------------------------------- the AIMO 3 preset
