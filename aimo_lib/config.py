@@ -63,7 +63,8 @@ class RunConfig:
     seed: int = 0  # base seed of every sample's sampling
     max_restarts: int = 3  # times a dead engine is rebuilt in one run
     config: str | None = None  # a YAML file of settings (applied before the others)
-    engine: EngineSpec = field(default_factory=EngineSpec)
+    # model "auto": the one attached on Kaggle, else the embedded SmolLM2 (kaggle.resolve)
+    engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="auto"))
     # SolverConfig fields given by name (the rest are the preset's)
     solver: Mapping[str, Any] = field(default_factory=dict)
 
@@ -103,8 +104,8 @@ class RunConfig:
             value = parse_value(s, raw)
             {"run": run, "engine": engine, "solver": solver}[s.section][s.field] = value
         try:
-            config = cls(**run, engine=EngineSpec(**engine), solver=solver)
-            if config.model != "auto":
+            config = cls(**run, engine=EngineSpec(**{"model": "auto", **engine}), solver=solver)
+            if config.model != "auto" or config.preset != "auto":
                 config.solver_config()  # a bad value is an error now, not at the first problem
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
@@ -162,6 +163,7 @@ _SHARED = ("competition", "seed")
 
 def _settings() -> dict[str, Setting]:
     table: dict[str, Setting] = {}
+    engine_defaults = RunConfig().engine
     for section, cls, skip in (("run", RunConfig, ("engine", "solver")),
                                ("engine", EngineSpec, ()),
                                ("solver", SolverConfig, ("name", *_SHARED))):
@@ -170,7 +172,8 @@ def _settings() -> dict[str, Setting]:
             if f.name in skip:
                 continue
             name = f.metadata.get("setting", f.name)
-            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+            default = (getattr(engine_defaults, f.name) if section == "engine" else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING
                        else f.default)
             table[name] = Setting(name, section, f.name, hints[f.name], default,
                                   helps.get(f.name, ""))

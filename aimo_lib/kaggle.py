@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import replace
 
 from .competitions import COMPETITIONS, get_competition
@@ -59,13 +60,29 @@ def on_kaggle() -> bool:
     return os.path.isdir(kaggle_input())
 
 
+def _api_module(competition: str) -> str:
+    server = get_competition(competition).server
+    return server[0] if server else "aimo"
+
+
 def _api_present(competition: str) -> bool:
-    c = get_competition(competition)
-    module = c.server[0] if c.server else "aimo"
+    """The competition's evaluation API can be imported: installed, or in its data folder
+    (attached competition data brings the package), which then goes on sys.path."""
+    module = _api_module(competition)
     try:
-        return importlib.util.find_spec(module) is not None
+        if importlib.util.find_spec(module) is not None:
+            return True
     except (ImportError, ValueError):  # a parent package that is not there
+        pass
+    folder = os.path.join(kaggle_input(), get_competition(competition).kaggle_dir)
+    top = module.split(".")[0]
+    if not (os.path.isdir(os.path.join(folder, top)) or
+            os.path.isfile(os.path.join(folder, top + ".py"))):
         return False
+    if folder not in sys.path:
+        sys.path.append(folder)
+        importlib.invalidate_caches()
+    return True
 
 
 def find_competition() -> str | None:

@@ -1,14 +1,19 @@
-"""aimo-kaggle: build the offline wheelhouse, push datasets and the kernel, check on it.
+"""aimo-kaggle: build the offline wheelhouse, write a kernel folder, rehearse the scoring rerun
+offline, push, check on it.
 
-    aimo-kaggle wheelhouse --out build/wheels --dataset you/aimo-lib-wheels
+    aimo-kaggle wheelhouse --dataset you/aimo-lib-wheels --out build/wheels
     aimo-kaggle push-dataset build/wheels [--new]
-    aimo-kaggle kernel-metadata --competition aimo3 --user you --model-source o/m/f/v/1
-    aimo-kaggle push-kernel [--dir .]
+    aimo-kaggle kernel-metadata --competition aimo3 --user you --model-source o/m/f/v/1 \\
+        --out build/aimo3
+    aimo-kaggle rehearse --dir build/aimo3 --wheels build/wheels --model path/to/checkpoint
+    aimo-kaggle push-kernel --dir build/aimo3
     aimo-kaggle status you/aimo-sc-tir
     aimo-kaggle output you/aimo-sc-tir --out runs/kaggle
 
 It wraps the official `kaggle` CLI (pip install "aimo_lib[kaggle]", then `kaggle auth login`
 or KAGGLE_API_TOKEN); it does not reimplement Kaggle's API. --dry-run prints the commands.
+Works from a checkout and from an installed wheel (the notebook, the metadata template and the
+runtime pins ship in aimo_lib/data).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import shutil
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .wheelhouse import Target, WheelhouseError, packaged, source_checkout
 
 
 def _run(cmd: list[str], dry_run: bool) -> None:
@@ -37,25 +42,28 @@ def _run(cmd: list[str], dry_run: bool) -> None:
 
 
 def wheelhouse(args) -> None:
-    """aimo_lib's wheel + the pinned runtime's wheels + dataset-metadata.json in one folder."""
-    os.makedirs(args.out, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", args.out, args.source],
-         args.dry_run)
-    requirements = os.path.join(args.source, "requirements.txt")
-    if not args.dry_run:
-        shutil.copy(requirements, os.path.join(args.out, "requirements.txt"))
-    if args.download:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "-r", requirements, "-d", args.out,
-               "--only-binary=:all:", "--python-version", args.python_version,
-               "--implementation", "cp"]
-        for platform in args.platform:
-            cmd += ["--platform", platform]
-        _run(cmd, args.dry_run)
-    metadata = {"title": args.title, "id": args.dataset, "licenses": [{"name": "apache-2.0"}]}
-    if not args.dry_run:
-        with open(os.path.join(args.out, "dataset-metadata.json"), "w") as f:
-            json.dump(metadata, f, indent=2)
-    print(f"wheelhouse ready in {args.out}; next: aimo-kaggle push-dataset {args.out} --new")
+    """aimo_lib's wheel + the pinned runtime's wheels for the Kaggle image + the lock."""
+    from .wheelhouse import NATIVE, build
+
+    if args.cpu:
+        target, requirements, without = NATIVE, args.requirements or packaged(
+            "requirements-cpu.txt"), ("vllm",)
+    else:
+        target = Target(python=args.python_version, glibc=args.glibc)
+        requirements, without = args.requirements, ()
+    if args.dry_run:
+        print(f"would build {args.out} for {target} from {requirements or 'requirements.txt'}")
+        return
+    try:
+        built = build(args.out, args.dataset, target=target, requirements=requirements,
+                      title=args.title, download=args.download, source=args.source,
+                      without=without)
+    except WheelhouseError as exc:
+        sys.exit(f"aimo-kaggle wheelhouse: {exc}")
+    print(f"wheelhouse ready in {args.out}: {built.files} wheels, {built.bytes / 1e9:.2f} GB, "
+          f"{built.seconds:.0f} s, for Python {target.python}"
+          + ("" if target.native else f", glibc {target.glibc}")
+          + f"; next: aimo-kaggle push-dataset {args.out} --new")
 
 
 def push_dataset(args) -> None:
@@ -66,13 +74,29 @@ def push_dataset(args) -> None:
              args.dry_run)
 
 
+def _notebook_for(competition: str, source: str, out: str) -> None:
+    """The notebook with COMPETITION set in its parameters cell: a folder for one
+    competition runs as that competition, whatever else is attached."""
+    with open(source, encoding="utf-8") as f:
+        nb = json.load(f)
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    lines = "".join(cell["source"]).splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("COMPETITION ="))
+    lines[at] = (f'COMPETITION = "{competition}"  # set by aimo-kaggle kernel-metadata; '
+                 '"auto" finds it\n')
+    cell["source"] = lines
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(nb, f, indent=1)
+        f.write("\n")
+
+
 def kernel_metadata(args) -> None:
-    """A folder to push for another competition: the notebook, and the repository's
-    kernel-metadata.json with that competition's data source, machine and the model given."""
+    """A folder to push for a competition: the notebook (COMPETITION set), and the metadata
+    with that competition's data source, machine and the model given."""
     from .competitions import get_competition
 
     competition = get_competition(args.competition)
-    with open(os.path.join(REPO, "kernel-metadata.json")) as f:
+    with open(packaged("kernel-metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
     meta["competition_sources"] = [competition.kaggle_dir]
     if competition.machine_shape:
@@ -82,21 +106,59 @@ def kernel_metadata(args) -> None:
     if args.user:
         meta = json.loads(json.dumps(meta).replace("your-kaggle-username", args.user))
     os.makedirs(args.out, exist_ok=True)
-    shutil.copy(os.path.join(REPO, meta["code_file"]), args.out)
     meta["code_file"] = os.path.basename(meta["code_file"])
+    _notebook_for(competition.name, packaged(meta["code_file"]),
+                  os.path.join(args.out, meta["code_file"]))
     with open(os.path.join(args.out, "kernel-metadata.json"), "w") as f:
         json.dump(meta, f, indent=2)
-    print(f"{args.out}: {competition.name} on {competition.hardware} (machine_shape "
-          f"{meta['machine_shape']}); next: aimo-kaggle push-kernel --dir {args.out}")
+    machine = (f"machine_shape {meta['machine_shape']}" if competition.machine_shape else
+               f"machine_shape left at {meta['machine_shape']}: Kaggle's name for "
+               f"{competition.hardware} is not confirmed here; choose {competition.hardware} "
+               "in the notebook's settings on Kaggle, or pass --accelerator to push-kernel")
+    print(f"{args.out}: {competition.name} on {competition.hardware} ({machine}); next: "
+          f"aimo-kaggle rehearse --dir {args.out} --wheels build/wheels, then aimo-kaggle "
+          f"push-kernel --dir {args.out}")
+
+
+def rehearse(args) -> None:
+    from .rehearsal import Rehearsal, RehearsalError, prepare_image_wheels
+
+    settings = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"aimo-kaggle rehearse: --set {item!r}: give NAME=VALUE")
+        settings[name.strip().upper()] = value
+    model = args.model
+    if model == "embedded":
+        from .models import embedded_checkpoint
+
+        model = embedded_checkpoint()
+    try:
+        image = args.image_wheels or prepare_image_wheels(
+            os.path.join(args.work, "image-wheels"), args.python)
+        report = Rehearsal(args.dir, args.wheels, args.work, model, args.model_layout,
+                           args.competition_data, args.problems, args.limit, settings,
+                           args.python, image, not args.no_network_cut, args.timeout).run()
+    except RehearsalError as exc:
+        sys.exit(f"aimo-kaggle rehearse: {exc}")
+    print(report.table())
+    if not report.ok:
+        sys.exit(1)
 
 
 def push_kernel(args) -> None:
-    path = os.path.join(args.dir, "kernel-metadata.json")
+    folder = args.dir or source_checkout()
+    if folder is None:
+        sys.exit("aimo-kaggle push-kernel: give --dir, the folder aimo-kaggle kernel-metadata "
+                 "wrote (aimo_lib is installed from a wheel: there is no repository here)")
+    path = os.path.join(folder, "kernel-metadata.json")
     with open(path) as f:
         meta = json.load(f)
     if "your-kaggle-username" in json.dumps(meta):
-        sys.exit(f"edit {path} first: replace your-kaggle-username with your Kaggle username")
-    cmd = ["kaggle", "kernels", "push", "-p", args.dir]
+        sys.exit(f"edit {path} first: replace your-kaggle-username with your Kaggle username "
+                 "(or write a folder with aimo-kaggle kernel-metadata --user you)")
+    cmd = ["kaggle", "kernels", "push", "-p", folder]
     if args.accelerator:
         cmd += ["--accelerator", args.accelerator]
     _run(cmd, args.dry_run)
@@ -116,18 +178,26 @@ def main(argv: list[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     sub = ap.add_subparsers(dest="command", required=True)
-    add = lambda name, help: sub.add_parser(name, help=help, parents=[common])
+    add = lambda name, help: sub.add_parser(  # noqa: E731
+        name, help=help, description=help, parents=[common])
 
-    p = add("wheelhouse", "build the offline wheels dataset folder")
+    p = add("wheelhouse", "build the offline wheels dataset folder: aimo_lib's wheel and the "
+            "runtime of requirements.txt resolved for the Kaggle image (requirements.lock)")
     p.add_argument("--out", default="build/wheels")
     p.add_argument("--dataset", required=True, help="owner/slug of the Kaggle dataset")
     p.add_argument("--title", default="aimo-lib wheels")
-    p.add_argument("--source", default=REPO, help="the aimo_lib checkout to build")
+    p.add_argument("--python-version", default="3.11", help="the Kaggle image's Python "
+                   "(`!python -V` in a Kaggle notebook; default 3.11)")
+    p.add_argument("--glibc", default="2.35", help="the Kaggle image's glibc (`!ldd --version`;"
+                   " default 2.35, Ubuntu 22.04): wheels for any newer one are refused")
+    p.add_argument("--requirements", default=None, help="the runtime's pins (default: "
+                   "aimo_lib's requirements.txt)")
+    p.add_argument("--cpu", action="store_true", help="a CPU runtime for this machine's Python "
+                   "(requirements-cpu.txt: torch CPU + transformers), for a rehearsal here")
+    p.add_argument("--source", default=None, help="the aimo_lib checkout to build (default: "
+                   "this one, or the installed package)")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="only aimo_lib's wheel (no runtime wheels)")
-    p.add_argument("--python-version", default="3.11", help="the Kaggle image's Python")
-    p.add_argument("--platform", action="append", default=None,
-                   help="wheel platform tags (repeatable); default manylinux x86_64 tags")
     p.set_defaults(func=wheelhouse)
 
     p = add("push-dataset", "create or version a dataset from a folder")
@@ -136,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--message", "-m", default="update")
     p.set_defaults(func=push_dataset)
 
-    p = add("kernel-metadata", "a folder to push for a competition: the notebook and its "
-            "metadata (data source, machine_shape, model)")
+    p = add("kernel-metadata", "a folder to push for a competition: the notebook (COMPETITION "
+            "set) and its metadata (data source, machine_shape, model)")
     p.add_argument("--competition", required=True, help="aimo1 | aimo2 | aimo3")
     p.add_argument("--out", default="build/kernel", help="the folder to write")
     p.add_argument("--user", default=None, help="your Kaggle username (replaces the "
@@ -147,8 +217,38 @@ def main(argv: list[str] | None = None) -> None:
                    "(repeatable), e.g. for gpt-oss on AIMO 3")
     p.set_defaults(func=kernel_metadata)
 
-    p = add("push-kernel", "push kaggle_notebook.ipynb with its metadata")
-    p.add_argument("--dir", default=REPO, help="folder with kernel-metadata.json")
+    p = add("rehearse", "run a kernel folder as Kaggle's scoring rerun does, offline: a "
+            "Kaggle-like /kaggle/input, a fresh venv installed from the wheels with the network "
+            "cut, the gateway in its own process over gRPC; then check the submission")
+    p.add_argument("--dir", required=True, help="the kernel folder (kernel-metadata.json and "
+                   "the notebook)")
+    p.add_argument("--wheels", required=True, help="the wheels dataset folder (aimo-kaggle "
+                   "wheelhouse; --cpu on a machine without a GPU)")
+    p.add_argument("--model", default=None, help="a checkpoint folder to attach, or "
+                   "'embedded' (SmolLM2 written as a checkpoint, for CPU); none: no model")
+    p.add_argument("--model-layout", choices=["dataset", "models"], default="dataset",
+                   help="attach it as a Dataset folder or in Kaggle Models' layout")
+    p.add_argument("--competition-data", default=None, help="the competition's downloaded "
+                   "data folder (its kaggle_evaluation and test.csv); default: aimo_lib's "
+                   "stand-ins and --problems")
+    p.add_argument("--problems", default="samples", help="without competition data: a "
+                   ".jsonl/.csv of problems for test.csv, or 'samples'")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a notebook setting as AIMO_NAME (repeatable), e.g. NUM_SAMPLES=2")
+    p.add_argument("--work", default="build/rehearsal", help="where the tree, venv and logs go")
+    p.add_argument("--python", default=sys.executable, help="the image's Python (default: "
+                   "this one)")
+    p.add_argument("--image-wheels", default=None, help="a folder of wheels of what the image "
+                   "provides (default: downloaded once into --work)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds (default: the "
+                   "competition's hours)")
+    p.add_argument("--no-network-cut", action="store_true", help="leave the network on")
+    p.set_defaults(func=rehearse)
+
+    p = add("push-kernel", "push the notebook with its metadata")
+    p.add_argument("--dir", default=None, help="folder with kernel-metadata.json (default: "
+                   "the repository)")
     p.add_argument("--accelerator", default=None, help="override machine_shape")
     p.set_defaults(func=push_kernel)
 
@@ -162,9 +262,6 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=output)
 
     args = ap.parse_args(argv)
-    if getattr(args, "platform", "unset") is None:
-        args.platform = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-                         "manylinux2014_x86_64"]
     args.func(args)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from aimo_lib.gateway import GatewayError, LocalGateway, Problem, load_problems
 from aimo_lib.run import Runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kaggle_standins")
+STANDINS = os.path.join(REPO, "aimo_lib", "standins")  # shipped for rehearsals
 PROBLEMS = [Problem(f"p{i}", f"What is {i} + {i}?", 2 * i) for i in range(6)]
 
 
@@ -148,33 +149,46 @@ def test_load_problems_sources_and_bad_input(tmp_path):
 
 def _forget_apis() -> None:
     for name in [m for m in sys.modules if m == "aimo" or m.startswith("kaggle_evaluation")]:
+        core = sys.modules[name] if name == "kaggle_evaluation.core" else None
+        for server in getattr(core, "servers", []):
+            server.stop(0)
         del sys.modules[name]
 
 
 @pytest.fixture
 def standins(monkeypatch, tmp_path):
-    """Kaggle's APIs (stand-ins) importable for this test only."""
+    """Kaggle's APIs (the shipped stand-ins: a real gRPC server and gateway) importable for
+    this test only, a test.csv of PROBLEMS in the working folder."""
     monkeypatch.syspath_prepend(STANDINS)
     _forget_apis()
-    yield _standin_files(monkeypatch, tmp_path)
-    _forget_apis()
-
-
-def _standin_files(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    with open(tmp_path / "problems.jsonl", "w") as f:
-        for p in PROBLEMS:
-            f.write(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n")
+    monkeypatch.setenv("KAGGLE_STANDIN_SEED", "0")
     with open(tmp_path / "test.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "problem"])
         w.writerows([(p.id, p.problem) for p in PROBLEMS])
-    return tmp_path
+    yield tmp_path
+    _forget_apis()
+
+
+def submission(folder) -> dict:
+    import polars as pl
+
+    return dict(pl.read_parquet(os.path.join(folder, "submission.parquet")).iter_rows())
+
+
+def rerun(runner, gateway_module: str, gateway_class: str, csv_path: str) -> None:
+    """A scoring rerun in this process: serve() blocks on a thread of its own while Kaggle's
+    gateway (the stand-in) reaches it over gRPC."""
+    server = threading.Thread(target=kg.serve, args=(runner,), daemon=True)
+    server.start()
+    gateway = getattr(importlib.import_module(gateway_module), gateway_class)
+    gateway((csv_path,)).run()
 
 
 def test_aimo1_rerun_drives_the_aimo_env(standins, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "test.csv"))
     assert kg.serve(fn_runner(adder)) is None
     aimo = importlib.import_module("aimo")
     assert sorted(aimo.predictions) == sorted((p.id, p.answer) for p in PROBLEMS)
@@ -185,21 +199,21 @@ def test_aimo2_and_3_local_gateway_calls_predict_from_a_worker_thread(standins, 
     big = lambda problem, pid: adder(problem, pid) + (10_000 if competition == "aimo3" else 0)
     config = run_config(competition=competition, problems=str(standins / "test.csv"))
     assert kg.serve(kg.make_runner(config, solve_fn=lambda p, i, limit: big(p, i))) is None
-    ev = importlib.import_module("kaggle_evaluation")
-    calls = ev.calls[-len(PROBLEMS):]
-    assert all(c["thread"] != c["main"] for c in calls)  # not the main thread
-    assert {c["id"]: c["answer"] for c in calls} == {p.id: big(p.problem, p.id)
-                                                     for p in PROBLEMS}
-    import polars as pl
-
-    assert len(pl.read_parquet(standins / "submission.parquet")) == 6
+    core = importlib.import_module("kaggle_evaluation.core")
+    calls = [c for c in core.calls if c["name"] == "predict"]
+    assert len(calls) == 6 and all(c["thread"] != c["main"] for c in calls)  # a worker thread
+    assert submission(standins) == {p.id: big(p.problem, p.id) for p in PROBLEMS}
 
 
-def test_aimo2_rerun_serves(standins, monkeypatch):
+@pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
+def test_a_rerun_serves_kaggles_gateway_over_grpc(standins, monkeypatch, competition):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("KAGGLE_STANDIN_RERUN_CSV", str(standins / "test.csv"))
-    kg.serve(fn_runner(adder, "aimo2"))
-    assert os.path.exists(standins / "submission.parquet")
+    monkeypatch.setenv("KAGGLE_STANDIN_HOST", "localhost")  # "inference_server" on Kaggle
+    n = competition[-1]
+    rerun(fn_runner(adder, competition), f"kaggle_evaluation.aimo_{n}_gateway",
+          f"AIMO{n}Gateway", str(standins / "test.csv"))
+    assert submission(standins) == {p.id: p.answer for p in PROBLEMS}
+    assert json.loads((standins / "result.json").read_text())["Succeeded"] is True
 
 
 def test_an_out_of_range_answer_never_reaches_kaggle(standins, capsys):
@@ -207,9 +221,7 @@ def test_an_out_of_range_answer_never_reaches_kaggle(standins, capsys):
                         out_dir=str(standins / "out"))
     # a bug in solve: the submission still completes
     kg.serve(kg.make_runner(config, solve_fn=lambda problem, pid, limit: 1234))
-    import polars as pl
-
-    assert pl.read_parquet(standins / "submission.parquet")["answer"].to_list() == [0] * 6
+    assert set(submission(standins).values()) == {0}
     assert "outside 0..999" in capsys.readouterr().err
     records = [json.loads(line) for line in open(standins / "out" / "results.jsonl")]
     assert len(records) == 6 and all("outside 0..999" in r["error"] for r in records)
@@ -249,10 +261,7 @@ def test_serve_survives_a_faulty_engine_through_the_gateway(standins, competitio
         assert kg.serve(runner) is None
     finally:
         runner.close()
-    import polars as pl
-
-    got = dict(pl.read_parquet(standins / "submission.parquet").iter_rows())
-    assert got == {p.id: (0 if p.id == "p3" else p.answer) for p in PROBLEMS}
+    assert submission(standins) == {p.id: (0 if p.id == "p3" else p.answer) for p in PROBLEMS}
     records = {r["id"]: r for r in map(json.loads, open(standins / "out" / "results.jsonl"))}
     p3 = records["p3"]["result"]
     assert p3["fallback"] and "CUDA error" in p3["samples"][0]["error"]
@@ -262,7 +271,7 @@ def test_serve_survives_a_faulty_engine_through_the_gateway(standins, competitio
 
 def test_the_aimo1_loop_answers_every_problem_when_solve_raises(standins, monkeypatch):
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "problems.jsonl"))
+    monkeypatch.setenv("KAGGLE_STANDIN_PROBLEMS", str(standins / "test.csv"))
 
     def broken(problem, pid):
         if pid == "p2":
@@ -280,7 +289,8 @@ def test_the_servers_reject_anything_but_a_module_level_predict(standins):
 
     from kaggle_evaluation.aimo_2_inference_server import AIMO2InferenceServer
 
-    for bad in (lambda *a: None, functools.partial(kg.predict), SimpleNamespace(f=1)):
+    for bad in (lambda *a: None, functools.partial(kg.predict), SimpleNamespace(f=1),
+                SimpleNamespace().__init__):
         with pytest.raises(ValueError, match="module-level"):
             AIMO2InferenceServer(bad)
     AIMO2InferenceServer(kg.predict)  # ours passes
@@ -381,9 +391,15 @@ def test_kernel_metadata_for_aimo3_passes_the_kaggle_clis_checks(tmp_path, capsy
     for source in meta["model_sources"]:
         api.validate_model_instance_version_string(source)
     assert "push-kernel --dir" in capsys.readouterr().out
+    nb = json.loads((out / meta["code_file"]).read_text())
+    params = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert 'COMPETITION = "aimo3"' in "".join(params["source"])  # runs as aimo3 anywhere
+    capsys.readouterr()
     main(["kernel-metadata", "--competition", "aimo2", "--out", str(tmp_path / "a2")])
     meta2 = json.loads((tmp_path / "a2" / "kernel-metadata.json").read_text())
     assert meta2["machine_shape"] == "NvidiaTeslaT4"  # unconfirmed for AIMO 2: left as is
+    said = capsys.readouterr().out
+    assert "machine_shape left at NvidiaTeslaT4" in said and "choose 4xL4" in said
 
 
 def test_requirements_pin_the_runtime():
@@ -401,7 +417,7 @@ def test_aimo_kaggle_cli(tmp_path, capsys):
     assert any(f.startswith("aimo_lib-") and f.endswith(".whl") for f in files)
     assert json.loads((tmp_path / "wh" / "dataset-metadata.json").read_text())["id"] == (
         "me/aimo-lib-wheels")
-    assert "requirements.txt" in files
+    assert "requirements.txt" in files and "image.txt" in files
     main(["push-dataset", str(tmp_path / "wh"), "--new", "--dry-run"])
     main(["status", "me/aimo-sc-tir", "--dry-run"])
     meta = json.loads(open(os.path.join(REPO, "kernel-metadata.json")).read())
@@ -416,6 +432,9 @@ def test_aimo_kaggle_cli(tmp_path, capsys):
     assert f"+ kaggle kernels push -p {tmp_path / 'k'} --accelerator NvidiaTeslaT4" in out
     with pytest.raises(SystemExit, match="your-kaggle-username"):
         main(["push-kernel", "--dry-run"])
+    with pytest.raises(SystemExit, match="kernel-metadata.json not found"):
+        main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path / "wh"),
+              "--image-wheels", str(tmp_path)])
     help_text = subprocess.run([sys.executable, "-m", "aimo_lib.kaggle_cli", "--help"],
                                capture_output=True, text=True).stdout
     assert "wheelhouse" in help_text and "push-kernel" in help_text

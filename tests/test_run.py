@@ -374,7 +374,7 @@ def test_bad_values_are_errors_that_say_what_is_wanted():
     with pytest.raises(ConfigError, match="num_samples: 'many' is not a valid value"):
         RunConfig.load(env={}, values={"num_samples": "many"})
     with pytest.raises(ConfigError, match="num_samples"):
-        RunConfig.load(env={}, values={"num_samples": 0, "model": None})
+        RunConfig.load(env={}, values={"num_samples": 0, "preset": "default"})
     with pytest.raises(ConfigError, match="unknown engine"):
         RunConfig.load(env={}, values={"engine": "tgi"})
 
