@@ -199,6 +199,35 @@ def test_the_wheelhouse_accepts_every_manylinux_tag_up_to_the_images_glibc():
         Target(python="3")
 
 
+def test_the_wheelhouse_is_resolved_for_the_target_not_for_this_interpreter(tmp_path,
+                                                                             monkeypatch):
+    """pip reads environment markers for the interpreter it runs on (a 3.12 wheelhouse built
+    from 3.11 lacked `six`): the target's set is resolved by uv for that Python and glibc, and
+    pip only downloads the pinned files, for every tag the image loads."""
+    from aimo_lib import wheelhouse
+
+    commands = []
+
+    def fake_run(cmd, what):
+        commands.append(cmd)
+        if "compile" in cmd:
+            open(cmd[cmd.index("-o") + 1], "w").write("six==1.17.0\nvllm==0.33.0\n"
+                                                      "torch==2.14.0\ntransformers==5.20.2\n")
+
+    monkeypatch.setattr(wheelhouse, "_run", fake_run)
+    monkeypatch.setattr(wheelhouse, "_aimo_lib_wheel", lambda out, source: None)
+    built = wheelhouse.build(str(tmp_path), "me/w", target=Target(python="3.12", glibc="2.35"))
+    compile_, download = commands
+    assert compile_[compile_.index("--python-version") + 1] == "3.12"
+    assert compile_[compile_.index("--python-platform") + 1] == "x86_64-manylinux_2_35"
+    assert download[download.index("--python-version") + 1] == "3.12"
+    assert "--no-deps" in download and "--only-binary=:all:" in download
+    assert download.count("--platform") == len(Target(glibc="2.35").platform_tags())
+    assert "six==1.17.0" in built.lock
+    lock = (tmp_path / "requirements.lock").read_text()
+    assert lock.startswith("# resolved for Python 3.12, glibc 2.35") and "six==1.17.0" in lock
+
+
 def test_every_module_the_notebook_imports_is_in_the_wheelhouse_or_the_image():
     lock = ["vllm==0.33.0", "torch==2.14.0", "transformers==5.20.2"]
     check_runtime(lock)  # with the image's own packages, nothing is missing
