@@ -61,7 +61,8 @@ class RunConfig:
     total_hours: float | None = None  # the run's time budget; None: the competition's
     time_limit_s: float | None = None  # a fixed limit per problem; None: the budget's share
     seed: int = 0  # base seed of every sample's sampling
-    max_restarts: int = 3  # times a dead engine is rebuilt in one run
+    # times a dead engine is rebuilt in a row (an engine that then answers a problem resets it)
+    max_restarts: int = 3
     config: str | None = None  # a YAML file of settings (applied before the others)
     # model "auto": the one attached on Kaggle, else the embedded SmolLM2 (kaggle.resolve)
     engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="auto"))

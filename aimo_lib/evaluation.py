@@ -355,7 +355,7 @@ def _k_axis(ax, ks: list[int]) -> None:
     ax.xaxis.set_major_locator(FixedLocator(ks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlim(min(ks) / 1.3, max(ks) * 1.3)
+    ax.set_xlim(min(ks, default=1) / 1.3, max(ks, default=1) * 1.3)  # no samples: no k
 
 
 def plot_stopping(rows: list[dict], path: str, title: str, target: tuple[float, float] | None

@@ -136,7 +136,8 @@ class Runner:
         self._solvers: dict[tuple, Any] = {}
         self.suspect: str | None = None  # why the engine may be dead (checked before the next)
         self.gave_up: str | None = None  # no engine can be had: later problems get the fallback
-        self.restarts = 0
+        self.restarts = 0  # in the whole run
+        self.in_a_row = 0  # restarts since an engine last answered a problem (max_restarts)
         self.load_s: float | None = None  # how long the first build took
         self.restart_s: list[float] = []
 
@@ -160,7 +161,7 @@ class Runner:
             left = None if limit is None else limit - (time.monotonic() - start)
             result, error, generation = self._attempt(problem, problem_id, seed, left)
             if not self._engine_failed(result, error):
-                self.suspect = None
+                self.suspect, self.in_a_row = None, 0  # it works: a later death is new
                 break
             why = self._why(result, error)
             state = self._recover(generation, why, problem_id)
@@ -306,34 +307,35 @@ class Runner:
             log(f"THE ENGINE LOOKS DEAD: {why}")
             if self._build is None or self.remote:
                 return self._wait_for_remote(why)
-            while self.restarts < self.config.max_restarts:
+            while self.in_a_row < self.config.max_restarts:
                 left = self._budget_left()
-                need = 1.5 * (self.load_s or 0.0) + self.restart_backoff_s * 2 ** self.restarts
+                backoff = self.restart_backoff_s * 2 ** self.in_a_row
+                need = 1.5 * (self.load_s or 0.0) + backoff
                 if left is not None and left < need:
                     return self._give_up(f"{left:.0f} s of the run's budget is left, less than "
                                          f"a restart takes ({need:.0f} s)")
-                self.restarts += 1
-                time.sleep(self.restart_backoff_s * 2 ** (self.restarts - 1))
+                self.restarts, self.in_a_row = self.restarts + 1, self.in_a_row + 1
+                time.sleep(backoff)
                 self._close_engine()
                 start = time.monotonic()
                 try:
                     engine = as_engine(self._build())
                 except Exception as exc:  # noqa: BLE001 - try again, up to max_restarts
                     why = f"{type(exc).__name__}: {exc}"
-                    log(f"restart {self.restarts} of {self.config.max_restarts} failed: {why}")
+                    log(f"restart {self.in_a_row} of {self.config.max_restarts} failed: {why}")
                     continue
                 took = time.monotonic() - start
                 self.restart_s.append(took)
                 self.load_s = self.load_s or took
                 self._engine, self._generation = engine, self._generation + 1
                 self.suspect = None
-                log(f"engine restarted in {took:.0f} s (restart {self.restarts} of "
-                    f"{self.config.max_restarts}); the run goes on"
-                    + (f"; {self.budget}" if self.budget is not None else ""))
+                log(f"engine restarted in {took:.0f} s (restart {self.in_a_row} of "
+                    f"{self.config.max_restarts} in a row, {self.restarts} in the run); the run "
+                    "goes on" + (f"; {self.budget}" if self.budget is not None else ""))
                 log("!" * 72)
                 return True
-            return self._give_up(f"{self.config.max_restarts} restarts spent; the last "
-                                 f"failure: {why}")
+            return self._give_up(f"{self.config.max_restarts} restarts in a row spent; the "
+                                 f"last failure: {why}")
 
     def _wait_for_remote(self, why: str) -> bool:
         """A server this process did not start: rebuild the client (if we can) and probe it

