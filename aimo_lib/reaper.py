@@ -127,6 +127,11 @@ class Reaper:
     def stop(self, grace_s: float = 3.0) -> None:
         """Kill the watched processes still running, and the watchdog."""
         kill_tree(self.alive(), grace_s)
+        self.release()
+
+    def release(self) -> None:
+        """Stop watching: the watchdog ends, the processes are left as they are (another
+        Reaper has taken them over)."""
         if self._watchdog is not None:
             self._watchdog.kill()
             self._watchdog.wait()

@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 from .engines import EngineError, OpenAIEngine
-from .reaper import Reaper
+from .reaper import Reaper, descendants
 
 __all__ = ["ServedVLLM", "VLLMServer", "free_port"]
 
@@ -83,6 +83,11 @@ class VLLMServer:
         except BaseException:
             self.close()
             raise
+        # Now its engine processes exist: watch them too, so that they die with us even when
+        # the server itself was killed first (they would outlive it, re-parented).
+        started = Reaper([self.proc.pid, *descendants(self.proc.pid)])
+        self._reaper.release()
+        self._reaper = started
 
     def _wait_ready(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
@@ -127,6 +132,13 @@ class ServedVLLM(OpenAIEngine):
         except BaseException:
             self.server.close()
             raise
+
+    def _request(self, method: str, path: str, body, retries=None) -> dict:
+        # a server process that has exited will not answer: say so now, not after retries
+        if self.server.proc.poll() is not None:
+            raise EngineError(f"the vLLM server exited (code {self.server.proc.returncode}):\n"
+                              f"{self.server.log_tail(10)}")
+        return super()._request(method, path, body, retries)
 
     def close(self) -> None:
         super().close()
