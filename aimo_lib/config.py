@@ -132,9 +132,10 @@ class RunConfig:
         """The SolverConfig of this run: the preset (auto: chosen for the model), then the
         solver settings given. Needs a concrete model and competition (see kaggle.resolve)."""
         competition = "aimo1" if self.competition == "auto" else self.competition
-        return config_for_run(self.preset, self.model, served=self.engine.kind == "openai",
-                              competition=competition,
-                              seed=self.seed if seed is None else seed, **self.solver)
+        preset = config_for_run(self.preset, self.model, served=self.engine.kind == "openai",
+                                competition=competition,
+                                seed=self.seed if seed is None else seed)
+        return replace(preset, **self.solver)  # None given is None (EARLY_STOP=off)
 
     def to_dict(self) -> dict:
         """For config.json beside a run's results."""

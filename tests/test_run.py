@@ -364,6 +364,9 @@ def test_settings_from_every_source_with_types():
                                       "engine": "openai", "model": None, "dataset": "x"})
     assert cli.solver["temperature"] == 0.75 and cli.engine.openai_urls == ("http://a/v1",)
     assert RunConfig.load(env={"AIMO_TIME_LIMIT_S": "inf"}).time_limit_s == float("inf")
+    # a setting given as none is None, not "the preset's" (early stop off, no fallback cap)
+    off = RunConfig.load(env={"AIMO_EARLY_STOP": "off"}).solver_config()
+    assert off.early_stop is None and SolverConfig().early_stop is not None
 
 
 def test_a_yaml_file_of_settings(tmp_path):

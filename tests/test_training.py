@@ -247,6 +247,34 @@ def test_kto_labels_need_a_valid_reference_and_an_answer():
     assert kto.label(None, -3, rules) is None and kto.label(None, 123456, rules) is None
 
 
+def test_kto_sampling_labels_by_answer_and_resumes(tmp_path, monkeypatch):
+    """The sampling step through the run loop: its settings under the notebook's names, each
+    sample labelled by its answer, a rerun solving nothing again."""
+    from aimo_lib.engines import EngineSpec, ScriptedEngine
+    from aimo_lib.evaluation import EvalProblem
+
+    calls = []
+
+    def model(prompt, k):  # right on even problems, wrong on odd ones
+        n = int(prompt.split("What is ")[1].split(" ")[0])
+        calls.append(n)
+        return f"\\boxed{{{3 * n + n % 2}}}"
+
+    monkeypatch.setattr(EngineSpec, "build", lambda spec: ScriptedEngine(model))
+    sampling = kto.SamplingArguments(run={"engine": "hf", "num_samples": 3, "stop_at_boxed":
+                                          False, "prompt_template": "{problem}"}, concurrency=2)
+    problems = [EvalProblem(f"p{i}", f"What is {i} times 3?", 3 * i) for i in range(1, 5)]
+    problems.append(EvalProblem("bad", "What is -1 times 3?", -3))  # no valid reference
+    out = str(tmp_path / "kto_data.jsonl")
+    rows = kto.sample_completions(sampling, str(tmp_path), problems, out)
+    assert len(rows) == 12 and len(calls) == 12
+    assert {r["id"]: r["label"] for r in rows} == {"p1": False, "p2": True, "p3": False,
+                                                   "p4": True}
+    assert kto.sampling_config(sampling, "m").solver_config().early_stop is None
+    again = kto.sample_completions(sampling, str(tmp_path), problems, out)
+    assert len(again) == 12 and len(calls) == 12  # resumed: nothing solved twice
+
+
 def kto_recipe(tiny, tmp_path, **kw) -> tuple:
     """(config, model, chat) of a KTO recipe, as kto.train takes them."""
     return kto.parse_recipe(kto.RECIPE, {
