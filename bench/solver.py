@@ -44,10 +44,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _baseline import SubprocessExecutor  # noqa: E402
 
 from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.answers import EarlyStop, decided, vote  # noqa: E402
+from aimo_lib.answers import vote  # noqa: E402
 from aimo_lib.budget import TimeBudget  # noqa: E402
 from aimo_lib.engines import ScriptedEngine  # noqa: E402
 from aimo_lib.sandbox import DEFAULT_PRELOAD, Sandbox  # noqa: E402
+from aimo_lib.stopping import StopRule, Trace, majority, replay  # noqa: E402
 
 BLOCKS = [
     "x = sp.Symbol('x')\nprint(sp.factor(x**{k} - 1))",
@@ -110,43 +111,31 @@ def synthetic_problem(rng: random.Random, n: int) -> list[tuple[int | None, floa
     return out
 
 
-def replay(samples, rule) -> tuple[int | None, int, float]:
-    """Samples finish in order of length (one decoding speed for all); returns the early
-    answer, samples finished, and tokens generated when the vote was decided."""
-    order = sorted(samples, key=lambda s: s[1])
-    votes: dict[int, float] = {}
-    for i, (answer, tokens) in enumerate(order):
-        if answer is not None:
-            votes[answer] = votes.get(answer, 0.0) + 1.0
-        if decided(votes, len(order) - i - 1, rule):
-            used = sum(min(t, tokens) for _, t in order)
-            return vote([a for a, _ in order[: i + 1]]).answer, i + 1, used
-    return vote([a for a, _ in order]).answer, len(order), sum(t for _, t in order)
-
-
 def bench_early_stop(args) -> None:
+    """The stopping rules of aimo_lib.stopping on synthetic streams, every sample started at
+    once as the solver runs them (stopping.replay, wave None): samples finish in order of
+    length, one decoding speed for all. The recorded streams of a real model are replayed by
+    bench/stopping.py."""
     rng = random.Random(0)
     n, problems = 48, [synthetic_problem(rng, 48) for _ in range(args.streams)]
-    rules = [("table 4/4, 5/7, 6/9 (default)", EarlyStop("table")),
-             ("table 3/3, 4/5, 5/7, 6/9", EarlyStop("table", table=((3, 3), (4, 5), (5, 7),
-                                                                    (6, 9)))),
-             ("table 5/5, 6/7, 7/9", EarlyStop("table", table=((5, 5), (6, 7), (7, 9)))),
-             ("confidence 80% of >= 6", EarlyStop("confidence", min_answers=6, min_share=0.8)),
-             ("unbeatable only", EarlyStop("unbeatable"))]
+    rules = [StopRule("table"), StopRule("table", table=((3, 3), (4, 5), (5, 7), (6, 9))),
+             StopRule("table", table=((5, 5), (6, 7), (7, 9))),
+             StopRule("share", threshold=0.8, min_answers=6), StopRule("none"),
+             StopRule("beta", threshold=0.95), StopRule("beta", threshold=0.99)]
     print(f"\n## early_stop: {len(problems)} synthetic problems x {n} samples, replayed in "
           "finish order")
     print(f"{'rule':<32}{'samples saved':>15}{'tokens saved':>14}{'agreement':>11}")
-    for name, rule in rules:
+    for rule in rules:
         saved_s = saved_t = agree = 0.0
         for samples in problems:
-            # The full vote over the same samples, ties broken in the same (finish) order.
-            full = vote([a for a, _ in sorted(samples, key=lambda s: s[1])]).answer
-            early, used_n, used_t = replay(samples, rule)
-            saved_s += 1 - used_n / n
-            saved_t += 1 - used_t / sum(t for _, t in samples)
-            agree += early == full
+            traces = [Trace(a, max(1, round(t))) for a, t in samples]
+            full = majority([t.answer for t in traces])  # ties as the solver breaks them
+            r = replay(traces, rule)
+            saved_s += 1 - r.samples / n
+            saved_t += 1 - r.tokens / sum(t.tokens for t in traces)
+            agree += r.answer == full
         k = len(problems)
-        print(f"{name:<32}{saved_s / k:>14.1%}{saved_t / k:>14.1%}{agree / k:>11.2%}")
+        print(f"{rule.label:<32}{saved_s / k:>14.1%}{saved_t / k:>14.1%}{agree / k:>11.2%}")
     print("target: >= 40% saved at >= 99% agreement with the full vote")
 
 
