@@ -23,7 +23,8 @@ Confidence-aware trace stopping (DeepConf's online mode): with `window` > 0 a sa
 token entropy over its last `window` tokens rises above `max_entropy` is stopped there, its
 remaining tokens saved and its vote dropped (DeepConf keeps traces whose sliding-window
 "group confidence" stays high; a token's entropy is our confidence measure, lower is surer).
-It combines with any rule above.
+It combines with any rule above; the first `warmup` samples always run to their end (DeepConf's
+online mode sets the threshold from such warm-up traces of the same problem).
 
 `replay` plays a recorded problem (every sample generated to its end, early stop off) under a
 rule: the samples run in waves of `wave` (None: all at once, as the solver runs them; 1: one
@@ -34,6 +35,7 @@ finishes, and a stop cancels what is still running, keeping the tokens it had ge
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -55,6 +57,7 @@ class StopRule:
     min_answers: int = 1  # beta, dirichlet, share: never stop on fewer answers than this
     window: int = 0  # DeepConf: tokens of a sample's sliding window (0: no sample is stopped)
     max_entropy: float = math.inf  # DeepConf: stop a sample whose window mean rises above
+    warmup: int = 0  # DeepConf: the first `warmup` samples are never stopped (they calibrate)
     draws: int = 2000  # dirichlet: Monte Carlo draws
 
     def __post_init__(self) -> None:
@@ -62,8 +65,8 @@ class StopRule:
             raise ValueError(f"StopRule.kind must be one of {RULE_KINDS}, not {self.kind!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("StopRule.threshold is a probability or a share: within [0, 1]")
-        if self.min_answers < 1 or self.window < 0 or self.draws < 1:
-            raise ValueError("min_answers and draws must be >= 1, window >= 0")
+        if self.min_answers < 1 or self.window < 0 or self.draws < 1 or self.warmup < 0:
+            raise ValueError("min_answers and draws must be >= 1, window and warmup >= 0")
 
     @property
     def label(self) -> str:
@@ -115,15 +118,22 @@ def beta_confidence(lead: int, second: int) -> float:
 
 
 def dirichlet_confidence(counts: Sequence[int], draws: int = 2000, seed: int = 0) -> float:
-    """P(the first answer of `counts` has the largest share) under Dirichlet(counts + 1),
-    by Monte Carlo over `draws` seeded draws (a fixed seed: the rule is deterministic)."""
+    """P(the first answer of `counts` has the largest share) under Dirichlet(counts + 1) over
+    the answers seen plus one bucket for every answer not yet seen (count 0: without it one
+    answer seen once would be "certain"), by Monte Carlo over `draws` seeded draws (a fixed
+    seed: the rule is deterministic, and a function of the counts alone, computed once)."""
     if not counts:
         return 0.0
+    return _dirichlet(counts[0], tuple(sorted(counts[1:], reverse=True)) + (0,), draws, seed)
+
+
+@functools.lru_cache(maxsize=65536)
+def _dirichlet(first: int, others: tuple[int, ...], draws: int, seed: int) -> float:
     rng = random.Random(seed)
     wins = 0
     for _ in range(draws):
-        shares = [rng.gammavariate(c + 1, 1.0) for c in counts]
-        wins += shares[0] >= max(shares)
+        mine = rng.gammavariate(first + 1, 1.0)
+        wins += all(mine >= rng.gammavariate(c + 1, 1.0) for c in others)
     return wins / draws
 
 
@@ -193,8 +203,9 @@ def replay(traces: Sequence[Trace], rule: StopRule, wave: int | None = None) -> 
     wave = n if wave is None or wave >= n else max(1, wave)
     # each sample's length under the rule, and whether the trace rule stopped it
     ends = []
-    for t in traces:
-        cut = cut_at(t.entropies[: t.tokens], rule.window, rule.max_entropy)
+    for i, t in enumerate(traces):
+        cut = None if i < rule.warmup else cut_at(t.entropies[: t.tokens], rule.window,
+                                                   rule.max_entropy)
         ends.append((cut, True) if cut is not None and cut < t.tokens else (t.tokens, False))
     counted: list[int] = []  # indices whose answers count, in finish order
     counts: dict[int, int] = {}

@@ -1,0 +1,258 @@
+"""The decoding presets against the seed's loop, end to end on a model that can solve.
+
+    python bench/presets.py                 # 48 held-out problems x 2 seeds (~15 min, 2 cores)
+    python bench/presets.py --quick         # a smoke run: 4 problems, 1 seed, N=4
+    python bench/presets.py --model embedded --quick    # on the embedded SmolLM2 instead
+
+One run, one engine (vLLM on CPU serving the benchmark model of bench/model.py, built first if
+it is not cached), the same problems and seeds for every arm, N and M equal:
+
+- numina_aimo1: the AIMO-1 winning notebook's loop, rule for rule (the baseline);
+- default: ours (stop at the first answer, consensus early stop, async, stateful code);
+- aimo3_style: the AIMO 3 public notebooks' decoding (the aimo3_gpt_oss preset's policy: early
+  stop at 4 of 8, votes weighted by tail entropy, a second wave of N with the candidates when
+  the first has no consensus) in the dialect this model speaks (ToRA, not harmony).
+
+Every arm gets the model's own chat template (prompt_template auto) and the AIMO-1 answer rules
+(mod 1000; the seed's preset has no other). Problems are solved one at a time (as on Kaggle),
+the arms interleaved problem by problem in rotating order, so a load change on the machine
+touches every arm alike. Per arm: accuracy maj@N (the answer submitted) with a 95% bootstrap
+interval over problems, and the paired difference to numina_aimo1; wall seconds, tokens and
+code executions per problem; the speed-up over numina_aimo1 with its paired bootstrap interval.
+Tokens count completed requests only (a request aborted by early stop is not counted; wall time
+is the measure that includes it). Each arm is also an `aimo eval` run folder (records, config,
+summary, report, plots) under --out; presets.json and presets.png summarise them. The last line:
+`speedup X.XXx at accuracy A% vs B%` (default against numina_aimo1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+import model as bench_model  # noqa: E402 - bench/model.py
+from _stats import diff_ci, mean_ci, ratio_ci  # noqa: E402
+
+from aimo_lib import SolverConfig  # noqa: E402
+from aimo_lib.config import RunConfig  # noqa: E402
+from aimo_lib.evaluation import eval_runner, plot_presets, run_eval  # noqa: E402
+from aimo_lib.sandbox import Sandbox  # noqa: E402
+
+ARMS = ("numina_aimo1", "default", "aimo3_style")
+BASELINE = "numina_aimo1"
+
+
+def arm_configs(n: int, m: int, tokens: int, temperature: float,
+                arms: tuple[str, ...] = ARMS) -> dict[str, SolverConfig]:
+    """Each arm's solver config: its preset, with N, M, tokens per step, temperature, the
+    model's own template and the AIMO-1 answer rules the same for all."""
+    common = dict(num_samples=n, max_rounds=m, max_new_tokens=tokens, temperature=temperature,
+                  prompt_template="auto", competition="aimo1")
+    out = {}
+    for arm in arms:
+        if arm == "aimo3_style":  # the AIMO 3 preset's policy in the ToRA dialect, at this size
+            out[arm] = SolverConfig.preset(
+                "aimo3_gpt_oss", dialect="tora", max_tool_calls=None, sample_max_tokens=None,
+                code_timeout_s=5.0, max_output_chars=1000, retry_samples=n,
+                entropy_tail_tokens=16, **common)  # ~the last third of a 50-token trace
+        else:
+            out[arm] = SolverConfig.preset(arm, **common)
+    return out
+
+
+def resolve_model(name: str | None) -> str:
+    """The model's folder: the benchmark model (built if missing), "embedded" (SmolLM2,
+    written once as a checkpoint), or a checkpoint folder as given."""
+    if name == "embedded":
+        from aimo_lib.models import embedded_checkpoint
+
+        return embedded_checkpoint()
+    if name:
+        return name
+    try:
+        return bench_model.benchmark_model()
+    except bench_model.ModelNotBuiltError:
+        print("[bench] the benchmark model is not built yet: building it (about 15-20 min; "
+              "once)", file=sys.stderr, flush=True)
+        return bench_model.build()
+
+
+def run(args) -> dict:
+    problems = bench_model.load_heldout(limit=args.problems)
+    seeds = list(range(args.seeds))
+    model = resolve_model(args.model)
+    configs = arm_configs(args.num_samples, args.max_rounds, args.max_new_tokens,
+                          args.temperature, tuple(args.arms.split(",")))
+    if BASELINE not in configs or "default" not in configs:
+        raise SystemExit(f"--arms must include {BASELINE} and default (the speed-up's pair)")
+    if os.path.exists(args.out) and not args.resume:
+        shutil.rmtree(args.out)  # one run, one machine state: no figures mixed across runs
+    os.makedirs(args.out, exist_ok=True)
+    run_config = RunConfig.load(values=dict(model=model, engine=args.engine,
+                                            competition="aimo1"))
+    meta = {"dataset": "toy_heldout", "model": model,
+            "problems": len(problems), "seeds": seeds, "machine": machine(),
+            "load_before": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "arms": {a: c.to_dict() for a, c in configs.items()}}
+    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, default=str)
+    summaries = {}
+    start = time.time()
+    with run_config.engine.build() as engine, Sandbox() as sandbox:
+        meta["engine"] = type(engine).__name__
+        runners = {a: eval_runner(run_config, os.path.join(args.out, a), engine=engine,
+                                  sandbox=sandbox, solver=c) for a, c in configs.items()}
+        warm_up(engine, sandbox, configs)
+        done = {a: r.done() for a, r in runners.items()}
+        arms = list(configs)
+        todo = [(s, i, p) for s in seeds for i, p in enumerate(problems)]
+        for n, (s, i, p) in enumerate(todo, 1):
+            order = arms[i % len(arms):] + arms[:i % len(arms)]  # rotate: no arm always first
+            for arm in order:
+                if (p.id, s) not in done[arm]:
+                    runners[arm].solve(p.problem, p.id, seed=s, record={"truth": p.answer})
+            print(f"[bench] {n}/{len(todo)} solves per arm done", file=sys.stderr, flush=True)
+        for arm, runner in runners.items():  # everything is recorded: this only summarises
+            arm_meta = {"dataset": "toy_heldout", "model": meta["model"], "arm": arm,
+                        "engine": meta["engine"], "seeds": seeds,
+                        "solver": configs[arm].to_dict()}
+            summaries[arm] = run_eval(problems, runner, seeds, os.path.join(args.out, arm),
+                                      arm_meta, progress=False)
+    meta["seconds"] = round(time.time() - start)
+    meta["load_after"] = os.getloadavg()[0]
+    return report(args, meta, problems, seeds, summaries)
+
+
+def warm_up(engine, sandbox, configs: dict) -> None:
+    """One untimed, unrecorded solve per arm: the engine's first requests and the sandbox's
+    first sessions cost more than later ones, and the first arm must not pay for all."""
+    from aimo_lib.solver import Solver
+
+    for config in configs.values():
+        Solver(engine, sandbox, config).solve("What is 12 * 34?")
+
+
+def per_problem(summary_dir: str, problems) -> dict[str, dict[str, float]]:
+    """problem id -> that problem's accuracy, seconds, tokens and code executions (mean over
+    seeds), read back from the arm's records."""
+    from aimo_lib.evaluation import load_records
+
+    by_id: dict[str, list[dict]] = {}
+    for r in load_records(summary_dir):
+        by_id.setdefault(r["id"], []).append(r)
+    truth = {p.id: p.answer % 1000 for p in problems}
+    out = {}
+    for pid, rs in by_id.items():
+        res = [r["result"] for r in rs]
+        out[pid] = {
+            "correct": statistics.mean(float(not x["fallback"] and x["answer"] == truth[pid])
+                                       for x in res),
+            "seconds": statistics.mean(x["elapsed_s"] for x in res),
+            "tokens": statistics.mean(x["tokens_generated"] for x in res),
+            "code": statistics.mean(sum(len(s["code_calls"]) for s in x["samples"])
+                                    for x in res),
+            "stopped": statistics.mean(float(x["stopped_early"]) for x in res),
+            "retried": statistics.mean(float(any(s.get("wave") for s in x["samples"]))
+                                       for x in res)}
+    return out
+
+
+def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
+    ids = [p.id for p in problems]
+    rows = {a: per_problem(os.path.join(args.out, a), problems) for a in summaries}
+    base = rows[BASELINE]
+    table = []
+    for arm, per in rows.items():
+        col = lambda key, per=per: [per[i][key] for i in ids]  # noqa: E731
+        acc = statistics.mean(col("correct"))
+        secs, tokens = statistics.mean(col("seconds")), statistics.mean(col("tokens"))
+        base_secs = statistics.mean(base[i]["seconds"] for i in ids)
+        table.append({
+            "arm": arm, "accuracy": 100 * acc,
+            "accuracy_ci": [100 * x for x in mean_ci(col("correct"))],
+            "delta_vs_baseline": 100 * (acc - statistics.mean(base[i]["correct"] for i in ids)),
+            "delta_ci": [100 * x for x in diff_ci([base[i]["correct"] for i in ids],
+                                                  col("correct"))],
+            "seconds": secs, "tokens": tokens, "code_executions": statistics.mean(col("code")),
+            "stopped_early": 100 * statistics.mean(col("stopped")),
+            "retried": 100 * statistics.mean(col("retried")),
+            "finished_samples": summaries[arm]["finished_samples_per_problem"],
+            "speedup": base_secs / secs,
+            "speedup_ci": list(ratio_ci([base[i]["seconds"] for i in ids], col("seconds"))),
+            "token_ratio": statistics.mean(base[i]["tokens"] for i in ids) / max(tokens, 1e-9)})
+    n, m = args.num_samples, args.max_rounds
+    print(f"\n## presets: {len(ids)} held-out toy problems (bench/data/toy_heldout.jsonl) x "
+          f"seeds {seeds}, N={n}, M={m}, {args.max_new_tokens} tokens per step, "
+          f"T={args.temperature}; {meta['model']} on {meta['engine']}; {meta['machine']}; "
+          f"load {meta['load_before']:.2f} before, {meta['load_after']:.2f} after; "
+          f"{meta['seconds']} s")
+    print(f"{'arm':<14}{'maj@N':>7}{'95% CI':>14}{'vs seed':>9}{'95% CI':>16}{'s/problem':>11}"
+          f"{'tokens':>8}{'code':>6}{'early':>7}{'retry':>7}{'speedup':>9}{'95% CI':>14}")
+    for r in table:
+        print(f"{r['arm']:<14}{r['accuracy']:>6.1f}%{_ci(r['accuracy_ci']):>14}"
+              f"{r['delta_vs_baseline']:>+8.1f}{_ci(r['delta_ci']):>16}{r['seconds']:>11.2f}"
+              f"{r['tokens']:>8.0f}{r['code_executions']:>6.1f}{r['stopped_early']:>6.0f}%"
+              f"{r['retried']:>6.0f}%{r['speedup']:>8.2f}x{_ci(r['speedup_ci'], 'x'):>14}")
+    result = {"meta": meta, "table": table}
+    with open(os.path.join(args.out, "presets.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=str)
+    plot_presets([{"label": r["arm"], "accuracy": r["accuracy"], "tokens": r["tokens"],
+                   "accuracy_ci": r["accuracy_ci"], "seconds": r["seconds"]} for r in table],
+                 os.path.join(args.out, "presets.png"),
+                 f"presets: toy held-out ({len(ids)} x {len(seeds)} seeds), "
+                 f"{os.path.basename(str(meta['model']).rstrip('/'))}, N={n}, M={m}")
+    d = next(r for r in table if r["arm"] == "default")
+    b = next(r for r in table if r["arm"] == BASELINE)
+    print(f"results: {args.out}/presets.json, presets.png, one aimo eval folder per arm")
+    print(f"speedup {d['speedup']:.2f}x at accuracy {d['accuracy']:.1f}% vs {b['accuracy']:.1f}%")
+    return result
+
+
+def _ci(ci, unit: str = "") -> str:
+    return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if not unit else f"[{ci[0]:.2f}, {ci[1]:.2f}]{unit}"
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 4 problems (2 seen, 2 unseen templates), 1 seed, N=4")
+    ap.add_argument("--problems", type=int, default=None,
+                    help="held-out problems, taken evenly from both kinds (default: all 48)")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1, the same for every arm")
+    ap.add_argument("--num-samples", type=int, default=8, help="N, every arm")
+    ap.add_argument("--max-rounds", type=int, default=3, help="M, every arm")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="tokens per step")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {ARMS}")
+    ap.add_argument("--model", default=None, help="a checkpoint folder, or 'embedded' "
+                    "(SmolLM2); default: the benchmark model (bench/model.py)")
+    ap.add_argument("--engine", default="vllm", choices=("vllm", "hf"),
+                    help="vllm: vLLM (the CPU build here); hf: transformers")
+    ap.add_argument("--out", default="runs/bench-presets")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what --out already holds (default: start afresh)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.problems = args.problems or 4
+        args.seeds, args.num_samples = 1, 4
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The benchmark model's builder, its held-out set, and the benchmarks that use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+sys.path.insert(0, BENCH)
+sys.path.insert(0, os.path.join(REPO, "training"))
+
+import _stats  # noqa: E402
+import model as bench_model  # noqa: E402
+import stopping as bench_stopping  # noqa: E402
+
+
+def test_the_shipped_heldout_set_is_what_the_builder_writes(tmp_path):
+    path = bench_model.write_heldout(str(tmp_path / "heldout.jsonl"))
+    with open(path) as a, open(bench_model.HELDOUT) as b:
+        assert a.read() == b.read(), "bench/data/toy_heldout.jsonl is stale: python " \
+                                     "bench/model.py --heldout"
+    problems = bench_model.load_heldout()
+    kinds = bench_model.template_of()
+    assert len(problems) >= 48 and len({p.problem for p in problems}) == len(problems)
+    assert sum(k == "seen" for k in kinds.values()) == sum(k == "unseen" for k in kinds.values())
+    # none is a training problem: the model never saw these texts
+    import toy
+
+    train = {p.problem for p, _ in toy.instances(120, seed=bench_model.TRAIN_SEED)}
+    assert not train & {p.problem for p in problems}
+    quick = bench_model.load_heldout(limit=4)
+    assert [kinds[p.id] for p in quick] == ["seen", "seen", "unseen", "unseen"]
+
+
+def test_an_unbuilt_model_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIMO_CACHE", str(tmp_path))
+    with pytest.raises(bench_model.ModelNotBuiltError, match="python bench/model.py"):
+        bench_model.benchmark_model()
+    assert bench_model.model_path().startswith(str(tmp_path / "models"))
+
+
+def test_wilson_and_bootstrap_intervals():
+    lo, hi = _stats.wilson(48, 48)
+    assert hi == pytest.approx(1.0) and 0.92 < lo < 0.93  # 48 of 48 still allows ~7.4% wrong
+    lo, hi = _stats.wilson(0, 10)
+    assert lo == 0.0 and 0.27 < hi < 0.28
+    assert _stats.mean_ci([1.0] * 10) == (1.0, 1.0)
+    lo, hi = _stats.ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert lo == hi == pytest.approx(2.0)  # a constant ratio has no spread
+
+
+def synthetic_row(pid: str, answers: list, truth: int, entropy: float = 0.2) -> dict:
+    return {"id": pid, "seed": 0, "truth": truth, "answer": None,
+            "samples": [{"answer": a, "tokens": 40 + 3 * i, "wave": 0, "status": "answered",
+                         "code_ok": True, "entropies": [entropy + 0.01 * i] * (40 + 3 * i)}
+                        for i, a in enumerate(answers)]}
+
+
+def test_the_stopping_replay_scores_rules_on_recorded_streams():
+    rows = [synthetic_row("easy", [5] * 8, 5), synthetic_row("split", [1, 2, 1, 2, 3, 1, 2, 1],
+                                                              1, entropy=1.0)]
+    rule = lambda kind: lambda k, order: bench_stopping.StopRule(kind)  # noqa: E731
+    table = bench_stopping.score(rows, rule("table"), 8, None)
+    unbeatable = bench_stopping.score(rows, rule("none"), 8, None)
+    assert unbeatable["agreement"] == 100.0  # stopping only when nothing can change
+    assert 0 < table["tokens_saved"] < 100 and table["full_accuracy"] == 100.0
+    one = bench_stopping.score(rows, rule("beta"), 8, 1)
+    assert one["samples_saved"] > 0  # on the easy problem it stops after 4 of 8
+    assert bench_stopping.auroc([0.1, 0.2], [0.5, 0.6]) == 1.0
+    assert bench_stopping.auroc([0.5], [0.5]) == 0.5
+    assert bench_stopping.max_window_entropy([0.0, 1.0, 1.0, 0.0], 2) == 1.0
+
+
+def test_the_stopping_bench_replays_a_recorded_folder(tmp_path):
+    rows = [synthetic_row(f"p{i}", [i % 3] * 6 + [9, 9], i % 3) for i in range(6)]
+    with open(tmp_path / "streams.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "stopping.py"), "--replay-only",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "## stopping rules" in r.stdout and "table 4/4, 5/7, 6/9" in r.stdout
+    assert (tmp_path / "stopping.json").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A benchmark model built with 2 steps per stage on 16 problems (minutes, not 20)."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "AIMO_CACHE": str(cache)}
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "model.py"), "--train", "16",
+                        "--max-steps", "2"], capture_output=True, text=True, timeout=1200,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.strip().splitlines()[-1], env
+
+
+@pytest.mark.slow
+def test_the_benchmark_model_builds_and_is_cached(tiny_model):
+    path, env = tiny_model
+    manifest = json.load(open(os.path.join(path, "build.json")))
+    assert manifest["stage1"]["steps"] == manifest["stage2"]["steps"] == 2
+    assert manifest["tir_data"]["kept"] > 0 and manifest["sft_seed"] == 42
+    assert {"cot.jsonl", "tir.jsonl", "model.safetensors"} <= set(manifest["sha256"])
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert os.path.exists(os.path.join(path, name)), name
+    # a second call finds it in the cache: nothing is trained again
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "model.py"), "--train", "16",
+                        "--max-steps", "2"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == path
+    assert "[sft]" not in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_presets_bench_quick_runs_on_one_engine(tiny_model, tmp_path):
+    pytest.importorskip("vllm")
+    path, env = tiny_model
+    out = tmp_path / "presets"
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "presets.py"), "--quick",
+                        "--problems", "2", "--num-samples", "2", "--max-new-tokens", "32",
+                        "--model", path, "--out", str(out)], capture_output=True, text=True,
+                       timeout=1200, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"speedup \d+\.\d\dx at accuracy \d+\.\d% vs \d+\.\d%", last), last
+    result = json.load(open(out / "presets.json"))
+    assert [row["arm"] for row in result["table"]] == ["numina_aimo1", "default", "aimo3_style"]
+    for arm in ("numina_aimo1", "default", "aimo3_style"):  # each arm an aimo eval folder
+        assert (out / arm / "summary.json").exists() and (out / arm / "config.json").exists()
