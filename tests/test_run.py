@@ -178,9 +178,12 @@ def test_a_poison_problem_does_not_spend_the_restarts_of_the_rest(tmp_path, sand
 
 
 def test_a_hung_engine_is_found_by_its_probe(tmp_path, sandbox):
+    released = threading.Event()  # at the end, so that no thread outlives the test
+
     class Hung(ScriptedEngine):  # a poisoned GPU: every request hangs until aborted
         def _one(self, prompt, p, deadline=None, aborted=None):
-            (aborted or threading.Event()).wait(3600)
+            while not released.wait(0.05) and not (aborted and aborted.is_set()):
+                pass
             return Completion("", "length", 0)
 
     built = []
@@ -196,6 +199,7 @@ def test_a_hung_engine_is_found_by_its_probe(tmp_path, sandbox):
     assert r.restarts == 1 and outcome.restarts == 1
     assert outcome.answer == 0  # 2 s limit: no time left to retry it
     assert r.solve(*problems(2)[1][:1], "p1").answer == problems(2)[1][1]
+    released.set()
     for e in built:
         e.close()
 
