@@ -6,9 +6,13 @@ engines fail, to check that a pipeline survives them (tests/test_chaos.py, bench
 
 Each request draws, from `seed` and the request itself (so a run is reproducible), either a
 failure (one of several exception types, raised at submit or from the future), a stall (a
-request that outlives any deadline and ignores it unless aborted), or a continuation built
-from hostile fragments: broken and unclosed fences, ```py/```Python blocks, runaway, crashing
-and flooding code, empty/huge/negative/fractional boxes, NULs, special tokens.
+request that outlives any deadline and ignores it unless aborted or the engine is closed),
+None instead of a completion (p_none), or a continuation built from hostile fragments: broken
+and unclosed fences, ```py/```Python blocks, runaway, crashing and flooding code,
+empty/huge/negative/fractional boxes, NULs, special tokens; or (p_huge) a huge degenerate text
+(DEGENERATE: "\\boxed{" thousands of times, a final message of them, brace floods, fences
+without end). With hostile_entropies, the engine declares logprobs and each completion carries
+token entropies drawn from HOSTILE_ENTROPIES (NaN, None, +-inf, negative, huge, not a list).
 It is a simulation: no model is involved.
 """
 
@@ -16,12 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 from concurrent.futures import Future
 
 from .engines import Completion, ContextLengthError, EngineError, ScriptedEngine
 
-__all__ = ["FRAGMENTS", "HARMONY_FRAGMENTS", "ChaosEngine"]
+__all__ = ["DEGENERATE", "FRAGMENTS", "HARMONY_FRAGMENTS", "HOSTILE_ENTROPIES", "ChaosEngine"]
 
 FRAGMENTS = (
     # reasoning and answers, good and bad
@@ -67,6 +70,25 @@ HARMONY_FRAGMENTS = (
     "<|constrain|>json", "\x00", "```python\nprint(2)\n```\n```output\n",
 )
 
+# What runaway generation looks like at max_tokens: tens of thousands of characters of one
+# pattern, one "word" each (the scripted max_tokens counts words, so they come through whole).
+_FINAL = "<|start|>assistant<|channel|>final<|message|>"
+DEGENERATE = (
+    "\\boxed{" * 6000, "\\fbox{" * 6000, "{" * 40_000, "\\boxed{" + "}" * 40_000,
+    "**Answer:**" * 4000, "9" * 40_000, "\\frac{1}{" * 4000,
+    "```python" * 4000, "```output" * 4000, "```" * 10_000, "<|start|>" * 6000,
+    "<|channel|>final<|message|>" + "\\boxed{" * 6000, _FINAL + "\\boxed{" * 6000,
+    _FINAL + "1" * 40_000, "to=python" * 4000, "\x00" * 40_000,
+)
+
+# Token entropies a broken engine or server might send (n: the completion's token count).
+HOSTILE_ENTROPIES = (
+    lambda n: [0.5] * n, lambda n: [0.0] * n, lambda n: [float("nan")] * n,
+    lambda n: [None] * n, lambda n: [float("inf")] * n, lambda n: [float("-inf")] * n,
+    lambda n: [-800.0] * n, lambda n: [1e308] * n, lambda n: None, lambda n: [],
+    lambda n: "not a list", lambda n: [0.1, None, float("nan"), 3.0] * n,
+)
+
 _ERRORS = (
     lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
     lambda: ValueError("zip() argument 2 is longer than argument 1"),
@@ -86,11 +108,14 @@ class ChaosEngine(ScriptedEngine):
 
     def __init__(self, seed: int = 0, *, p_raise: float = 0.1, p_stall: float = 0.05,
                  max_delay_s: float = 0.05, fragments: tuple[str, ...] = FRAGMENTS,
-                 max_fragments: int = 6, **kwargs):
-        self.seed, self.p_raise, self.p_stall = seed, p_raise, p_stall
-        self.fragments, self.max_fragments = fragments, max_fragments
+                 max_fragments: int = 6, p_none: float = 0.0, p_huge: float = 0.0,
+                 hostile_entropies: bool = False, **kwargs):
+        self.seed, self.p_raise, self.p_stall, self.p_none = seed, p_raise, p_stall, p_none
+        self.fragments, self.max_fragments, self.p_huge = fragments, max_fragments, p_huge
         self.max_delay_s = max_delay_s
+        self._latency = random.Random(seed)  # its own: a test's global random stays untouched
         super().__init__(self._text, delay_s=self._delay, **kwargs)
+        self.hostile_entropies = self.supports_logprobs = hostile_entropies
 
     def _rng(self, prompt, k: int, salt: str) -> random.Random:
         key = f"{self.seed}|{salt}|{k}|{prompt if isinstance(prompt, str) else list(prompt)}"
@@ -98,16 +123,20 @@ class ChaosEngine(ScriptedEngine):
 
     def _text(self, prompt: str, k: int) -> str:
         rng = self._rng(prompt, k, "text")
-        return "".join(rng.choice(self.fragments)
+        text = "".join(rng.choice(self.fragments)
                        for _ in range(rng.randint(0, self.max_fragments)))
+        return text + rng.choice(DEGENERATE) if rng.random() < self.p_huge else text
 
     def _delay(self, n_tokens: int) -> float:
-        return random.random() * self.max_delay_s
+        return self._latency.random() * self.max_delay_s
 
     def _fate(self, prompt, k: int) -> str:
         r = self._rng(prompt, k, "fate").random()
-        return "raise" if r < self.p_raise else "stall" if r < self.p_raise + self.p_stall else (
-            "ok")
+        for fate, p in (("raise", self.p_raise), ("stall", self.p_stall), ("none", self.p_none)):
+            if r < p:
+                return fate
+            r -= p
+        return "ok"
 
     def _one(self, prompt, p, deadline=None, aborted=None) -> Completion:
         with self._lock:
@@ -116,10 +145,16 @@ class ChaosEngine(ScriptedEngine):
         fate = self._fate(prompt, k)
         if fate == "raise":
             raise _ERRORS[self._rng(prompt, k, "error").randrange(len(_ERRORS))]()
-        if fate == "stall":  # ignores its deadline: only an abort ends it
-            (aborted or threading.Event()).wait(3600)
+        if fate == "stall":  # ignores its deadline: only an abort (or close()) ends it
+            self._sleep(3600, aborted)
             return Completion("", "length", 0)
-        return super()._one(prompt, p, deadline, aborted)
+        if fate == "none":
+            return None  # type: ignore[return-value]  # what a broken engine returns
+        c = super()._one(prompt, p, deadline, aborted)
+        if self.hostile_entropies and p.logprobs > 0:
+            draw = self._rng(prompt, k, "entropies").choice(HOSTILE_ENTROPIES)
+            c.entropies = draw(c.num_tokens)
+        return c
 
     def submit(self, prompt, params) -> Future:
         if self._rng(prompt, 0, "submit").random() < self.p_raise / 4:

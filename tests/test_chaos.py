@@ -1,9 +1,13 @@
 """Property-based chaos: a hostile engine (aimo_lib.chaos.ChaosEngine: broken fences, runaway
 and crashing code, odd boxes, NULs, special tokens, exceptions of many types, stalls, random
 latency) against both presets, both pipelines and two competitions' rules, and the same in
-gpt-oss's harmony dialect (forged tool replies, calls that never end, odd channels). Whatever
-it does, solve() returns, on time, an integer valid for the competition."""
+gpt-oss's harmony dialect (forged tool replies, calls that never end, odd channels); and
+(issue 22) huge degenerate texts, NaN/None/inf entropies, None for a completion, entropy and
+code weights with early stop rules. Whatever it does, solve() returns, on time, an integer
+valid for the competition, and an early stop answers the full weighted vote of the samples it
+had."""
 
+import threading
 import time
 
 import pytest
@@ -11,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
+from aimo_lib.answers import EarlyStop, vote
 from aimo_lib.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
+from aimo_lib.engines import GenerationParams
 from aimo_lib.gateway import validate_answer
 from aimo_lib.solver import ALLOWANCE_S
 
@@ -27,6 +33,14 @@ chaos = st.fixed_dictionaries({
     "harmony": st.lists(st.sampled_from(HARMONY_FRAGMENTS), min_size=1, max_size=12).map(tuple),
     "max_model_len": st.sampled_from([None, 60, 400]),
     "retry": st.sampled_from([0, 3]),  # a second wave where the first has no consensus
+    "p_none": st.sampled_from([0.0, 0.1]),  # None instead of a completion
+    "p_huge": st.sampled_from([0.0, 0.2, 0.6]),  # a huge degenerate text
+    "entropies": st.booleans(),  # NaN, None, inf, negative, huge, not-a-list entropies
+    "weights": st.sampled_from(["count", "tail_entropy", "mean_entropy"]),
+    "code_ok_weight": st.sampled_from([1.0, 3.0]),
+    "early_stop": st.sampled_from([None, EarlyStop(), EarlyStop(table=((2, 4),)),
+                                   EarlyStop("confidence", min_answers=2, min_share=0.5),
+                                   EarlyStop("unbeatable")]),
 })
 
 
@@ -40,14 +54,20 @@ chaos = st.fixed_dictionaries({
 def test_solve_survives_a_hostile_engine(sandbox, preset, dialect, pipeline, competition, draw):
     fragments = draw["harmony" if dialect == "harmony" else "fragments"]
     engine = ChaosEngine(draw["seed"], p_raise=draw["p_raise"], p_stall=draw["p_stall"],
-                         fragments=fragments, max_model_len=draw["max_model_len"])
+                         fragments=fragments, max_model_len=draw["max_model_len"],
+                         p_none=draw["p_none"], p_huge=draw["p_huge"],
+                         hostile_entropies=draw["entropies"])
+    weights = draw["weights"]
     config = SolverConfig.preset(
         preset, num_samples=4, max_rounds=3, max_new_tokens=40, code_timeout_s=0.5,
         pipeline=pipeline, competition=competition, dialect=dialect,
-        max_tool_calls=1 if dialect == "harmony" else None, retry_samples=draw["retry"])
+        max_tool_calls=1 if dialect == "harmony" else None, retry_samples=draw["retry"],
+        vote_weights=weights, logprobs_top_k=5 if weights != "count" else 0,
+        code_ok_weight=draw["code_ok_weight"], early_stop=draw["early_stop"])
     start = time.monotonic()
     try:
-        result = Solver(engine, sandbox, config).solve("What is 6 * 7?", time_limit_s=LIMIT_S)
+        solver = Solver(engine, sandbox, config)
+        result = solver.solve("What is 6 * 7?", time_limit_s=LIMIT_S)
     finally:
         engine.close()
     took = time.monotonic() - start
@@ -60,4 +80,25 @@ def test_solve_survives_a_hostile_engine(sandbox, preset, dialect, pipeline, com
     assert len(result.samples) in (4, 4 + draw["retry"])
     for s in result.samples:
         assert s.answer is None or validate_answer(s.answer, competition) == s.answer
+    assert result.error is None, result.error  # nothing broke down, even under all this
+    # the votes are the weighted vote of the samples, and an early stop changed nothing in it:
+    # it stopped where the counts' consensus and the weighted leader were one answer
+    full = solver.tally(result.samples)
+    assert (result.answer, result.votes) == (full.answer, full.votes)
+    if result.stopped_early:
+        assert vote([s.answer for s in result.samples], rules=config.rules).answer == \
+            result.answer
     result.to_json()  # the record is always writable
+
+
+def test_closing_the_engine_ends_its_stalled_requests():
+    # Stalled requests waited 3600 s past their test (an abort ended them, close() did not).
+    engine = ChaosEngine(0, p_raise=0.0, p_stall=1.0)
+    request = engine.submit("q", GenerationParams())
+    blocking = threading.Thread(target=engine.generate, args=(["q"], GenerationParams()))
+    blocking.start()
+    time.sleep(0.2)
+    engine.close()
+    assert request.result(timeout=5).num_tokens == 0
+    blocking.join(5)
+    assert not blocking.is_alive()

@@ -27,7 +27,8 @@ class ScriptedEngine(PoolEngine):
     first stop string (kept when the params say so) and at max_tokens, where a token is a
     whitespace-separated word. `delay_s` simulates latency per request (seconds, or a function
     of the completion's token count); like a real engine, a request stops early when it is
-    aborted or its deadline passes (it then returns no text, finish_reason "length").
+    aborted or its deadline passes (it then returns no text, finish_reason "length"), and
+    close() ends every request still waiting (no thread outlives the engine's use).
     """
 
     supports_deadline = True
@@ -43,7 +44,29 @@ class ScriptedEngine(PoolEngine):
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="scripted")
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._waiting: set[threading.Event] = set()  # what close() sets
+        self._closed = False
         self.calls = 0  # number of requests served
+
+    def _sleep(self, seconds: float, aborted: threading.Event | None) -> bool:
+        """Wait `seconds` as a request; True when it was aborted or the engine closed."""
+        event = aborted or threading.Event()
+        with self._lock:
+            if self._closed:
+                return True
+            self._waiting.add(event)
+        try:
+            return event.wait(seconds)
+        finally:
+            with self._lock:
+                self._waiting.discard(event)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, waiting = True, list(self._waiting)
+        for event in waiting:
+            event.set()
+        super().close()
 
     def _one(self, prompt: str, p: GenerationParams, deadline: float | None = None,
              aborted: threading.Event | None = None) -> Completion:
@@ -67,7 +90,7 @@ class ScriptedEngine(PoolEngine):
         delay = self.delay_s(n) if callable(self.delay_s) else self.delay_s
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - time.monotonic()))
-        if delay and (aborted or threading.Event()).wait(delay):
+        if delay and self._sleep(delay, aborted):
             return Completion("", "length", 0)  # aborted mid-generation
         if deadline is not None and time.monotonic() >= deadline and delay < (
                 self.delay_s(n) if callable(self.delay_s) else self.delay_s):
