@@ -287,9 +287,38 @@ class Solver:
                 request.future.set_exception(exc)
             pending[request.future] = (s, kind, request)
 
+        def take(future: Future) -> None:
+            """Read one finished request or code run and start the sample's next one."""
+            s, kind, _ = pending.pop(future)
+            if s.status != "running":
+                return
+            if future.cancelled():  # not by us (we abort only after this loop)
+                if kind == "code":
+                    return
+                action = self._take(run, s, EngineError(
+                    "the request was cancelled (the engine was closed under it?)"), kind)
+            elif kind == "code":
+                self._guard(run, s, lambda: self._append_output(s, *future.result()))
+                action = "step" if s.status == "running" else "done"
+            else:
+                exc = future.exception()
+                if exc is not None and _transient(exc) and not s.retried:
+                    s.retried = True  # once per sample: a flapping server gets no more
+                    self._guard(run, s, lambda: generate(s, kind))
+                    return
+                c = future.result() if exc is None else exc
+                action = self._take(run, s, EngineError(
+                    "the engine's request returned None, not a completion") if c is None
+                    else c, kind)
+            if action == "execute" and not self._out_of_time(run):
+                pending[self._pool.submit(self._run_code, run, s)] = (s, "code", None)
+            elif action in ("step", "answer", "resume", "continue"):
+                self._guard(run, s, lambda: generate(s, "step" if action == "continue"
+                                                     else action))
+
         for s in run.samples:
             self._guard(run, s, lambda s=s: generate(s, "step"))
-        while pending:
+        while pending and not run.stopped_early:
             left = _POLL_S if run.deadline is None else run.deadline - time.monotonic()
             done, _ = wait(pending, timeout=max(0.0, min(left, _POLL_S)),
                            return_when=FIRST_COMPLETED)
@@ -300,36 +329,13 @@ class Solver:
                 if self._out_of_time(run):
                     break
                 continue
-            for future in done:
-                s, kind, _ = pending.pop(future)
-                if s.status != "running":
-                    continue
-                if future.cancelled():  # not by us (we abort only after this loop)
-                    if kind == "code":
-                        continue
-                    action = self._take(run, s, EngineError(
-                        "the request was cancelled (the engine was closed under it?)"), kind)
-                elif kind == "code":
-                    self._guard(run, s, lambda s=s, f=future: self._append_output(s, *f.result()))
-                    action = "step" if s.status == "running" else "done"
-                else:
-                    exc = future.exception()
-                    if exc is not None and _transient(exc) and not s.retried:
-                        s.retried = True  # once per sample: a flapping server gets no more
-                        self._guard(run, s, lambda s=s, k=kind: generate(s, k))
-                        continue
-                    c = future.result() if exc is None else exc
-                    action = self._take(run, s, EngineError(
-                        "the engine's request returned None, not a completion") if c is None
-                        else c, kind)
-                if action == "execute" and not self._out_of_time(run):
-                    pending[self._pool.submit(self._run_code, run, s)] = (s, "code", None)
-                elif action in ("step", "answer", "resume", "continue"):
-                    self._guard(run, s, lambda s=s, a=action: generate(
-                        s, "step" if a == "continue" else a))
-            running = sum(s.status == "running" for s in run.samples)
-            if running and self._consensus(run, pending=running):
-                break
+            # One at a time in sample order, the consensus looked at after each: which samples
+            # an early stop counts must not depend on how many a busy machine hands back at once
+            for future in sorted(done, key=lambda f: pending[f][0].index):
+                take(future)
+                running = sum(s.status == "running" for s in run.samples)
+                if running and self._consensus(run, pending=running):
+                    break
         for future, (_, _, request) in pending.items():  # stragglers: stop generating
             try:
                 if request is not None:

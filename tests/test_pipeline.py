@@ -3,13 +3,14 @@ the run budget. ScriptedEngine with simulated latencies, real code execution."""
 
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import EarlyStop, decided
 from aimo_lib.budget import TimeBudget
-from aimo_lib.engines import ScriptedEngine
+from aimo_lib.engines import Request, ScriptedEngine
 
 OUT = "```output\n"
 ASSISTANT = "<|im_start|>assistant\n"
@@ -135,6 +136,22 @@ def test_early_stop_between_rounds(sandbox):
     res = Solver(engine, sandbox, cfg(8, pipeline="rounds", stop_at_boxed=False)).solve("q")
     assert res.stopped_early and res.votes == {5: 4.0} and engine.calls == 8  # no round 2
     assert sorted(s.status for s in res.samples) == ["answered"] * 4 + ["cancelled"] * 4
+
+
+def test_async_early_stop_does_not_depend_on_how_many_finish_at_once(sandbox):
+    # A busy machine hands back many finished requests at once: they were all read before the
+    # consensus was looked at, so 8 agreeing samples that came back together never stopped
+    # early (and a test of the second wave's early stop failed on a loaded machine).
+    class AllAtOnce(ScriptedEngine):
+        def submit(self, prompt, params):  # finished before the solver waits for it
+            future = Future()
+            future.set_result(self._one(prompt, params))
+            return Request(future)
+
+    res = Solver(AllAtOnce(lambda p, k: "\\boxed{5}"), sandbox,
+                 cfg(8, pipeline="async", stop_at_boxed=False)).solve("q")
+    assert res.stopped_early and res.votes == {5: 4.0}  # "4 of <=4": samples 0-3, in order
+    assert [s.status for s in res.samples] == ["answered"] * 4 + ["cancelled"] * 4
 
 
 def test_early_stop_off_waits_for_everyone(sandbox):
