@@ -303,9 +303,13 @@ def test_vllm_engine_configuration_on_2xT4(fake_vllm, monkeypatch):
                           enable_prefix_caching=True, seed=7, disable_custom_all_reduce=True,
                           attention_backend="TRITON_ATTN")
     assert engine.max_model_len == 4096 and engine.supports_deadline
-    VLLMEngine("m", async_mode=True)
-    (name, kwargs), = [c for c in fake_vllm.calls if c[0] == "AsyncLLMEngine.from_engine_args"]
-    assert kwargs["tensor_parallel_size"] == 2 and kwargs["dtype"] == "float16"
+    engine.close()
+    with VLLMEngine("m", async_mode=True) as engine:  # its event loop's thread ends with it
+        (name, kwargs), = [c for c in fake_vllm.calls
+                           if c[0] == "AsyncLLMEngine.from_engine_args"]
+        assert kwargs["tensor_parallel_size"] == 2 and kwargs["dtype"] == "float16"
+        thread = engine._thread
+    assert not thread.is_alive()
 
 
 def test_engine_spec_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
@@ -344,6 +348,18 @@ def test_engine_spec_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
         engines.EngineSpec("tgi")
     with pytest.raises(ValueError, match="base URL"):
         engines.EngineSpec("openai")
+
+
+def test_hf_engine_threads_apply_to_its_own_generation_only():
+    torch = pytest.importorskip("torch")
+    from aimo_lib.engines.hf import _cpu_threads
+
+    before = torch.get_num_threads()
+    with _cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with _cpu_threads(None):
+        assert torch.get_num_threads() == before
 
 
 def test_vllm_engine_without_vllm_says_what_to_do(monkeypatch):

@@ -3,6 +3,7 @@ every adapter survive hostile model output, engine faults and deadlines). Script
 hand-written faulty engines, real code execution, Kaggle's API stand-ins."""
 
 import sys
+import threading
 import time
 
 import pytest
@@ -238,16 +239,21 @@ def test_each_block_timeout_is_cut_to_the_time_left(sandbox):
 
 
 def test_an_engine_that_claims_deadlines_but_ignores_them_is_abandoned(sandbox):
+    released = threading.Event()  # at the test's end, so that its thread does not outlive it
+
     class Liar(ScriptedEngine):
         supports_deadline = True
 
         def generate(self, prompts, params, deadline=None):
-            time.sleep(30)
+            released.wait(30)
             return super().generate(prompts, params)
 
     start = time.monotonic()
-    res = Solver(Liar(lambda p, k: "\\boxed{1}"), sandbox, cfg(2, pipeline="rounds")).solve(
-        "q", time_limit_s=1.0)
+    try:
+        res = Solver(Liar(lambda p, k: "\\boxed{1}"), sandbox, cfg(2, pipeline="rounds")
+                     ).solve("q", time_limit_s=1.0)
+    finally:
+        released.set()
     assert time.monotonic() - start < 1.0 + ALLOWANCE_S and res.fallback and res.timed_out
 
 

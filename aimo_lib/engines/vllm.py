@@ -123,8 +123,14 @@ class VLLMEngine(Engine):
                 shutdown()
         except Exception:  # noqa: BLE001 - already down, or half built
             pass
-        if self.async_mode and getattr(self, "_loop", None) is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = getattr(self, "_loop", None)
+        if self.async_mode and loop is not None and not loop.is_closed():
+            # The loop's thread ends with the loop: joined, so that no engine thread lives on
+            # into whatever runs next (it did, through a whole test suite).
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                loop.close()
         self.llm = self.engine = None
         self._reaper.stop()  # whatever the shutdown left behind
 
