@@ -295,7 +295,7 @@ def _pyplot():
 
 def _save(plt, fig, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # an outside legend stays in the picture
     plt.close(fig)
     return path
 
@@ -361,35 +361,38 @@ def _k_axis(ax, ks: list[int]) -> None:
 def plot_stopping(rows: list[dict], path: str, title: str, target: tuple[float, float] | None
                   = (50.0, 99.0)) -> str | None:
     """The stopping-rule comparison: tokens saved (%) against agreement with the full vote (%),
-    one point per rule (rows: {"label", "tokens_saved", "agreement"} in percent, optional
-    "agreement_ci": (low, high) drawn as error bars, "group" for the marker); `target`: the
-    corner a rule must reach (tokens saved, agreement), shaded."""
+    one point per rule and mode (rows: {"label": the rule, "group": how samples are started,
+    "tokens_saved", "agreement"} in percent, optional "agreement_ci": (low, high) drawn as
+    error bars). Colour: the group; marker: the rule. `target`: the corner a rule must reach
+    (tokens saved, agreement), shaded."""
     plt = _pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     groups = list(dict.fromkeys(r.get("group", "") for r in rows))
-    markers = "osD^v<>P*X"
-    for g, marker in zip(groups, markers * 3, strict=False):
-        mine = [r for r in rows if r.get("group", "") == g]
-        for r in mine:
-            ci = r.get("agreement_ci")
-            yerr = None if ci is None else [[r["agreement"] - ci[0]], [ci[1] - r["agreement"]]]
-            ax.errorbar(r["tokens_saved"], r["agreement"], yerr=yerr, fmt=marker, capsize=3,
-                        color=f"C{groups.index(g)}", label=g or None)
-            ax.annotate(r["label"], (r["tokens_saved"], r["agreement"]), fontsize=6.5,
-                        xytext=(4, 3), textcoords="offset points")
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    markers = "osD^v<>PX*hH8p"
+    for r in rows:
+        ci = r.get("agreement_ci")
+        yerr = None if ci is None else [[r["agreement"] - ci[0]], [ci[1] - r["agreement"]]]
+        ax.errorbar(r["tokens_saved"], r["agreement"], yerr=yerr, capsize=2, elinewidth=0.8,
+                    fmt=markers[labels.index(r["label"]) % len(markers)], markersize=6,
+                    color=f"C{groups.index(r.get('group', ''))}", alpha=0.85)
     if target is not None:
-        ax.fill_between([target[0], 100], target[1], 100.5, color="green", alpha=0.08,
-                        label=f"target: >= {target[0]:g}% saved at >= {target[1]:g}%")
-    lows = [r.get("agreement_ci", (r["agreement"],))[0] for r in rows] + [r["agreement"]
-                                                                           for r in rows]
-    ax.set(xlim=(0, 100), ylim=(max(0.0, min(lows) - 2), 100.5), xlabel="tokens saved (%)",
+        ax.fill_between([target[0], 100], target[1], 100.5, color="green", alpha=0.08)
+    lows = [r.get("agreement_ci", (r["agreement"],))[0] for r in rows]
+    ax.set(xlim=(0, 100), ylim=(max(0.0, min(lows) - 1), 100.5), xlabel="tokens saved (%)",
            ylabel="agreement with the full vote (%)", title=title)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    if unique:
-        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower left")
+    handles = [Line2D([], [], color=f"C{i}", lw=6, label=g or "rules")
+               for i, g in enumerate(groups)]
+    handles += [Line2D([], [], color="grey", ls="", marker=markers[i % len(markers)], label=lab)
+                for i, lab in enumerate(labels)]
+    if target is not None:
+        handles.append(Line2D([], [], color="green", alpha=0.3, lw=6, label=f"target: >= "
+                              f"{target[0]:g}% saved at >= {target[1]:g}% agreement"))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
 

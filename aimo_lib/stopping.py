@@ -28,9 +28,10 @@ online mode sets the threshold from such warm-up traces of the same problem).
 
 `replay` plays a recorded problem (every sample generated to its end, early stop off) under a
 rule: the samples run in waves of `wave` (None: all at once, as the solver runs them; 1: one
-after another, Adaptive-Consistency's setting), every running sample generates one token per
-step (one decoding speed for all: continuous batching), the rule is asked each time a sample
-finishes, and a stop cancels what is still running, keeping the tokens it had generated.
+after another, Adaptive-Consistency's setting; a list of sizes: those waves, e.g. [4, 12] for
+four samples and, unless they settle it, the other twelve), every running sample generates one
+token per step (one decoding speed for all: continuous batching), the rule is asked each time a
+sample finishes, and a stop cancels what is still running, keeping the tokens it had generated.
 """
 
 from __future__ import annotations
@@ -195,12 +196,21 @@ def majority(answers: Sequence[int | None]) -> int | None:
     return max(counts, key=counts.__getitem__) if counts else None
 
 
-def replay(traces: Sequence[Trace], rule: StopRule, wave: int | None = None) -> Replay:
+def replay(traces: Sequence[Trace], rule: StopRule,
+           wave: int | Sequence[int] | None = None) -> Replay:
     """Play the recorded samples of one problem under `rule`, in their order, `wave` at a time
-    (None: all at once); see the module docstring. The answer is the majority of the samples
-    counted, in their order (ties as the solver breaks them)."""
+    (None: all at once; a list: waves of those sizes, the last taking what is left); see the
+    module docstring. The answer is the majority of the samples counted, in their order (ties
+    as the solver breaks them)."""
     n = len(traces)
-    wave = n if wave is None or wave >= n else max(1, wave)
+    if wave is None or isinstance(wave, int):
+        size = n if wave is None or wave >= n else max(1, wave)
+        starts = list(range(0, n, size))
+    else:
+        starts = [0]
+        for w in wave:
+            if starts[-1] + max(1, w) < n:
+                starts.append(starts[-1] + max(1, w))
     # each sample's length under the rule, and whether the trace rule stopped it
     ends = []
     for i, t in enumerate(traces):
@@ -210,8 +220,8 @@ def replay(traces: Sequence[Trace], rule: StopRule, wave: int | None = None) -> 
     counted: list[int] = []  # indices whose answers count, in finish order
     counts: dict[int, int] = {}
     tokens = finished = 0
-    for first in range(0, n, wave):
-        members = list(range(first, min(n, first + wave)))
+    for first, end in zip(starts, starts[1:] + [n], strict=True):
+        members = list(range(first, end))
         later = n - members[-1] - 1
         # finish order inside the wave: shortest first, ties by index
         order = sorted(members, key=lambda i: (ends[i][0], i))

@@ -11,7 +11,10 @@ it is not cached), the same problems and seeds for every arm, N and M equal:
 - default: ours (stop at the first answer, consensus early stop, async, stateful code);
 - aimo3_style: the AIMO 3 public notebooks' decoding (the aimo3_gpt_oss preset's policy: early
   stop at 4 of 8, votes weighted by tail entropy, a second wave of N with the candidates when
-  the first has no consensus) in the dialect this model speaks (ToRA, not harmony).
+  the first has no consensus) in the dialect this model speaks (ToRA, not harmony);
+- two_waves: default, but 4 samples first and the other N-4 only when those 4 do not all agree
+  (the solver's second wave with no candidates in its prompt: a plain resample), the stopping
+  mode that saves half the tokens in bench/stopping.py's replay; at most N samples.
 
 Every arm gets the model's own chat template (prompt_template auto) and the AIMO-1 answer rules
 (mod 1000; the seed's preset has no other). Problems are solved one at a time (as on Kaggle),
@@ -48,7 +51,7 @@ from aimo_lib.config import RunConfig  # noqa: E402
 from aimo_lib.evaluation import eval_runner, plot_presets, run_eval  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
 
-ARMS = ("numina_aimo1", "default", "aimo3_style")
+ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
 BASELINE = "numina_aimo1"
 
 
@@ -60,7 +63,11 @@ def arm_configs(n: int, m: int, tokens: int, temperature: float,
                   prompt_template="auto", competition="aimo1")
     out = {}
     for arm in arms:
-        if arm == "aimo3_style":  # the AIMO 3 preset's policy in the ToRA dialect, at this size
+        if arm == "two_waves":  # 4 samples; the other N-4 only if the 4 do not all agree
+            out[arm] = SolverConfig.preset(
+                "default", **{**common, "num_samples": min(4, n)}, retry_samples=max(0, n - 4),
+                retry_candidates=0, retry_below=1.0)
+        elif arm == "aimo3_style":  # the AIMO 3 preset's policy in the ToRA dialect, at this size
             out[arm] = SolverConfig.preset(
                 "aimo3_gpt_oss", dialect="tora", max_tool_calls=None, sample_max_tokens=None,
                 code_timeout_s=5.0, max_output_chars=1000, retry_samples=n,
@@ -105,7 +112,7 @@ def run(args) -> dict:
             "load_before": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "arms": {a: c.to_dict() for a, c in configs.items()}}
     with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, default=str)
+        json.dump(meta, f, indent=2, default=str)  # again at the end, with the run's facts
     summaries = {}
     start = time.time()
     with run_config.engine.build() as engine, Sandbox() as sandbox:
@@ -122,15 +129,39 @@ def run(args) -> dict:
                 if (p.id, s) not in done[arm]:
                     runners[arm].solve(p.problem, p.id, seed=s, record={"truth": p.answer})
             print(f"[bench] {n}/{len(todo)} solves per arm done", file=sys.stderr, flush=True)
+        meta["seconds"] = round(time.time() - start)
+        meta["load_after"] = os.getloadavg()[0]
         for arm, runner in runners.items():  # everything is recorded: this only summarises
             arm_meta = {"dataset": "toy_heldout", "model": meta["model"], "arm": arm,
                         "engine": meta["engine"], "seeds": seeds,
                         "solver": configs[arm].to_dict()}
             summaries[arm] = run_eval(problems, runner, seeds, os.path.join(args.out, arm),
                                       arm_meta, progress=False)
-    meta["seconds"] = round(time.time() - start)
-    meta["load_after"] = os.getloadavg()[0]
+        meta["engine_profile"] = engine_profile(engine)
+    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, default=str)
     return report(args, meta, problems, seeds, summaries)
+
+
+def engine_profile(engine, tokens: int = 30) -> dict[int, list[float]]:
+    """k -> [seconds, mean tokens generated] for k requests of up to `tokens` tokens at once
+    (k = 1, 4, 8, 16; the best of 3): what a sample that the vote does not need costs."""
+    from aimo_lib.engines import GenerationParams
+
+    prompt = engine.apply_chat_template([{"role": "user", "content": "What is 19 * 23?"}])
+    out = {}
+    for k in (1, 4, 8, 16):
+        best = [float("inf"), 0.0]
+        for attempt in range(3):
+            params = [GenerationParams(max_tokens=tokens, temperature=0.7, seed=attempt * 100 + i)
+                      for i in range(k)]
+            start = time.perf_counter()
+            done = engine.generate([prompt] * k, params)
+            took = time.perf_counter() - start
+            if took < best[0]:
+                best = [took, statistics.mean(c.num_tokens for c in done)]
+        out[k] = best
+    return out
 
 
 def warm_up(engine, sandbox, configs: dict) -> None:
@@ -162,6 +193,9 @@ def per_problem(summary_dir: str, problems) -> dict[str, dict[str, float]]:
             "code": statistics.mean(sum(len(s["code_calls"]) for s in x["samples"])
                                     for x in res),
             "stopped": statistics.mean(float(x["stopped_early"]) for x in res),
+            # the longest sample's tokens: the sequential decoding a problem cannot avoid
+            "longest": statistics.mean(max((s["tokens"] for s in x["samples"]), default=0)
+                                       for x in res),
             "retried": statistics.mean(float(any(s.get("wave") for s in x["samples"]))
                                        for x in res)}
     return out
@@ -184,25 +218,35 @@ def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
             "delta_ci": [100 * x for x in diff_ci([base[i]["correct"] for i in ids],
                                                   col("correct"))],
             "seconds": secs, "tokens": tokens, "code_executions": statistics.mean(col("code")),
+            "longest_sample_tokens": statistics.mean(col("longest")),
             "stopped_early": 100 * statistics.mean(col("stopped")),
             "retried": 100 * statistics.mean(col("retried")),
             "finished_samples": summaries[arm]["finished_samples_per_problem"],
             "speedup": base_secs / secs,
             "speedup_ci": list(ratio_ci([base[i]["seconds"] for i in ids], col("seconds"))),
             "token_ratio": statistics.mean(base[i]["tokens"] for i in ids) / max(tokens, 1e-9)})
-    n, m = args.num_samples, args.max_rounds
+    base_cfg = meta["arms"][BASELINE]
+    n, m = base_cfg["num_samples"], base_cfg["max_rounds"]
     print(f"\n## presets: {len(ids)} held-out toy problems (bench/data/toy_heldout.jsonl) x "
-          f"seeds {seeds}, N={n}, M={m}, {args.max_new_tokens} tokens per step, "
-          f"T={args.temperature}; {meta['model']} on {meta['engine']}; {meta['machine']}; "
-          f"load {meta['load_before']:.2f} before, {meta['load_after']:.2f} after; "
-          f"{meta['seconds']} s")
+          f"seeds {seeds}, N={n}, M={m}, {base_cfg['max_new_tokens']} tokens per step, "
+          f"T={base_cfg['temperature']}; {meta['model']} on {meta.get('engine')}; "
+          f"{meta['machine']}; started {meta['started']}, load {meta['load_before']:.2f} "
+          f"before, {meta.get('load_after', float('nan')):.2f} after; {meta.get('seconds')} s")
     print(f"{'arm':<14}{'maj@N':>7}{'95% CI':>14}{'vs seed':>9}{'95% CI':>16}{'s/problem':>11}"
-          f"{'tokens':>8}{'code':>6}{'early':>7}{'retry':>7}{'speedup':>9}{'95% CI':>14}")
+          f"{'tokens':>8}{'longest':>9}{'code':>6}{'early':>7}{'retry':>7}{'speedup':>9}"
+          f"{'95% CI':>14}")
     for r in table:
         print(f"{r['arm']:<14}{r['accuracy']:>6.1f}%{_ci(r['accuracy_ci']):>14}"
               f"{r['delta_vs_baseline']:>+8.1f}{_ci(r['delta_ci']):>16}{r['seconds']:>11.2f}"
-              f"{r['tokens']:>8.0f}{r['code_executions']:>6.1f}{r['stopped_early']:>6.0f}%"
-              f"{r['retried']:>6.0f}%{r['speedup']:>8.2f}x{_ci(r['speedup_ci'], 'x'):>14}")
+              f"{r['tokens']:>8.0f}{r['longest_sample_tokens']:>9.1f}{r['code_executions']:>6.1f}"
+              f"{r['stopped_early']:>6.0f}%{r['retried']:>6.0f}%{r['speedup']:>8.2f}x"
+              f"{_ci(r['speedup_ci'], 'x'):>14}")
+    profile = meta.get("engine_profile")
+    if profile:
+        print("engine: k requests at once, seconds (tokens each): " + ", ".join(
+            f"k={k}: {v[0]:.2f} s ({v[1]:.0f})" for k, v in profile.items())
+            + "; where k barely changes the time, a sample the vote did not need cost tokens, "
+            "not time")
     result = {"meta": meta, "table": table}
     with open(os.path.join(args.out, "presets.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
@@ -247,10 +291,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/bench-presets")
     ap.add_argument("--resume", action="store_true",
                     help="keep what --out already holds (default: start afresh)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the table of what --out holds (solves nothing)")
     args = ap.parse_args(argv)
     if args.quick:
         args.problems = args.problems or 4
         args.seeds, args.num_samples = 1, 4
+    if args.report_only:
+        with open(os.path.join(args.out, "config.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        summaries = {}
+        for arm in meta["arms"]:
+            with open(os.path.join(args.out, arm, "summary.json"), encoding="utf-8") as f:
+                summaries[arm] = json.load(f)
+        problems = bench_model.load_heldout(limit=meta["problems"])
+        return report(args, meta, problems, meta["seeds"], summaries)
     return run(args)
 
 

@@ -14,14 +14,16 @@ Each is an `aimo eval` run folder (records, config, summary, report, plots); str
 adds each sample's token entropies, which the records leave out.
 
 Replay (aimo_lib.stopping.replay): each problem's samples are played under each rule, all at
-once as the solver runs them ("parallel": every running sample generates one token per step,
+once as the solver runs them ("all at once": every running sample generates one token per step,
 the rule is asked as each finishes, a stop cancels the rest and keeps what they had generated),
-in waves of 4, and one at a time (Adaptive-Consistency's setting), over 20 seeded orders of the
+four and then the rest unless the four settle it (the solver's second wave can do this), in
+waves of 4, and one at a time (Adaptive-Consistency's setting), over 20 seeded orders of the
 samples. Tokens saved: the mean over problems of 1 - tokens generated / tokens of the full run;
 agreement: the stopped vote equals the vote over every sample (in the same order), with a 95%
-bootstrap interval over problems. DeepConf's trace stop needs a threshold: it is set from the
-entropy of the OTHER half of the problems (two folds by problem), never from the problems it
-is scored on. Then: the entropy of right and wrong answers (AUROC), the vote's accuracy under
+bootstrap interval over problems. DeepConf's trace stop needs a threshold: from the first four
+samples of the same problem (its warm-up, never stopped) where the mode has them; all at once,
+from the entropy of the OTHER half of the problems (two folds by problem), never from the
+problem scored. Then: the entropy of right and wrong answers (AUROC), the vote's accuracy under
 each weighting, and what the second wave buys per extra sample against plain extra samples.
 """
 
@@ -51,7 +53,10 @@ from aimo_lib.sandbox import Sandbox  # noqa: E402
 from aimo_lib.stopping import StopRule, Trace, majority, replay  # noqa: E402
 
 ORDERS = 20  # seeded orders of each problem's samples (the waves' and ties' order)
-MODES = {"parallel": None, "waves of 4": 4, "one at a time": 1}
+# how the samples are started: all at once (the solver today), four and then the rest unless
+# the four settle it (the solver's second wave can do this: bench/presets.py's two_waves arm),
+# waves of four, one at a time (Adaptive-Consistency's setting)
+MODES = {"all at once": None, "4, then the rest": [4], "waves of 4": 4, "one at a time": 1}
 
 
 # ---------------------------------------------------------------- recording
@@ -161,7 +166,7 @@ def deepconf_threshold(rows: list[dict], n: int, window: int, keep: float) -> fl
     return worst[min(len(worst) - 1, int(keep * len(worst)))]
 
 
-def deepconf(base: StopRule, window: int, wave: int | None, n: int, folds, fold_of
+def deepconf(base: StopRule, window: int, wave, n: int, folds, fold_of
              ) -> list[tuple[str, object]]:
     """DeepConf's trace stop on top of `base`, with its threshold set as DeepConf sets it where
     the mode allows: from warm-up samples of the same problem (the first wave, or the first 4
@@ -178,7 +183,7 @@ def deepconf(base: StopRule, window: int, wave: int | None, n: int, folds, fold_
                             base.kind, threshold=base.threshold, window=window,
                             max_entropy=cut[fold_of[k]])))
         return out
-    warm = max(wave, 4)
+    warm = 4  # the first wave (or the first four drawn one at a time)
     for name, pick in (("strict", max), ("median", statistics.median)):
         def rule_for(k, order, pick=pick):
             worst = [max_window_entropy(t.entropies, window) for t in order[:warm]
@@ -222,7 +227,7 @@ def bench_stopping(args, rows: list[dict], n: int) -> list[dict]:
     results = []
     print(f"\n## stopping rules: {len(rows)} recorded problems x seeds, N={n} samples each, "
           f"replayed over {ORDERS} orders; target >= 50% tokens saved at >= 99% agreement")
-    print(f"{'rule':<44}{'mode':<15}{'tokens saved':>13}{'samples saved':>14}"
+    print(f"{'rule':<52}{'mode':<17}{'tokens saved':>13}{'samples saved':>14}"
           f"{'agreement':>10}{'95% CI':>16}{'accuracy':>9}")
     ids = sorted({r["id"] for r in rows})  # folds by problem: no seed of it calibrates it
     fold_of = [ids.index(r["id"]) % 2 for r in rows]
@@ -237,7 +242,7 @@ def bench_stopping(args, rows: list[dict], n: int) -> list[dict]:
             s.update(label=label, group=mode, n=n)
             results.append(s)
             ci = s["agreement_ci"]
-            print(f"{label:<44}{mode:<15}{s['tokens_saved']:>12.1f}%{s['samples_saved']:>13.1f}%"
+            print(f"{label:<52}{mode:<17}{s['tokens_saved']:>12.1f}%{s['samples_saved']:>13.1f}%"
                   f"{s['agreement']:>9.2f}%{f'[{ci[0]:.1f}, {ci[1]:.1f}]':>16}"
                   f"{s['accuracy']:>8.1f}%")
     full = results[0]["full_accuracy"]
@@ -418,10 +423,15 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"stopping": {}, "confidence": {}}
     for size in sorted({n, n // 2}, reverse=True):
         result["stopping"][size] = bench_stopping(args, streams, size)
-        plot_stopping([r for r in result["stopping"][size]],
+        shown = ("table 4/4, 5/7, 6/9", "table 3/3, 4/5, 5/7, 6/9", "beta 0.9", "beta 0.95",
+                 "beta 0.99", "share 0.75 (>= 4)", "unbeatable only")
+        deepconf = [r for r in result["stopping"][size] if "DeepConf H16" in r["label"] and (
+            "strict" in r["label"] or "keep 90%" in r["label"]) and "beta" in r["label"]]
+        plot_stopping([r for r in result["stopping"][size] if r["label"] in shown]
+                      + [{**r, "label": "beta 0.95 + DeepConf H16"} for r in deepconf],
                       os.path.join(args.out, f"stopping_n{size}.png"),
-                      f"stopping rules: toy held-out ({len(streams)} problems x seeds), "
-                      f"benchmark model, N={size}")
+                      f"stopping rules: toy held-out ({len(streams)} problem-seeds),\n"
+                      f"benchmark model, N={size}, replayed")
         result["confidence"][size] = bench_confidence(streams, size)
     result["retry"] = bench_retry(streams, retry_rows, n)
     with open(os.path.join(args.out, "stopping.json"), "w", encoding="utf-8") as f:

@@ -131,6 +131,7 @@ def test_presets_bench_quick_runs_on_one_engine(tiny_model, tmp_path):
     last = r.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup \d+\.\d\dx at accuracy \d+\.\d% vs \d+\.\d%", last), last
     result = json.load(open(out / "presets.json"))
-    assert [row["arm"] for row in result["table"]] == ["numina_aimo1", "default", "aimo3_style"]
-    for arm in ("numina_aimo1", "default", "aimo3_style"):  # each arm an aimo eval folder
+    arms = ["numina_aimo1", "default", "aimo3_style", "two_waves"]
+    assert [row["arm"] for row in result["table"]] == arms
+    for arm in arms:  # each arm an aimo eval folder
         assert (out / arm / "summary.json").exists() and (out / arm / "config.json").exists()

@@ -100,8 +100,11 @@ def test_cut_at_is_the_first_window_above_the_threshold(quarters, window, limit)
     assert cut_at(entropies, window, threshold) == expected
 
 
+waves_st = st.one_of(st.none(), st.integers(1, 5), st.lists(st.integers(1, 5), max_size=3))
+
+
 @settings(max_examples=200)
-@given(traces_st, st.one_of(st.none(), st.integers(1, 5)))
+@given(traces_st, waves_st)
 def test_stopping_only_when_nothing_can_change_keeps_the_full_vote(traces, wave):
     full = majority([t.answer for t in traces])
     r = replay(traces, StopRule("none"), wave=wave)
@@ -109,7 +112,7 @@ def test_stopping_only_when_nothing_can_change_keeps_the_full_vote(traces, wave)
     assert r.tokens <= sum(t.tokens for t in traces)
 
 
-@given(traces_st, st.one_of(st.none(), st.integers(1, 5)),
+@given(traces_st, waves_st,
        st.sampled_from([StopRule("table"), StopRule("beta"),
                         StopRule("share", threshold=0.7, min_answers=3)]))
 def test_a_replay_never_costs_more_than_generating_everything(traces, wave, rule):
@@ -131,6 +134,12 @@ def test_a_parallel_stop_keeps_the_stragglers_partial_tokens():
     assert (r.samples, r.tokens) == (4, 100)
     # in waves of 4: the first wave decides at its last sample
     assert replay(traces, StopRule("table"), wave=4).tokens == 100
+    assert replay(traces, StopRule("table"), wave=[4, 4]).tokens == 100
+    split = [Trace(a, 10) for a in (1, 2, 1, 2, 1, 1, 1, 1)]
+    # four, then (no 4 of 4) the other four all at once: the table's 5 of 7 stops the second
+    # wave when its third sample finishes (they all end at step 10: ties by index)
+    r = replay(split, StopRule("table"), wave=[4])
+    assert (r.samples, r.tokens, r.answer) == (7, 80, 1)
 
 
 def test_a_trace_stopped_for_low_confidence_saves_its_tokens_and_loses_its_vote():
