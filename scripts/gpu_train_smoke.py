@@ -66,7 +66,7 @@ def main() -> int:
     import kto
     import sft
 
-    from aimo_lib.kaggle import NotebookConfig, make_solve_fn
+    from aimo_lib.kaggle import load_config, make_runner
     from aimo_lib.prompts import render_prompt
 
     work = tempfile.mkdtemp(prefix="gpu-train-")
@@ -105,14 +105,13 @@ def main() -> int:
     print(f"KTO: {k['steps']} steps in {time.perf_counter() - start:.1f} s, rewards "
           f"{k['last_logged_rewards']}", flush=True)
 
-    config = NotebookConfig(model=f"{work}/sft", engine="hf", competition="aimo3",
-                            num_samples=8, max_rounds=2, max_new_tokens=64,
-                            out_dir=f"{work}/submission")
-    solve = make_solve_fn(config)
+    config = load_config(model=f"{work}/sft", engine="hf", competition="aimo3",
+                         num_samples=8, max_rounds=2, max_new_tokens=64,
+                         out_dir=f"{work}/submission")
     start = time.perf_counter()
-    result = solve("What is 5 + 5?", "p1")
+    with make_runner(config) as runner:
+        result = runner.solve("What is 5 + 5?", "p1").result
     took = time.perf_counter() - start
-    solve.close()
     print(f"served: prompt {result.prompt!r}, answer {result.answer}, "
           f"{result.tokens_generated} tokens in {took:.1f} s", flush=True)
     if render_prompt("numina", "What is 5 + 5?") not in result.prompt or result.error:

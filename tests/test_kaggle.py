@@ -1,5 +1,5 @@
 """The local gateway, the Kaggle API adapters (through stand-ins written from the documented
-contracts, in tests/kaggle_standins), the kernel metadata and the aimo-kaggle CLI."""
+contracts, shipped in aimo_lib/standins), the kernel metadata and the aimo-kaggle CLI."""
 
 import csv
 import importlib
