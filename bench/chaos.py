@@ -2,6 +2,7 @@
 
     python bench/chaos.py                  # 40 problems per row, about 14 minutes on 2 cores
     python bench/chaos.py --problems 10 --limit 1.5
+    python bench/chaos.py --rows hostile   # only the rows of issue 22's generators
 
 Each problem is solved with `time_limit_s=--limit` by aimo_lib.chaos.ChaosEngine (simulated:
 broken fences, runaway/crashing/flooding code, odd boxes, exceptions of eight types, requests
@@ -71,7 +72,10 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=40, help="problems per row")
     ap.add_argument("--limit", type=float, default=2.0, help="time_limit_s per problem")
+    ap.add_argument("--rows", default="chaos,hostile",
+                    help="which engines besides the baseline: chaos, hostile (comma-separated)")
     args = ap.parse_args()
+    kinds = set(args.rows.split(","))
     chaos = lambda i: ChaosEngine(i, p_raise=0.15, p_stall=0.1, max_delay_s=0.2)
     hostile = lambda i, **kw: ChaosEngine(i, p_raise=0.15, p_stall=0.1, max_delay_s=0.2,
                                           p_none=0.1, p_huge=0.3, hostile_entropies=True, **kw)
@@ -87,10 +91,11 @@ def main() -> None:
             base = measure(slow, "default", pipeline, max(5, args.problems // 4), args.limit,
                            sandbox)
             rows = [("baseline", "default", base)]
-            for preset in ("default", "numina_aimo1"):
+            for preset in ("default", "numina_aimo1") if "chaos" in kinds else ():
                 rows.append(("chaos", preset, measure(chaos, preset, pipeline, args.problems,
                                                       args.limit, sandbox)))
-            for preset in ("default", "numina_aimo1", "aimo3_gpt_oss"):
+            for preset in ("default", "numina_aimo1", "aimo3_gpt_oss") if "hostile" in kinds \
+                    else ():
                 rows.append(("hostile", preset, measure(
                     harmony if preset == "aimo3_gpt_oss" else hostile, preset, pipeline,
                     args.problems, args.limit, sandbox, **HOSTILE[preset])))
