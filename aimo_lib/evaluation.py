@@ -411,8 +411,8 @@ def plot_presets(rows: list[dict], path: str, title: str) -> str | None:
         ax.errorbar(r["tokens"], r["accuracy"], yerr=yerr, fmt="o", capsize=4, color=f"C{i}",
                     label=r["label"])
         note = r["label"] + (f", {r['seconds']:.2f} s" if "seconds" in r else "")
-        ax.annotate(note, (r["tokens"], r["accuracy"]), fontsize=7, xytext=(5, 4),
-                    textcoords="offset points")
+        ax.annotate(note, (r["tokens"], r["accuracy"]), fontsize=7, rotation=30,
+                    xytext=(4, 6 if i % 2 == 0 else -14), textcoords="offset points")
     ax.set(ylim=(0, 100), xlim=(0, max(r["tokens"] for r in rows) * 1.25),
            xlabel="tokens generated per problem", ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
