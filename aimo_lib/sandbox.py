@@ -26,8 +26,9 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from .pools import prestarted_pool
 
 __all__ = ["DEFAULT_PRELOAD", "ExecutionResult", "Isolation", "Sandbox", "SandboxError", "Session",
            "clip_middle", "truncation_marker"]
@@ -260,7 +261,7 @@ class Sandbox:
         self._workers: list[_Worker | None] = [None] * n
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-        self._pool = ThreadPoolExecutor(n, thread_name_prefix="sandbox")
+        self._pool = prestarted_pool(n, "sandbox")
         for i in range(n):
             self._workers[i] = self._start_worker(i, wait=False)
         for w in self._workers:

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
 from dataclasses import dataclass, field
 
@@ -42,6 +42,7 @@ from .answers import Vote, decided, vote
 from .budget import ALLOWANCE_S
 from .dialects import get_dialect
 from .engines import ContextLengthError, EngineError, GenerationParams, Request, as_engine
+from .pools import prestarted_pool
 from .presets import PRESETS, SolverConfig, config_for_run, preset_for_model
 from .prompts import verification_problem
 from .results import CodeCall, Sample, SolveResult, clean_entropies, entropy_weight
@@ -86,8 +87,7 @@ class Solver:
         self.config.rules  # noqa: B018 - validate the competition name now
         # Code runs happen on this pool; blocking generate calls on daemon threads of their
         # own (a call that never returns must not hold up the interpreter's exit).
-        self._pool = ThreadPoolExecutor(max(8, self.config.num_samples),
-                                        thread_name_prefix="solver")
+        self._pool = prestarted_pool(max(8, self.config.num_samples), "solver")
         self.dialect = get_dialect(self.config.dialect)
         # Extra stop strings need an engine that says which stop string it hit.
         names = self.engine.names_stop_strings

@@ -239,3 +239,29 @@ def test_presets_and_bad_configuration():
         SolverConfig(num_samples=0)
     with pytest.raises(ValueError, match="competition"):
         _ = SolverConfig(competition="aimo9").rules
+
+
+def test_pools_start_their_threads_before_any_time_limit(sandbox, monkeypatch):
+    """Thread.start() waits for the new thread to run: on a loaded machine a submit() that
+    had to start one held solve() 1.4-6 s past a 1 s limit. The pools a solve submits to
+    have all their threads from construction on, so submitting never starts one."""
+    import threading
+
+    from aimo_lib.pools import prestarted_pool
+
+    pool = prestarted_pool(4, "test-pool")
+    solver = Solver(ScriptedEngine(lambda p, k: "x"), sandbox,
+                    SolverConfig.preset("default", num_samples=12))
+    for p, n in ((pool, 4), (solver._pool, 12), (sandbox._pool, 2)):
+        assert len(p._threads) == n
+
+    def no_start(self):
+        raise AssertionError(f"a thread was started inside submit(): {self.name}")
+
+    monkeypatch.setattr(threading.Thread, "start", no_start)
+    gate = threading.Event()
+    futures = [pool.submit(gate.wait, 10) for _ in range(4)]  # all four busy at once
+    gate.set()
+    assert all(f.result(10) for f in futures)
+    monkeypatch.undo()
+    pool.shutdown()

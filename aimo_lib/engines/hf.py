@@ -7,10 +7,10 @@ import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ..models import default_model_path
+from ..pools import prestarted_pool
 from .base import (
     Completion,
     ContextLengthError,
@@ -61,7 +61,7 @@ class HFEngine(PoolEngine):
         self.batch_size, self.threads = batch_size, threads
         self.name = os.path.join(model, gguf_file) if gguf_file else model
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hf-engine")
+        self._pool = prestarted_pool(1, "hf-engine")
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._end_ids = {i for i in (*eos, self.tokenizer.eos_token_id,

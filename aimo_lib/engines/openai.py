@@ -11,9 +11,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 from ..dialects import OUTPUT_FENCE
+from ..pools import prestarted_pool
 from .base import (
     Completion,
     ContextLengthError,
@@ -66,7 +66,7 @@ class OpenAIEngine(PoolEngine):
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.names_stop_strings = names_stop_strings
         self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="openai")
+        self._pool = prestarted_pool(max_concurrency, "openai")
         self.model, self.max_model_len = self._served_model(model)
 
     def _served_model(self, model: str | None) -> tuple[str, int | None]:
