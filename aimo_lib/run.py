@@ -412,7 +412,7 @@ class Runner:
         the caller writes each result at once and an interrupted run loses only what was in
         flight. Default fn: solve the Job (its record written), skipping the Jobs whose
         record is already there (resume)."""
-        from concurrent.futures import ThreadPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         from tqdm.auto import tqdm
 
@@ -425,13 +425,30 @@ class Runner:
         with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="problem",
                   disable=not progress) as bar, ThreadPoolExecutor(
                       max(1, concurrency), thread_name_prefix="run") as pool:
-            futures = {pool.submit(fn, j): j for j in todo}
+            # Only `concurrency` jobs are ever submitted: a job that fails or is interrupted
+            # stops the run before the next starts (with all queued at once, the pool's worker
+            # went on to the next jobs while the failure was still on its way to this thread).
+            pending = iter(todo)
+            running: dict = {}
+
+            def start_next() -> None:
+                for job in pending:
+                    running[pool.submit(fn, job)] = job
+                    return
+
             try:
-                for future in as_completed(futures):
-                    bar.update(1)
-                    yield futures[future], future.result()
+                for _ in range(max(1, concurrency)):
+                    start_next()
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job = running.pop(future)
+                        result = future.result()
+                        bar.update(1)
+                        start_next()  # before the caller writes: the engine stays busy
+                        yield job, result
             except BaseException:  # Ctrl-C or a failure: start nothing more, keep what is done
-                for f in futures:
+                for f in running:
                     f.cancel()
                 raise
 
