@@ -432,9 +432,9 @@ class Runner:
             running: dict = {}
 
             def start_next() -> None:
-                for job in pending:
+                job = next(pending, _END)
+                if job is not _END:
                     running[pool.submit(fn, job)] = job
-                    return
 
             try:
                 for _ in range(max(1, concurrency)):
@@ -465,6 +465,9 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_END = object()  # no job left (a job may be any object, None included)
 
 
 def _secs(value: float | None) -> str:

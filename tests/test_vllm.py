@@ -155,7 +155,8 @@ class TestOffline:
         # Offline, a whole seeded batch reproduces (what a solve's N samples are): each row
         # keeps its place from one call to the next.
         seeded = [GenerationParams(max_tokens=16, temperature=1.0, seed=s) for s in (1, 2, 3)]
-        first, again = ([c.text for c in engine.generate([COUNT] * 3, seeded)] for _ in "ab")
+        first = [c.text for c in engine.generate([COUNT] * 3, seeded)]
+        again = [c.text for c in engine.generate([COUNT] * 3, seeded)]
         assert first == again and len(set(first)) == 3
 
     def test_token_id_prompts_continue_exactly(self, engine):
