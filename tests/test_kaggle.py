@@ -459,3 +459,27 @@ def test_notebook_runs_headless_end_to_end(tmp_path):
         assert len(list(csv.DictReader(f))) == 2
     assert "score:" in (out / "report.txt").read_text()
     assert json.loads((out / "config.json").read_text())["solver"]["num_samples"] == 2
+
+
+def test_a_rehearsal_with_the_embedded_model_uses_its_cpu_preset(tmp_path, monkeypatch):
+    """Attached as a folder, SmolLM2 reads as any llama checkpoint (preset default: N=16, 2048
+    tokens a step, no problem answered in 9 minutes on CPU); a setting given still wins."""
+    from aimo_lib import models, rehearsal
+    from aimo_lib.kaggle_cli import main
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(*args, **kwargs):
+        seen.append(args[8])  # the settings
+        raise Stop
+
+    monkeypatch.setattr(models, "embedded_checkpoint", lambda: str(tmp_path))
+    monkeypatch.setattr(rehearsal, "Rehearsal", fake)
+    for extra in ([], ["--set", "PRESET=default"]):
+        with pytest.raises(Stop):
+            main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path),
+                  "--image-wheels", str(tmp_path), "--model", "embedded", *extra])
+    assert [s["PRESET"] for s in seen] == ["embedded_cpu", "default"]
