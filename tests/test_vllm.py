@@ -152,12 +152,12 @@ class TestOffline:
         keep = _stops_and_finish_reasons(engine.generate)
         _consistent(engine, keep)
         assert engine.max_model_len == MAX_LEN
-        # Offline, a whole seeded batch reproduces (what a solve's N samples are): each row
-        # keeps its place from one call to the next.
+        # A seeded batch (what a solve's N samples are): each seed its own sample. Whether the
+        # batch reproduces call for call depends on how the engine core happened to schedule
+        # it (its requests arrive over IPC; under load the first may start a step alone:
+        # 5 of 8 identical batches under two busy loops), so that is not asserted here.
         seeded = [GenerationParams(max_tokens=16, temperature=1.0, seed=s) for s in (1, 2, 3)]
-        first = [c.text for c in engine.generate([COUNT] * 3, seeded)]
-        again = [c.text for c in engine.generate([COUNT] * 3, seeded)]
-        assert first == again and len(set(first)) == 3
+        assert len({c.text for c in engine.generate([COUNT] * 3, seeded)}) == 3
 
     def test_token_id_prompts_continue_exactly(self, engine):
         """A stop string cut inside a token: the ids kept decode to the text, and continuing
