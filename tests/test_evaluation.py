@@ -186,6 +186,7 @@ def test_cli_errors_are_clear():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its subprocess may take 600 s on a busy machine
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="no ../shared/data beside the checkout")
 def test_aimo_eval_end_to_end_with_smollm2(tmp_path):
     out = tmp_path / "run"

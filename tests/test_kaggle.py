@@ -444,6 +444,7 @@ def test_aimo_kaggle_cli(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its subprocess may take 600 s on a busy machine
 def test_notebook_runs_headless_end_to_end(tmp_path):
     """What CI runs: the notebook, unchanged, on the embedded model with a small config."""
     out = tmp_path / "out"

@@ -304,6 +304,7 @@ def cpu_wheelhouse(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the rehearsal may take 900 s, the wheelhouse set-up more
 @pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
 def test_a_rehearsal_on_cpu_gives_a_complete_submission(cpu_wheelhouse, tmp_path, competition):
     """The whole journey, offline: the folder kernel-metadata writes, a fresh venv with only

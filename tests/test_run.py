@@ -148,7 +148,7 @@ def test_restarts_are_bounded_then_the_rest_get_the_fallback_at_once(tmp_path, s
         assert r.solve(p, f"p{i}").answer == 0
         times.append(time.monotonic() - start)
     assert r.restarts == 2 and len(built) == 3 and all(e.closed for e in built)
-    assert r.gave_up and sum(times[1:]) < 0.5  # once given up, no waiting
+    assert r.gave_up and sum(times[1:]) < 1.5  # once given up, no waiting (a probe: 2 s)
     assert "2 restarts in a row spent; the last failure: " in capsys.readouterr().err
     assert all(row["failed"] for row in records(tmp_path))
 
