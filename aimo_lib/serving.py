@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 from .engines import EngineError, OpenAIEngine
+from .engines.vllm import check_cpu_quantization
 from .reaper import Reaper, descendants
 
 __all__ = ["ServedVLLM", "VLLMServer", "free_port"]
@@ -59,8 +60,10 @@ class VLLMServer:
         self.model, self.port = model, port or free_port()
         self.url = f"http://{host}:{self.port}/v1"
         on_gpu = _on_gpu()
-        if gpu_memory_utilization is None and not on_gpu:
-            gpu_memory_utilization = 0.3
+        if not on_gpu:
+            check_cpu_quantization(model)  # before a server starts that would die loading it
+            if gpu_memory_utilization is None:
+                gpu_memory_utilization = 0.3
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--host", host, "--port", str(self.port), "--seed", str(seed)]
         if max_model_len:

