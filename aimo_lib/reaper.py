@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-__all__ = ["Reaper", "cmdline", "descendants", "kill_tree"]
+__all__ = ["Reaper", "cmdline", "descendants", "kill_tree", "spawned_since"]
 
 _PROC = "/proc"
 
@@ -57,6 +57,22 @@ def descendants(pid: int | None = None) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def spawned_since(before: set[int], pid: int | None = None) -> set[int]:
+    """The processes below `pid` (default: this one) started since `before` (its descendants
+    then) was taken, through new processes only: what a process that existed before forked
+    meanwhile (a sandbox worker's code run) is that process's, not the newcomer's."""
+    root = os.getpid() if pid is None else pid
+    new = descendants(root) - set(before)
+    parents = {p: st[0] for p in new if (st := _stat(p)) is not None}
+    ours = {root}
+    grew = True
+    while grew:  # parents first: a child is counted once its parent is
+        grown = {p for p, parent in parents.items() if parent in ours} - ours
+        ours |= grown
+        grew = bool(grown)
+    return ours - {root}
 
 
 def kill_tree(pids, grace_s: float = 3.0) -> None:
@@ -105,12 +121,14 @@ def _shared(pid: int) -> bool:
 
 
 class Reaper:
-    """Kills `pids` (and their children) when this process dies, or at stop()."""
+    """Kills `pids` (and their children) when this process dies, or at stop(). With
+    watch=False no watchdog is started: stop() still kills them (those that are still the
+    processes recorded), for an owner that keeps a watchdog of its own or needs none."""
 
-    def __init__(self, pids):
+    def __init__(self, pids, watch: bool = True):
         self.pids = {p: st[1] for p in pids if (st := _stat(p)) is not None and not _shared(p)}
         self._watchdog = None
-        if self.pids:
+        if self.pids and watch:
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 [here, *filter(None, [os.environ.get("PYTHONPATH")])])}

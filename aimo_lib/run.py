@@ -14,13 +14,19 @@ For each problem, in order:
    one that answers is used (a problem's own fault, such as a prompt over the context, is no
    engine's), one that does not is restarted;
 3. the solve is guarded: whatever building the engine or solving does, an answer valid for the
-   competition comes out (the fallback, flagged, with the reason in the records and the log);
+   competition comes out (the fallback, flagged, with the reason in the records and the log).
+   That covers BaseExceptions too (SystemExit, asyncio.CancelledError from an engine's event
+   loop, in either pipeline); only KeyboardInterrupt goes through, so that Ctrl-C stops a run;
 4. restart: an engine that died during the problem (its process killed, EngineDeadError, a
    server that stopped answering, a hang) is closed, with every process it started, and built
    again; the restart's time counts against the budget; at most `max_restarts` in a run, with
    backoff, and none when the budget left cannot cover a load; a server this process did not
    start is waited for and probed instead. The problem in flight is tried again when its time
-   allows;
+   allows. A close that does not return within `close_timeout_s` (a sync vLLM shutdown, a
+   server stuck in the GPU driver) abandons that engine: the processes its build started are
+   killed and the next one is built. The close runs on a thread of its own that holds none of
+   the runner's locks; a restart waits for it at most that long (a new engine beside one that
+   still holds the GPU would not load), Runner.close() not under the lock at all;
 5. its record is appended to the run's JSONL file (a write that fails is logged: it never
    costs the answer);
 6. resume: `done()` gives the keys already recorded, which a rerun skips.
@@ -40,12 +46,17 @@ from .competitions import get_competition, validate_answer
 from .config import RunConfig
 from .engines import Engine, GenerationParams, as_engine
 from .presets import SolverConfig
+from .reaper import Reaper
 from .records import Records, log
 from .results import SolveResult
 
 __all__ = ["Job", "Outcome", "Runner", "log", "probe"]
 
 _RETRY_MIN_S = 20.0  # a problem whose engine died is tried again if this much time is left
+# An engine's close() gets this long before it is abandoned: vLLM's own shutdown waits up to
+# 60 s for its engine core, then 10 s for its loop; a server gets 10 s after SIGTERM.
+_CLOSE_TIMEOUT_S = 120.0
+_SANDBOX_WORKER = "aimo_lib._sandbox_worker"  # the sandbox's processes: never an engine's
 
 
 @dataclass
@@ -89,7 +100,9 @@ def probe(engine: Engine, timeout_s: float = 30.0) -> str | None:
         if not isinstance(out, list) or len(out) != 1:
             return f"a one-token probe got {type(out).__name__} back, not one completion"
         return None
-    except Exception as exc:  # noqa: BLE001 - a timeout or any failure: the engine is unwell
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a timeout or any failure: the engine is unwell
         return f"a one-token probe failed: {type(exc).__name__}: {exc}" if str(exc) else (
             f"a one-token probe got no answer in {timeout_s:g} s ({type(exc).__name__})")
 
@@ -106,6 +119,8 @@ class Runner:
     still replaces its seed when given).
     solve_fn: replaces the solver (tests, or any solve(problem, id, limit) -> int |
     SolveResult); the answer still goes through the guard.
+    close_timeout_s: how long an engine's close() may take before the engine is abandoned
+    (its processes killed) and the run goes on.
     """
 
     def __init__(self, config: RunConfig, *, engine: Engine | Callable[[], Engine] | None = None,
@@ -113,14 +128,14 @@ class Runner:
                  solver: SolverConfig | None = None,
                  solve_fn: Callable[[str, str, float | None], Any] | None = None,
                  probe_timeout_s: float = 30.0, restart_backoff_s: float = 5.0,
-                 remote_wait_s: float = 300.0):
+                 remote_wait_s: float = 300.0, close_timeout_s: float = _CLOSE_TIMEOUT_S):
         self.config, self.budget = config, budget
         self.competition = "aimo1" if config.competition == "auto" else config.competition
         self.rules = get_competition(self.competition).rules
         self.records = Records(records)
         self.solve_fn, self.solver_config = solve_fn, solver
         self.probe_timeout_s, self.restart_backoff_s = probe_timeout_s, restart_backoff_s
-        self.remote_wait_s = remote_wait_s
+        self.remote_wait_s, self.close_timeout_s = remote_wait_s, close_timeout_s
         if engine is None:
             self._build: Callable[[], Engine] | None = config.engine.build
             self.remote = config.engine.remote
@@ -129,6 +144,7 @@ class Runner:
         else:
             self._build, self.remote = None, True  # an engine we did not make: wait for it
         self._engine: Engine | None = None if self._build else as_engine(engine)
+        self._procs: Reaper | None = None  # the processes the current engine's build started
         self._sandbox, self._own_sandbox = sandbox, sandbox is None
         self._lock = threading.RLock()  # the engine's life: build, probe, restart
         self._solve_lock = threading.Lock()  # budgeted runs serve one problem at a time
@@ -145,11 +161,17 @@ class Runner:
 
     def solve(self, problem: str, problem_id: str = "", *, seed: int | None = None,
               record: dict | None = None) -> Outcome:
-        """Solve one problem under the run's rules; never raises (see the module docstring)."""
-        if self.budget is None:
-            return self._solve(problem, problem_id, seed, record or {})
-        with self._solve_lock:  # a budget's limits are handed out one problem at a time
-            return self._solve(problem, problem_id, seed, record or {})
+        """Solve one problem under the run's rules; never raises but KeyboardInterrupt (see
+        the module docstring)."""
+        try:
+            if self.budget is None:
+                return self._solve(problem, problem_id, seed, record or {})
+            with self._solve_lock:  # a budget's limits are handed out one problem at a time
+                return self._solve(problem, problem_id, seed, record or {})
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - a bug in the bookkeeping: the answer still goes out
+            return self._outcome(problem, None, traceback.format_exc(), 0.0)
 
     def _solve(self, problem: str, problem_id: str, seed: int | None, extra: dict) -> Outcome:
         start = time.monotonic()
@@ -199,7 +221,9 @@ class Runner:
             if solver is None:
                 return None, f"not attempted: no engine ({self.gave_up})", generation
             return solver.solve(problem, time_limit_s=limit), None, generation
-        except Exception:  # noqa: BLE001 - building the engine failed (solve() never raises)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - building the engine or solving failed
             return None, traceback.format_exc(), generation
 
     def _outcome(self, problem: str, out, error: str | None, elapsed: float) -> Outcome:
@@ -212,7 +236,9 @@ class Runner:
                     return Outcome(answer, out)
                 return Outcome(answer, SolveResult(problem, answer, {answer: 1.0}, False, False,
                                                    [], 0, elapsed))
-            except Exception:  # noqa: BLE001 - anything (GatewayError too): an answer goes out
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - anything (GatewayError too): an answer goes out
                 error = traceback.format_exc()
         log(f"solving failed; submitting the fallback answer {fallback}:\n{error.rstrip()}")
         return Outcome(fallback, SolveResult(problem, fallback, {}, True, False, [], 0, elapsed,
@@ -266,14 +292,35 @@ class Runner:
                 self._solvers[key] = Solver(self._engine, self._sandbox, cfg)
             return self._solvers[key], self._generation
 
+    def _new_engine(self) -> Engine:
+        """Build an engine, noting the processes its build starts: they are killed if its
+        close() is ever abandoned (and those of a build that fails, at once)."""
+        from .reaper import cmdline, descendants, spawned_since
+
+        before = descendants()
+        engine = None
+        try:
+            engine = as_engine(self._build())
+        finally:
+            started = spawned_since(before)
+            for pid in [p for p in started if _SANDBOX_WORKER in cmdline(p)]:
+                started -= {pid, *descendants(pid)}  # the sandbox's, started meanwhile
+            procs = Reaper(started, watch=False)  # vLLM and servers keep their own watchdog
+            if engine is None:
+                procs.stop()
+        self._procs = procs
+        return engine
+
     def _first_build(self) -> None:
         start = time.monotonic()
         try:
-            self._engine = as_engine(self._build())
+            self._engine = self._new_engine()
         except FileNotFoundError as exc:  # no model to load: building again will not help
             self._give_up(f"{type(exc).__name__}: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - counted as a restart, retried with backoff
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - counted as a restart, retried with backoff
             log(f"building the engine failed: {type(exc).__name__}: {exc}")
             self._restart(self._generation, f"{type(exc).__name__}: {exc}")
             return
@@ -319,8 +366,10 @@ class Runner:
                 self._close_engine()
                 start = time.monotonic()
                 try:
-                    engine = as_engine(self._build())
-                except Exception as exc:  # noqa: BLE001 - try again, up to max_restarts
+                    engine = self._new_engine()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - try again, up to max_restarts
                     why = f"{type(exc).__name__}: {exc}"
                     log(f"restart {self.in_a_row} of {self.config.max_restarts} failed: {why}")
                     continue
@@ -346,13 +395,15 @@ class Runner:
             try:
                 if self._build is not None:
                     self._close_engine()
-                    self._engine = as_engine(self._build())
+                    self._engine = self._new_engine()
                 if self._engine is not None and probe(self._engine, self.probe_timeout_s) is None:
                     self._generation += 1
                     self.suspect = None
                     log("the server answers again; the run goes on")
                     return True
-            except Exception as exc:  # noqa: BLE001 - not up yet
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - not up yet
                 log(f"the server is not back yet: {type(exc).__name__}: {exc}")
             time.sleep(min(delay, max(0.0, end - time.monotonic())))
             delay = min(2 * delay, 60.0)
@@ -374,13 +425,37 @@ class Runner:
         return self.budget.total_s - self.budget.reserve_s - self.budget.elapsed_s
 
     def _close_engine(self) -> None:
-        engine, self._engine = self._engine, None
+        self._shut(*self._detach())
+
+    def _detach(self) -> tuple[Engine | None, Reaper | None]:
+        """Take the engine (and its processes) out of use; the caller shuts them."""
+        engine, procs = self._engine, self._procs
+        self._engine = self._procs = None
         self._solvers.clear()
+        return engine, procs
+
+    def _shut(self, engine: Engine | None, procs: Reaper | None) -> None:
+        """Close an engine within close_timeout_s, then kill what its build started that is
+        still running. Its close() runs on a thread of its own: one that never returns
+        (blocked in a driver, a shutdown waiting on a dead core) is abandoned there."""
+        from concurrent.futures import TimeoutError as FuturesTimeout
+
+        from .solver import in_daemon_thread
+
         if engine is not None:
+            future = in_daemon_thread(engine.close, name="engine-close")
             try:
-                engine.close()
-            except Exception as exc:  # noqa: BLE001 - a dead engine may fail to close cleanly
+                future.result(timeout=self.close_timeout_s)
+            except FuturesTimeout:
+                alive = len(procs.alive()) if procs is not None else 0
+                log(f"closing the engine did not return in {self.close_timeout_s:g} s: it is "
+                    f"abandoned, and the {alive} processes its build started are killed")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a dead engine may fail to close
                 log(f"closing the dead engine: {type(exc).__name__}: {exc}")
+        if procs is not None:
+            procs.stop()  # what a clean close leaves is gone already: this costs nothing
 
     def set_competition(self, competition: str) -> None:
         """Serve another competition's rules (and budget) than configured: the API present
@@ -453,12 +528,17 @@ class Runner:
                 raise
 
     def close(self) -> None:
-        """Shut the engine (and every process it started) and the sandbox down."""
+        """Shut the engine (and every process it started) and the sandbox down; an engine
+        whose close() does not return within close_timeout_s is abandoned, its processes
+        killed. The lock is held only to take them out of use."""
+        sandbox = None
         with self._lock:
-            self._close_engine()
-            if self._own_sandbox and self._sandbox is not None:
-                self._sandbox.close()
-                self._sandbox = None
+            engine, procs = self._detach()
+            if self._own_sandbox:
+                sandbox, self._sandbox = self._sandbox, None
+        self._shut(engine, procs)
+        if sandbox is not None:
+            sandbox.close()
 
     def __enter__(self) -> Runner:
         return self

@@ -21,7 +21,9 @@ aimo_lib.results.
 Nothing a model writes, an engine does or the sandbox returns makes solve() raise: a failed
 request fails its sample (transient failures are retried once), a sample whose processing
 breaks is marked "error", and anything else is caught at the top, recorded in
-`SolveResult.error`, and the best answer so far (or the flagged fallback) is returned.
+`SolveResult.error`, and the best answer so far (or the flagged fallback) is returned. That
+holds for BaseExceptions too (SystemExit, asyncio.CancelledError from an engine's event loop):
+only KeyboardInterrupt goes through, so that Ctrl-C still stops a run.
 With `time_limit_s=T`, solve() returns within T + ALLOWANCE_S: no code block starts after the
 deadline, each block's timeout is cut to the time left, requests still running are aborted
 where the engine can abort and abandoned where it cannot.
@@ -121,7 +123,9 @@ class Solver:
             self._drive(run, run.problem)
             if (candidates := self._retry_candidates(run)) is not None:
                 self._second_wave(run, candidates)
-        except Exception:  # a bug or a broken engine: keep what the samples have
+        except KeyboardInterrupt:  # the user's: Ctrl-C stops the run
+            raise
+        except BaseException:  # noqa: BLE001 - a bug or a broken engine: keep what we have
             run.error = traceback.format_exc()
             print(f"[aimo] solve() broke down; answering from what it has:\n{run.error}",
                   file=sys.stderr, flush=True)
@@ -226,21 +230,27 @@ class Solver:
 
     def _call_engine(self, run: _Run, prompts: list, params: list) -> list | None:
         """engine.generate, waited for until the deadline at most (None: cut by it, and only
-        then: what the engine returns is checked, one completion per prompt)."""
-        if run.deadline is None:
-            return _completions(self.engine.generate(prompts, params), len(prompts))
-        knows_deadline = self.engine.supports_deadline
-        future = in_daemon_thread(
-            lambda: self.engine.generate(prompts, params, deadline=run.deadline))
-        # An engine that stops at the deadline itself returns what it has a moment later;
-        # one that does not is abandoned at the deadline (its result is dropped).
-        wait_s = run.deadline - time.monotonic() + (_GRACE_S if knows_deadline else 0.0)
+        then: what the engine returns is checked, one completion per prompt). What the engine
+        raises comes out as an Exception, so that it fails requests, not the problem."""
         try:
-            out = future.result(timeout=max(0.0, wait_s))
-        except FuturesTimeout:
-            run.timed_out = True
-            return None
-        return _completions(out, len(prompts))
+            if run.deadline is None:
+                return _completions(self.engine.generate(prompts, params), len(prompts))
+            knows_deadline = self.engine.supports_deadline
+            future = in_daemon_thread(
+                lambda: self.engine.generate(prompts, params, deadline=run.deadline))
+            # An engine that stops at the deadline itself returns what it has a moment later;
+            # one that does not is abandoned at the deadline (its result is dropped).
+            wait_s = run.deadline - time.monotonic() + (_GRACE_S if knows_deadline else 0.0)
+            try:
+                out = future.result(timeout=max(0.0, wait_s))
+            except FuturesTimeout:
+                run.timed_out = True
+                return None
+            return _completions(out, len(prompts))
+        except (KeyboardInterrupt, Exception):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, CancelledError: a failure
+            raise EngineError(f"the engine raised {type(exc).__name__}: {exc}") from exc
 
     def _execute(self, run: _Run, samples: list[Sample]) -> None:
         """Run the samples' code blocks concurrently; none starts after the deadline."""
@@ -252,7 +262,9 @@ class Solver:
             todo = [c for (_, c), r in zip(codes, refused, strict=True) if r is None]
             try:
                 ran = iter(self.sandbox.run_many(todo, **self._run_kwargs(run)) if todo else [])
-            except Exception as exc:  # noqa: BLE001 - a sandbox failure is these blocks' output
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a sandbox failure: these blocks' output
                 ran = iter([ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)] * len(todo))
             done = [r if r is not None else next(ran) for r in refused]
             for s, (written, _), r in zip(samples, codes, done, strict=True):
@@ -282,7 +294,9 @@ class Solver:
                 return
             try:
                 request = self.engine.submit(self._prompt(run, s), params)
-            except Exception as exc:  # noqa: BLE001 - the request failed before it started
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the request failed before it started
                 request = Request(Future())
                 request.future.set_exception(exc)
             pending[request.future] = (s, kind, request)
@@ -342,7 +356,9 @@ class Solver:
                     self.engine.abort(request)
                 else:
                     future.cancel()  # a running code block ends by its own timeout
-            except Exception:  # noqa: BLE001 - an abort that fails changes nothing here
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - an abort that fails changes nothing here
                 pass
 
     # ------------------------------------------------------------ one sample's step
@@ -364,7 +380,9 @@ class Solver:
         """fn() for one sample; whatever it raises fails that sample only."""
         try:
             return fn() or "done"
-        except Exception as exc:  # noqa: BLE001 - one sample's breakdown is not the problem's
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one sample's breakdown, not the problem's
             s.status, s.error = "error", f"{type(exc).__name__}: {exc}"[:300]
             return self._end(run, s)
 
@@ -488,7 +506,9 @@ class Solver:
             if s.session is None:
                 return written, ExecutionResult("timeout", "[not run: the problem is over]", 0.0)
             return written, s.session.run(code, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - a sandbox failure is this block's output
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a sandbox failure is this block's output
             return written, ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)
 
     def _run_kwargs(self, run: _Run) -> dict:
@@ -688,7 +708,7 @@ def _completions(out: object, n: int) -> list:
     return list(out)
 
 
-def in_daemon_thread(fn: Callable[[], object]) -> Future:
+def in_daemon_thread(fn: Callable[[], object], name: str = "solver-generate") -> Future:
     """fn() on a daemon thread of its own: abandoned when it outlives its deadline, without
     holding up the interpreter's exit (a ThreadPoolExecutor's threads are joined at exit)."""
     future: Future = Future()
@@ -700,5 +720,5 @@ def in_daemon_thread(fn: Callable[[], object]) -> Future:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 future.set_exception(exc)
 
-    threading.Thread(target=target, daemon=True, name="solver-generate").start()
+    threading.Thread(target=target, daemon=True, name=name).start()
     return future
