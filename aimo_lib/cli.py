@@ -91,6 +91,10 @@ def cmd_eval(argv: list[str]) -> None:
     print(f"{name}: maj@{summary['num_samples']} {m['mean']:.1%} ± {m['std']:.1%}, "
           f"pass@{summary['num_samples']} {pn['mean']:.1%} over seeds {seeds}; "
           f"report: {os.path.join(out, 'report.md')}")
+    fallbacks = sum(summary["fallbacks"].values())
+    if fallbacks:  # answers no sample gave: the model's score is not what they look like
+        print(f"{fallbacks} of {fallbacks + summary['by_model']} answers are fallbacks, not the "
+              "model's: " + "; ".join(f"{n}x {why}" for why, n in summary["fallbacks"].items()))
 
 
 def cmd_solve(argv: list[str]) -> None:

@@ -19,12 +19,14 @@ import os
 import random
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from .answers import vote
 from .competitions import get_competition
 from .gateway import Problem
 from .records import read_jsonl, read_rows
+from .results import fallback_cause, model_answer
 
 __all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "finished_answers",
            "load_eval_dataset", "maj_at_k", "plot_presets", "plot_stopping", "run_eval",
@@ -147,9 +149,10 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
             by_seed.setdefault(r["seed"], []).append(r)
     seeds = sorted(by_seed)
     n = max((len(r["result"]["samples"]) for r in records), default=0)
-    maj = [statistics.mean(_correct(r["result"]["answer"] if not r["result"]["fallback"] else
-                                    None, truth[r["id"]], competition) for r in by_seed[s])
-           for s in seeds]
+    # An answer counts only when a sample produced it: a fallback that happens to be the truth
+    # (0, a common AIMO answer) is no solve.
+    maj = [statistics.mean(_correct(model_answer(r["result"]), truth[r["id"]], competition)
+                           for r in by_seed[s]) for s in seeds]
     pass_n = [statistics.mean(any(_correct(x["answer"], truth[r["id"]], competition)
                                   for x in r["result"]["samples"]) for r in by_seed[s])
               for s in seeds]
@@ -158,8 +161,7 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
     def maj_k(r: dict, k: int) -> float:
         answers = finished_answers(r["result"])
         if len(answers) < k:  # the solve's own answer (fewer finished, or none: failed)
-            return float(not r["result"]["fallback"] and _correct(
-                r["result"]["answer"], truth[r["id"]], competition))
+            return float(_correct(model_answer(r["result"]), truth[r["id"]], competition))
         return maj_at_k(answers, truth[r["id"]], k, competition)
 
     per_seed = {k: [statistics.mean(maj_k(r, k) for r in by_seed[s]) for s in seeds]
@@ -179,13 +181,13 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
         per_problem.append({
             "id": p.id, "truth": p.answer,
             "answers": [r["result"]["answer"] for r in rs],
-            "correct": statistics.mean(_correct(None if r["result"]["fallback"] else
-                                                r["result"]["answer"], p.answer, competition)
-                                       for r in rs),
+            "correct": statistics.mean(_correct(model_answer(r["result"]), p.answer,
+                                                competition) for r in rs),
             "votes": dict(sorted(votes.items(), key=lambda kv: -kv[1])[:5]),
             "margin": (ranked[0] - ranked[1]) / total})
     results = [r["result"] for r in records]
     samples = [x for res in results for x in res["samples"]]
+    causes = Counter(c for r in records if (c := fallback_cause(r)) is not None)
     return {
         "problems": len(per_problem), "seeds": seeds, "num_samples": n,
         "maj_at_n": {"mean": statistics.mean(maj) if maj else 0.0,
@@ -201,6 +203,9 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
         "code_calls_per_sample": statistics.mean(len(x["code_calls"]) for x in samples)
         if samples else 0.0,
         "failed": sum(bool(r.get("failed")) for r in records),
+        # solves whose answer a sample produced, and why the others got the fallback
+        "by_model": len(records) - sum(causes.values()),
+        "fallbacks": dict(causes.most_common()),
         "stopped_early": statistics.mean(r["stopped_early"] for r in results),
         "timed_out": statistics.mean(r.get("timed_out", False) for r in results),
         "per_problem": per_problem,
@@ -268,6 +273,9 @@ def report_markdown(summary: dict, config: dict) -> str:
              f"- samples finished per problem: "
              f"{summary.get('finished_samples_per_problem', summary['num_samples']):.1f} of "
              f"{summary['num_samples']}",
+             f"- answered by the model (a sample gave the answer): {summary.get('by_model', '?')}"
+             " solves" + "".join(f"; fallback {n}x: {why}"
+                                 for why, n in summary.get("fallbacks", {}).items()),
              f"- per problem: {summary['tokens_per_problem']:.0f} tokens, "
              f"{summary['seconds_per_problem']:.1f} s; {summary['code_calls_per_sample']:.2f} "
              f"code calls per sample; stopped early {summary['stopped_early']:.0%}, timed out "

@@ -12,8 +12,11 @@ submission is spent (`aimo-kaggle rehearse --dir build/aimo3 --wheels build/whee
    KAGGLE_IS_COMPETITION_RERUN set (its install cell installs aimo_lib and the runtime from
    the wheels, offline); for AIMO 2/3 the gateway in a process of its own reaching the
    notebook's server over gRPC, as Kaggle's does, writing submission.parquet.
-4. The report: every id answered, answers in range, how many by the model, the server's
-   start-up time against Kaggle's 15 minutes, the wall time against the competition's hours.
+4. The report: every id answered, answers in range, how many by the model (a sample gave
+   the answer: a fallback is not the model's), and why the others are fallbacks (read from
+   results.jsonl: the setting or the fault); the server's start-up time against Kaggle's 15
+   minutes, the wall time against the competition's hours. It fails when most answers are
+   fallbacks.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Report:
     competition: str
     ids: int = 0  # problems in test.csv
     answered: int = 0  # ids in the submission, once each, answers in range
-    by_model: int = 0  # answered without the run loop falling back
+    by_model: int = 0  # ids whose answer a sample produced (results.model_answer)
+    fallbacks: dict[str, int] = field(default_factory=dict)  # why the others were not, counted
     startup_s: float | None = None  # notebook start -> its server accepts connections
     wall_s: float = 0.0
     limit_s: float = 0.0  # the competition's hours
@@ -70,6 +74,7 @@ class Report:
             f"{'yes' if self.network_cut else 'NO'})",
             f"  answered        {self.answered}/{self.ids} ids, answers in range",
             f"  by the model    {self.by_model}/{self.ids} (the rest: the fallback)",
+            *(f"  fallback {n}x    {why}" for why, n in self.fallbacks.items()),
             f"  server start-up {start} (Kaggle's limit {STARTUP_LIMIT_S // 60} min)",
             f"  wall time       {self.wall_s:.0f} s (the competition's {self.limit_s / 3600:g} h)",
             f"  submission      {self.submission}",
@@ -388,21 +393,37 @@ def _check(report: Report, competition: str, paths: dict, submission: str | None
                                f"{lo}..{hi}")
     out_dir = paths.get("out_dir") or "submission"
     results = os.path.join(paths["working"], out_dir, "results.jsonl")
-    rows = []
-    if os.path.exists(results):
-        from .records import read_jsonl
-
-        rows = read_jsonl(results)
-    report.by_model = sum(not row.get("failed") for row in rows)
-    if report.by_model == 0:
-        report.problems.append("no problem was answered by the model (every answer is the "
-                               f"fallback): see the reasons in {results} and {paths['log']}")
+    by_model, causes = model_counts(results, ids)
+    report.by_model, report.fallbacks = by_model, causes
+    if 2 * (len(ids) - by_model) > len(ids):  # most are fallbacks: say why, loudly
+        why = "; ".join(f"{n}x {cause}" for cause, n in causes.items())
+        report.problems.append(f"{len(ids) - by_model} of {len(ids)} answers are the fallback, "
+                               f"not the model's: {why} (from {results}; the log: "
+                               f"{paths['log']})")
     if report.startup_s is not None and report.startup_s > STARTUP_LIMIT_S:
         report.problems.append(f"the server started after {report.startup_s:.0f} s, over "
                                "Kaggle's 15 minutes")
     if report.wall_s > c.total_s:
         report.problems.append(f"the run took {report.wall_s:.0f} s, over the competition's "
                                f"{c.hours:g} h")
+
+
+def model_counts(results: str, ids: list[str]) -> tuple[int, dict[str, int]]:
+    """How many of `ids` a sample answered, by their latest record in `results`, and why the
+    others got the fallback (results.fallback_cause), most frequent first."""
+    from collections import Counter
+
+    from .records import read_jsonl
+    from .results import fallback_cause
+
+    latest = {}
+    for row in read_jsonl(results) if os.path.exists(results) else []:
+        if isinstance(row, dict) and isinstance(row.get("id"), (str, int)):
+            latest[str(row["id"])] = row
+    causes = Counter(fallback_cause(latest[i]) if i in latest else "no record (never served?)"
+                     for i in ids)
+    by_model = causes.pop(None, 0)
+    return by_model, dict(causes.most_common())
 
 
 if __name__ == "__main__":

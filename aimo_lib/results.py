@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["CodeCall", "Sample", "SolveResult", "clean_entropies", "entropy_weight"]
+__all__ = ["CodeCall", "Sample", "SolveResult", "clean_entropies", "entropy_weight",
+           "fallback_cause", "model_answer"]
 
 # A token's top-k entropy is at most log(k) nats (about 3 for k=20); past this it is garbage.
 MAX_ENTROPY = 100.0
@@ -124,3 +126,59 @@ def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
     if h is None or not (math.isfinite(h) and math.isfinite(sharpness)):
         return 1.0
     return math.exp(min(-sharpness * h, 700.0))  # a negative sharpness must not overflow
+
+
+# ---------------------------------------------------------------- reading records back
+
+
+def model_answer(result: object) -> int | None:
+    """A solve's answer (a SolveResult.to_dict() record) when one of its samples produced it;
+    None for a fallback: no sample gave a valid answer, or solving failed. The vote's flag
+    alone is not trusted: the answer must be a sample's."""
+    if not isinstance(result, dict) or result.get("fallback"):
+        return None
+    answer, samples = result.get("answer"), result.get("samples")
+    if not isinstance(answer, int) or isinstance(answer, bool) or not isinstance(samples, list):
+        return None
+    return answer if any(isinstance(s, dict) and s.get("answer") == answer
+                         for s in samples) else None
+
+
+# Why samples ended without an answer, and the settings that govern it (by Sample.status).
+_ENDED = {
+    "timeout": "were cut by the time limit (TIME_LIMIT_S, or TOTAL_HOURS's share of it)",
+    "context_full": "filled the model's context (its max_model_len; MAX_NEW_TOKENS)",
+    "exhausted": "spent their steps or tokens without an answer (MAX_ROUNDS, MAX_NEW_TOKENS, "
+                 "SAMPLE_MAX_TOKENS)",
+    "pruned": "wrote neither code nor an answer (the model does not follow PROMPT_TEMPLATE "
+              "and DIALECT's format)",
+    "hallucinated": "answered without running code, which DIALECT discards",
+    "cancelled": "were cancelled by the early stop (EARLY_STOP)",
+    "answered": "answered outside the competition's answer range",
+    "running": "never finished",
+}
+
+
+def fallback_cause(record: object) -> str | None:
+    """Why a run record's answer ({"answer", "failed", "error", "result"}, as Runner writes
+    them) is a fallback, in a line that names the setting or the fault; None when a sample
+    answered it."""
+    if not isinstance(record, dict):
+        return "a malformed record"
+    result = record.get("result") if isinstance(record.get("result"), dict) else {}
+    if record.get("failed") or record.get("error"):
+        lines = str(record.get("error") or "solving failed").strip().splitlines() or [""]
+        return f"solving failed: {lines[-1][:300]}"
+    if model_answer(result) is not None:
+        return None
+    samples = [s for s in result.get("samples") or [] if isinstance(s, dict)]
+    if not samples:
+        return "no sample ran"
+    if result.get("timed_out") and not result.get("tokens_generated"):
+        return ("no request completed before the time limit (TIME_LIMIT_S, TOTAL_HOURS; or "
+                "a hung engine)")
+    status, n = Counter(str(s.get("status")) for s in samples).most_common(1)[0]
+    if status == "error":
+        error = Counter(str(s.get("error")) for s in samples if s.get("status") == "error")
+        return f"{n} of {len(samples)} samples failed: {error.most_common(1)[0][0][:300]}"
+    return f"{n} of {len(samples)} samples {_ENDED.get(status, status)}"

@@ -48,7 +48,7 @@ from .engines import Engine, GenerationParams, as_engine
 from .presets import SolverConfig
 from .reaper import Reaper
 from .records import Records, log
-from .results import SolveResult
+from .results import Sample, SolveResult
 
 __all__ = ["Job", "Outcome", "Runner", "log", "probe"]
 
@@ -234,8 +234,11 @@ class Runner:
                 answer = validate_answer(getattr(out, "answer", out), self.competition)
                 if isinstance(out, SolveResult):
                     return Outcome(answer, out)
+                # solve_fn's own answer: one sample that gave it, so that its record reads
+                # back as the model's (results.model_answer), as a solver's would
                 return Outcome(answer, SolveResult(problem, answer, {answer: 1.0}, False, False,
-                                                   [], 0, elapsed))
+                                                   [Sample(0, status="answered", answer=answer)],
+                                                   0, elapsed))
             except KeyboardInterrupt:
                 raise
             except BaseException:  # noqa: BLE001 - anything (GatewayError too): an answer goes out

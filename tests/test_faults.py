@@ -321,3 +321,88 @@ def test_the_sandbox_is_never_taken_for_an_engines_process():
 
 def _json_lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- 6. answers by the model
+
+
+def _rehearsal_check(tmp_path, rows_by, ids=("a", "b", "c")):
+    """The rehearsal's check of an AIMO 1 run: test.csv, the notebook's submission.csv and
+    results.jsonl as the run loop wrote them (rows_by: a Runner writing to that path)."""
+    from aimo_lib.rehearsal import Report, _check
+
+    competition, working = tmp_path / "competition", tmp_path / "working"
+    (working / "submission").mkdir(parents=True)
+    competition.mkdir()
+    (competition / "test.csv").write_text("id,problem\n" + "".join(f"{i},q\n" for i in ids))
+    answers = rows_by(str(working / "submission" / "results.jsonl"))
+    (working / "submission.csv").write_text(
+        "id,answer\n" + "".join(f"{i},{answers[i]}\n" for i in ids))
+    report = Report("aimo1")
+    paths = {"competition": str(competition), "working": str(working), "out_dir": "submission",
+             "log": str(tmp_path / "notebook.log")}
+    _check(report, "aimo1", paths, str(working / "submission.csv"))
+    return report
+
+
+@pytest.mark.parametrize("model,limit,cause", [
+    ("never answers", None, "wrote neither code nor an answer"),
+    ("too slow", 1.0, "no request completed before the time limit (TIME_LIMIT_S"),
+])
+def test_the_rehearsal_fails_when_most_answers_are_fallbacks(tmp_path, sandbox, model, limit,
+                                                             cause):
+    # A model that never answers got "by the model 3/3 ... OK": a solve whose samples all
+    # failed to answer is not a failed solve, and only failed ones were subtracted.
+    def rows_by(path):
+        # the one-token probe (n == 1) is answered at once: the engine is alive
+        engine = ScriptedEngine(lambda p, k: "I cannot say.",
+                                delay_s=lambda n: 5.0 if model == "too slow" and n > 1 else 0.0)
+        solver = SolverConfig.preset("default", num_samples=2, max_rounds=2,
+                                     prompt_template="{problem}", restart_on_fail=False)
+        r = Runner(RunConfig(competition="aimo1", time_limit_s=limit), engine=engine,
+                   sandbox=sandbox, records=path, probe_timeout_s=2.0, solver=solver)
+        try:
+            return {i: r.solve("q", i).answer for i in ("a", "b", "c")}
+        finally:
+            r.close()
+            engine.close()
+
+    report = _rehearsal_check(tmp_path, rows_by)
+    assert report.answered == 3 and report.by_model == 0 and not report.ok
+    assert "3 of 3 answers are the fallback, not the model's" in report.problems[0]
+    assert cause in report.problems[0] and cause in report.table()
+
+
+def test_the_rehearsal_counts_the_models_answers(tmp_path):
+    def rows_by(path):
+        r = Runner(RunConfig(competition="aimo1"), records=path,
+                   solve_fn=lambda p, i, limit: {"a": 5, "b": 6, "c": "x"}[i])
+        return {i: r.solve("q", i).answer for i in ("a", "b", "c")}
+
+    report = _rehearsal_check(tmp_path, rows_by)
+    assert report.by_model == 2 and report.ok  # one fallback of three: not most
+    assert report.fallbacks == {"solving failed: aimo_lib.competitions.InvalidAnswer: answer "
+                                "'x' (str) is not an integer": 1}
+
+
+def test_eval_counts_an_answer_only_when_a_sample_gave_it():
+    from aimo_lib.evaluation import EvalProblem, summarize
+
+    def record(pid, answer, fallback, sample_answers, **kw):
+        return {"id": pid, "seed": 0, "answer": answer, "failed": False, "error": None,
+                "result": {"answer": answer, "fallback": fallback, "votes": {},
+                           "stopped_early": False, "timed_out": False, "tokens_generated": 1,
+                           "elapsed_s": 1.0, "samples": [
+                               {"answer": a, "status": "answered" if a is not None else
+                                "exhausted", "code_calls": []} for a in sample_answers]}, **kw}
+
+    problems = [EvalProblem(p, "q", 0) for p in "abc"]
+    records = [record("a", 0, False, [0, 1]),  # a sample's 0: the model's
+               record("b", 0, False, [None, None]),  # no sample gave it: not the model's
+               record("c", 0, True, [None, None])]  # the vote's fallback
+    summary = summarize(records, problems, "aimo1")
+    assert summary["maj_at_n"]["mean"] == pytest.approx(1 / 3)
+    assert [p["correct"] for p in summary["per_problem"]] == [1.0, 0.0, 0.0]
+    assert summary["by_model"] == 1
+    assert summary["fallbacks"] == {"2 of 2 samples spent their steps or tokens without an "
+                                    "answer (MAX_ROUNDS, MAX_NEW_TOKENS, SAMPLE_MAX_TOKENS)": 2}
