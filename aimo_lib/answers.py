@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from .fields import check_fields, setting
+
 __all__ = [
     "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "EarlyStop", "Vote", "decided", "extract_answer",
     "extract_boxed",
@@ -290,6 +292,14 @@ def _weight(w: object, answer: int) -> float:
     return value
 
 
+def _table_problem(table: object) -> str | None:
+    ok = isinstance(table, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
+        and 1 <= pair[0] <= pair[1] for pair in table)
+    return None if ok else "it takes pairs (k, n) of integers with 1 <= k <= n, e.g. 4/4,5/7"
+
+
 @dataclass(frozen=True)
 class EarlyStop:
     """When a problem's vote is settled before every sample has finished.
@@ -301,14 +311,16 @@ class EarlyStop:
     "unbeatable": nothing more.
     """
 
-    rule: str = "table"
-    table: tuple[tuple[int, int], ...] = ((4, 4), (5, 7), (6, 9))
-    min_answers: int = 6
-    min_share: float = 0.8
+    rule: str = setting("table", "table | confidence | unbeatable",
+                        choices=("table", "confidence", "unbeatable"))
+    table: tuple[tuple[int, int], ...] = setting(
+        ((4, 4), (5, 7), (6, 9)), "(k, n) pairs: the leader holds k of at most n answers",
+        check=_table_problem)
+    min_answers: int = setting(6, "confidence: answers needed", ge=1, le=100_000)
+    min_share: float = setting(0.8, "confidence: the leader's share", gt=0.0, le=1.0)
 
     def __post_init__(self) -> None:
-        if self.rule not in ("table", "confidence", "unbeatable"):
-            raise ValueError("EarlyStop.rule must be 'table', 'confidence' or 'unbeatable'")
+        check_fields(self)
 
 
 def decided(votes: dict[int, float], pending: int, rule: EarlyStop | None,

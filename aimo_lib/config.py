@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
-import io
 import os
 import re
-import tokenize
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .answers import EarlyStop
+from .competitions import COMPETITIONS
 from .engines.factory import EngineSpec
-from .presets import SolverConfig, config_for_run
+from .fields import check_fields, check_value, help_of, setting
+from .presets import AUTO_PRESETS, PRESETS, SolverConfig, config_for_run
 
 __all__ = ["SETTINGS", "ConfigError", "RunConfig", "Setting", "add_arguments", "parse_value"]
 
@@ -48,26 +47,43 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything a run is configured by. Build it with `RunConfig.load(...)`."""
 
-    # auto: the competition whose data is attached on Kaggle, else aimo1 | aimo1 | aimo2 | aimo3
-    competition: str = "auto"
-    # a name in aimo_lib.presets.PRESETS; auto: from the model (embedded_cpu for the embedded
-    # SmolLM2, aimo3_gpt_oss for gpt-oss, else default)
-    preset: str = "auto"
-    # off Kaggle's rerun: a .jsonl/.csv of problems (id, problem, answer), "samples", or auto
-    # (the competition's CSV on Kaggle, else the samples shipped with aimo_lib)
-    problems: str = "auto"
-    limit: int | None = None  # serve only the first N problems
-    out_dir: str = "submission"  # submission files, results.jsonl, config.json, report.txt
-    total_hours: float | None = None  # the run's time budget; None: the competition's
-    time_limit_s: float | None = None  # a fixed limit per problem; None: the budget's share
-    seed: int = 0  # base seed of every sample's sampling
-    # times a dead engine is rebuilt in a row (an engine that then answers a problem resets it)
-    max_restarts: int = 3
-    config: str | None = None  # a YAML file of settings (applied before the others)
-    # model "auto": the one attached on Kaggle, else the embedded SmolLM2 (kaggle.resolve)
+    competition: str = setting(
+        "auto", "auto (the competition whose data is attached on Kaggle, else aimo1) | aimo1 | "
+        "aimo2 | aimo3", choices=lambda: ("auto", *COMPETITIONS))
+    preset: str = setting(
+        "auto", "a name in aimo_lib.presets.PRESETS; auto: from the model (embedded_cpu for the "
+        "embedded SmolLM2, aimo3_gpt_oss for gpt-oss, else default)",
+        choices=lambda: ("auto", *PRESETS))
+    problems: str = setting(
+        "auto", "off Kaggle's rerun: a .jsonl/.csv of problems (id, problem, answer), "
+        "\"samples\", or auto (the competition's CSV on Kaggle, else the samples shipped with "
+        "aimo_lib)")
+    limit: int | None = setting(None, "serve only the first N problems", ge=1)
+    out_dir: str = setting(
+        "submission", "submission files, results.jsonl, config.json, report.txt")
+    total_hours: float | None = setting(
+        None, "the run's time budget, hours (at least 0.1: 50 problems then get a few seconds "
+        "each); None: the competition's", ge=0.1, le=1000.0)
+    time_limit_s: float | None = setting(
+        None, "a fixed limit per problem, seconds; None: the budget's share",
+        ge=1.0, le=1e6)
+    seed: int = setting(0, "base seed of every sample's sampling", ge=0, le=2**63 - 1)
+    max_restarts: int = setting(
+        3, "times a dead engine is rebuilt in a row (an engine that then answers a problem "
+        "resets it)", ge=0, le=100)
+    config: str | None = setting(
+        None, "a YAML file of settings (applied before the others)")
     engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="auto"))
-    # SolverConfig fields given by name (the rest are the preset's)
+    # SolverConfig fields given by name, each checked at load (the rest are the preset's)
     solver: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name, value in self.solver.items():
+            s = SETTINGS.get(name)
+            if s is None or s.section != "solver":
+                raise ValueError(_unknown(name, "solver setting"))
+            check_value(name, s.type, value, s.meta)
 
     @classmethod
     def load(cls, *, values: Mapping[str, Any] | None = None,
@@ -91,6 +107,8 @@ class RunConfig:
         from_env = _by_name(_env_settings(os.environ if env is None else env), "variable",
                             prefix=ENV_PREFIX)
         path = given.get("config") or from_env.get("config")
+        if path is not None:
+            path = parse_value(SETTINGS["config"], path)
         merged = {**(_yaml_settings(path) if path else {}), **from_env, **given}
         return cls.from_settings(merged)
 
@@ -106,11 +124,26 @@ class RunConfig:
             {"run": run, "engine": engine, "solver": solver}[s.section][s.field] = value
         try:
             config = cls(**run, engine=EngineSpec(**{"model": "auto", **engine}), solver=solver)
-            if config.model != "auto" or config.preset != "auto":
-                config.solver_config()  # a bad value is an error now, not at the first problem
+            config._check_solver()
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         return config
+
+    def _check_solver(self) -> None:
+        """The solver settings together with the preset (each was checked alone already): a
+        concrete preset or model is checked now; with both on auto, the settings must make a
+        valid config with at least one preset that auto can choose (resolve checks the one)."""
+        if self.model != "auto" or self.preset != "auto":
+            self.solver_config()
+            return
+        errors = []
+        for preset in AUTO_PRESETS:
+            try:
+                SolverConfig.preset(preset, **self.solver)
+                return
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0])
 
     @property
     def model(self) -> str | None:
@@ -157,6 +190,7 @@ class Setting:
     type: Any  # the field's type (resolved)
     default: Any
     help: str
+    meta: Mapping[str, Any] = field(default_factory=dict)  # its declared range (fields.setting)
 
 
 # Settings of the run that SolverConfig also has: the run's value is passed on.
@@ -169,7 +203,7 @@ def _settings() -> dict[str, Setting]:
     for section, cls, skip in (("run", RunConfig, ("engine", "solver")),
                                ("engine", EngineSpec, ()),
                                ("solver", SolverConfig, ("name", *_SHARED))):
-        hints, helps = typing.get_type_hints(cls), _field_comments(cls)
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.name in skip:
                 continue
@@ -178,36 +212,8 @@ def _settings() -> dict[str, Setting]:
                        f.default_factory() if f.default_factory is not dataclasses.MISSING
                        else f.default)
             table[name] = Setting(name, section, f.name, hints[f.name], default,
-                                  helps.get(f.name, ""))
+                                  help_of(f), f.metadata)
     return table
-
-
-def _field_comments(cls) -> dict[str, str]:
-    """Each field's help: the comment lines right above it and the comment on its line, as
-    written in the class (the one place the fields are documented)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    helps, above = {}, []
-    lines = source.splitlines()
-    for line in lines[1:]:
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("# "))
-            continue
-        m = re.match(r"\s+(\w+)\s*:", line)
-        if m and not stripped.startswith(("def ", "@", "class ")):
-            trailing = ""
-            try:
-                comments = [t.string for t in tokenize.generate_tokens(
-                    io.StringIO(line + "\n").readline) if t.type == tokenize.COMMENT]
-                trailing = comments[-1].lstrip("# ") if comments else ""
-            except (tokenize.TokenError, IndentationError, SyntaxError):
-                pass
-            helps[m.group(1)] = " ".join([*above, trailing]).strip()
-        above = []
-    return helps
 
 
 SETTINGS: dict[str, Setting] = _settings()
@@ -246,9 +252,9 @@ def _yaml_settings(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except OSError as exc:
-        raise ConfigError(f"cannot read the settings file {path}: {exc}") from None
+        raise ConfigError(f"config: cannot read the settings file {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+        raise ConfigError(f"config: {path} holds no mapping of setting names to values")
     return _by_name({str(k): v for k, v in data.items()}, f"setting in {path}")
 
 
@@ -263,9 +269,14 @@ def parse_value(setting: Setting, raw: Any) -> Any:
     """`raw` (a string from the environment or a flag, or a typed value from code, a notebook
     or YAML) as the setting's type; ConfigError with what it takes otherwise."""
     try:
-        return _parse(setting.type, raw)
+        value = _parse(setting.type, raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{setting.name}: {raw!r} is not a valid value ({exc})") from None
+    try:
+        check_value(setting.name, setting.type, value, setting.meta)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return value
 
 
 def _parse(kind: Any, raw: Any) -> Any:
@@ -312,8 +323,12 @@ def _early_stop(raw: Any) -> EarlyStop | None:
     if raw is None or isinstance(raw, EarlyStop):
         return raw
     if isinstance(raw, Mapping):
+        unknown = set(raw) - {f.name for f in fields(EarlyStop)}
+        if unknown:
+            raise ValueError(f"no early-stop field {sorted(unknown)[0]!r} (it has rule, table, "
+                             "min_answers, min_share)")
         table = raw.get("table")
-        return EarlyStop(**{**raw, **({"table": tuple(map(tuple, table))} if table else {})})
+        return EarlyStop(**{**raw, **({"table": _table(table)} if table is not None else {})})
     text = str(raw).strip().lower()
     if text in (*_NONE, "off", "false", "0"):
         return None
@@ -321,10 +336,31 @@ def _early_stop(raw: Any) -> EarlyStop | None:
         return EarlyStop()
     if text in ("unbeatable", "confidence"):
         return EarlyStop(rule=text)
-    pairs = re.findall(r"(\d+)\s*/\s*(\d+)", text)
-    if not pairs or len(pairs) != len(text.split(",")):
-        raise ValueError("expected off, on, unbeatable, confidence or a table like 4/4,5/7")
-    return EarlyStop(table=tuple((int(k), int(n)) for k, n in pairs))
+    try:
+        return EarlyStop(table=_table(text))
+    except ValueError:
+        raise ValueError("expected off, on, unbeatable, confidence or a table like 4/4,5/7"
+                         ) from None
+
+
+def _table(raw: Any) -> tuple[tuple[int, int], ...]:
+    """An early-stop table: "4/4,5/7", ["4/4", "5/7"] or [[4, 4], [5, 7]] (k of at most n)."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"an early-stop table is a list of k/n pairs, not {raw!r}")
+    pairs = []
+    for item in items:
+        if isinstance(item, str) and re.fullmatch(r"\s*\d+\s*/\s*\d+\s*", item):
+            k, n = item.split("/")
+            pairs.append((int(k), int(n)))
+        elif (isinstance(item, (list, tuple)) and len(item) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+            pairs.append((item[0], item[1]))
+        else:
+            raise ValueError(f"an early-stop table entry is k/n or [k, n], not {item!r}")
+    if not pairs:
+        raise ValueError("an early-stop table needs at least one k/n pair")
+    return tuple(pairs)
 
 
 def _jsonable(value: Any) -> Any:

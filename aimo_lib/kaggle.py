@@ -33,7 +33,7 @@ import sys
 from dataclasses import replace
 
 from .competitions import COMPETITIONS, get_competition
-from .config import RunConfig, replace_engine
+from .config import ConfigError, RunConfig, replace_engine
 from .gateway import LocalGateway, Report, load_problems
 from .models import ModelNotFoundError
 from .records import log, read_rows
@@ -152,7 +152,12 @@ def resolve(config: RunConfig) -> RunConfig:
                 raise NoModelAttached(message)
             log(f"!!! {message}; every problem gets the fallback answer")
         config = replace_engine(config, model=model)
-    return replace(config, competition=competition)
+    config = replace(config, competition=competition)
+    try:  # the solver settings with the preset now chosen: refused here, before any model loads
+        config.solver_config()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{exc} (preset {config.preset}, model {config.model})") from None
+    return config
 
 
 def load_config(notebook: dict | None = None, **values) -> RunConfig:

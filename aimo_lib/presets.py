@@ -11,22 +11,26 @@ a laptop; "aimo3_gpt_oss" gpt-oss as the AIMO 3 public notebooks ran it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from .answers import AnswerRules, EarlyStop
-from .competitions import get_competition
-from .dialects import get_dialect
+from .competitions import COMPETITIONS, get_competition
+from .dialects import DIALECTS
+from .fields import check_fields, setting
+from .prompts import TEMPLATES
 
-__all__ = ["PRESETS", "VOTE_WEIGHTS", "SolverConfig", "config_for_run", "preset_for_model"]
+__all__ = ["AUTO_PRESETS", "PRESETS", "VOTE_WEIGHTS", "SolverConfig", "config_for_run",
+           "preset_for_model"]
 
 VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
 
 
-def _real(x: object) -> bool:
-    """A finite int or float (not a bool, not NaN, not +-inf)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _template_problem(template: str) -> str | None:
+    if template in (*TEMPLATES, "auto", "model", "chat", "harmony") or "{problem}" in template:
+        return None
+    return (f"it takes one of {', '.join(sorted(TEMPLATES))}, auto, model, chat or harmony, or "
+            "a string containing {problem}")
 
 
 @dataclass(frozen=True)
@@ -34,55 +38,73 @@ class SolverConfig:
     """Every knob of the decoder. Build one with `SolverConfig.preset(name, **overrides)`."""
 
     name: str = "default"
-    num_samples: int = 16  # N: width (samples voted over)
-    max_rounds: int = 4  # M: generation steps per sample (at most M-1 code executions)
-    temperature: float = 0.8  # sampling temperature
-    top_p: float = 1.0  # nucleus sampling (1.0: off)
-    max_new_tokens: int = 2048  # per step
-    # how transcripts show code, output and answer: a name in aimo_lib.dialects.DIALECTS
-    dialect: str = "tora"
-    max_tool_calls: int | None = None  # per sample; past it a call is answered with a note
-    sample_max_tokens: int | None = None  # per sample, all steps together (long reasoning)
-    # "auto": the model's own chat template (a checkpoint is served in the format it was
-    # trained on), else "chatml_tir"; see prompts.render_prompt
-    prompt_template: str = "auto"
-    code_timeout_s: float = 5.0  # wall-clock limit of one code block
-    max_output_chars: int = 1000  # what the model sees of one execution
-    restart_on_fail: bool = True  # a failed sample starts over from the prompt (else pruned)
-    # the seed's: an answered sample stays in the batch, is generated again each later step,
-    # and its answer is re-read after every step
-    keep_answered: bool = False
+    num_samples: int = setting(16, "N: width (samples voted over)", ge=1, le=4096)
+    max_rounds: int = setting(
+        4, "M: generation steps per sample (at most M-1 code executions)", ge=1, le=100_000)
+    temperature: float = setting(0.8, "sampling temperature", ge=0.0, le=10.0)
+    top_p: float = setting(1.0, "nucleus sampling (1.0: off)", gt=0.0, le=1.0)
+    max_new_tokens: int = setting(2048, "tokens per step", ge=1, le=1 << 20)
+    dialect: str = setting("tora", "how transcripts show code, output and answer",
+                           choices=lambda: tuple(DIALECTS))
+    max_tool_calls: int | None = setting(
+        None, "per sample; past it a call is answered with a note (None: no limit)",
+        ge=0, le=100_000)
+    sample_max_tokens: int | None = setting(
+        None, "tokens per sample, all steps together (None: no limit)", ge=1, le=1 << 24)
+    prompt_template: str = setting(
+        "auto", "a name in aimo_lib.prompts.TEMPLATES, 'model', 'chat', a string with "
+        "{problem}, or 'auto' (the model's own chat template, else chatml_tir)",
+        check=_template_problem)
+    code_timeout_s: float = setting(5.0, "wall-clock limit of one code block, seconds",
+                                    gt=0.0, le=3600.0)
+    max_output_chars: int = setting(1000, "what the model sees of one execution",
+                                    ge=1, le=10_000_000)
+    restart_on_fail: bool = setting(
+        True, "a failed sample starts over from the prompt (else pruned)")
+    keep_answered: bool = setting(
+        False, "the seed's: an answered sample stays in the batch, is generated again each "
+        "later step, and its answer is re-read after every step")
     # Beyond the seed:
 
-    stateful: bool = True  # one sandbox session per sample: earlier blocks' names persist
-    stop_at_boxed: bool = True  # a sample ends at its first \boxed{...}
-    # run a ```python block as soon as it closes, even when the model forgets to open the
-    # ```output block (we write that fence for it)
-    stop_at_code_end: bool = True
-    answer_max_tokens: int = 32  # to close an answer's braces after stopping at "\boxed{"
-    continue_from_ids: bool = True  # token-id prompts where the engine takes them
-    pipeline: str = "auto"  # "async" where the engine can submit, else "rounds"
-    early_stop: EarlyStop | None = EarlyStop()  # consensus: cancel stragglers once decided
-    code_ok_weight: float = 1.0  # vote weight of samples whose code all ran cleanly
-    # Confidence: > 0 asks the engine for every token's top-k logprobs and keeps each
-    # sample's token entropies (Sample.mean_entropy, .tail_entropy; needs supports_logprobs)
-    logprobs_top_k: int = 0
-    # the final vote's weights: "count" (one per sample), "mean_entropy" or "tail_entropy"
-    # (exp(-entropy_sharpness * H), H the mean token entropy of the whole sample, or of its
-    # last entropy_tail_tokens: the reasoning that led to its answer); early stop still counts
-    vote_weights: str = "count"
-    entropy_tail_tokens: int = 2048  # tokens of a sample's tail entropy
-    entropy_sharpness: float = 1.0  # the s of exp(-s * H)
-    # Adaptive retry: when the first wave ends without consensus (its leading answer has less
-    # than retry_below of the samples) and time is left (at least half of what the first wave
-    # took), retry_samples more are prompted with the retry_candidates most voted answers to
-    # check; both waves are voted together. 0: off
-    retry_samples: int = 0
-    retry_below: float = 0.5  # retry when the leader has less than this share of votes
-    retry_candidates: int = 4  # answers the second wave is asked to check
-    competition: str = "aimo1"  # answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)
-    fallback: int | None = 0  # answer when no sample gives a valid one (flagged)
-    seed: int = 42
+    stateful: bool = setting(
+        True, "one sandbox session per sample: earlier blocks' names persist")
+    stop_at_boxed: bool = setting(True, "a sample ends at its first \\boxed{...}")
+    stop_at_code_end: bool = setting(
+        True, "run a ```python block as soon as it closes, even when the model forgets to open "
+        "the ```output block (we write that fence for it)")
+    answer_max_tokens: int = setting(
+        32, "tokens to close an answer's braces after stopping at \\boxed{", ge=1, le=4096)
+    continue_from_ids: bool = setting(True, "token-id prompts where the engine takes them")
+    pipeline: str = setting("auto", "async | rounds | auto (async where the engine can submit)",
+                            choices=("auto", "async", "rounds"))
+    early_stop: EarlyStop | None = setting(
+        EarlyStop(), "consensus: cancel stragglers once decided: off | on (4/4,5/7,6/9) | "
+        "unbeatable | confidence | a table like 4/8")
+    code_ok_weight: float = setting(1.0, "vote weight of samples whose code all ran cleanly",
+                                    gt=0.0, le=1e6)
+    logprobs_top_k: int = setting(
+        0, "> 0: ask the engine for every token's top-k logprobs and keep each sample's token "
+        "entropies (vLLM serves at most 20)", ge=0, le=20)
+    vote_weights: str = setting(
+        "count", "the final vote's weights: count (one per sample), mean_entropy or "
+        "tail_entropy (exp(-entropy_sharpness * H), H the mean token entropy of the sample, or "
+        "of its last entropy_tail_tokens); early stop still counts", choices=VOTE_WEIGHTS)
+    entropy_tail_tokens: int = setting(2048, "tokens of a sample's tail entropy",
+                                       ge=1, le=1 << 24)
+    entropy_sharpness: float = setting(1.0, "the s of exp(-s * H)", ge=0.0, le=1000.0)
+    # Adaptive retry: when the first wave ends without consensus and time is left (at least
+    # half of what the first wave took), a second wave is prompted with the candidates.
+    retry_samples: int = setting(
+        0, "samples of a second wave when the first has no consensus (0: off)", ge=0, le=4096)
+    retry_below: float = setting(
+        0.5, "retry when the leader has less than this share of votes", ge=0.0, le=1.0)
+    retry_candidates: int = setting(4, "answers the second wave is asked to check",
+                                    ge=0, le=1000)
+    competition: str = setting("aimo1", "answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)",
+                               choices=lambda: tuple(COMPETITIONS))
+    fallback: int | None = setting(
+        0, "the answer when no sample gives a valid one (flagged)", ge=0, le=99_999)
+    seed: int = setting(42, "base seed of the samples' sampling", ge=0, le=2**63 - 1)
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> SolverConfig:
@@ -96,36 +118,16 @@ class SolverConfig:
         return replace(PRESETS[name], **overrides)
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_rounds < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_samples, max_rounds and max_new_tokens must be >= 1")
-        if self.code_timeout_s <= 0:
-            raise ValueError("code_timeout_s must be positive")
-        if self.pipeline not in ("auto", "async", "rounds"):
-            raise ValueError("pipeline must be 'auto', 'async' or 'rounds'")
-        for name in ("max_tool_calls", "sample_max_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (or None: no limit)")
-        get_dialect(self.dialect)
-        if self.vote_weights not in VOTE_WEIGHTS:
-            raise ValueError(f"vote_weights must be one of {VOTE_WEIGHTS}, not "
-                             f"{self.vote_weights!r}")
+        check_fields(self)
+        if self.dialect == "harmony" and self.prompt_template in TEMPLATES:
+            raise ValueError(f"dialect='harmony' reads harmony transcripts, and prompt_template="
+                             f"{self.prompt_template!r} is not one: set prompt_template to auto "
+                             "(harmony's own prompt) or model (the model's chat template)")
+        if self.prompt_template == "harmony" and self.dialect != "harmony":
+            raise ValueError("prompt_template='harmony' needs dialect='harmony'")
         if self.vote_weights != "count" and self.logprobs_top_k < 1:
             raise ValueError(f"vote_weights={self.vote_weights!r} needs the token entropies: "
                              "set logprobs_top_k (e.g. 20)")
-        if self.retry_samples < 0 or not 0.0 <= self.retry_below <= 1.0 or (
-                self.retry_candidates < 0):
-            raise ValueError("retry_samples and retry_candidates must be >= 0 and retry_below "
-                             "within [0, 1]")
-        if self.entropy_tail_tokens < 1 or self.logprobs_top_k < 0:
-            raise ValueError("entropy_tail_tokens must be >= 1 and logprobs_top_k >= 0")
-        # Every vote weight must be a finite number >= 0, whatever the samples do: a NaN or an
-        # overflow here once made the final vote raise (or name no winner).
-        if not (_real(self.code_ok_weight) and 0 < self.code_ok_weight <= 1e6):
-            raise ValueError(f"code_ok_weight must be a number in (0, 1e6], not "
-                             f"{self.code_ok_weight!r}")
-        if not (_real(self.entropy_sharpness) and 0 <= self.entropy_sharpness <= 1e3):
-            raise ValueError(f"entropy_sharpness must be a number in [0, 1000] (the s of "
-                             f"exp(-s * H)), not {self.entropy_sharpness!r}")
         self._check_fallback()
 
     def _check_fallback(self) -> None:
@@ -187,6 +189,10 @@ PRESETS = {
         early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
         vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8),
 }
+
+
+# The presets "auto" may choose (preset_for_model, config_for_run).
+AUTO_PRESETS = ("embedded_cpu", "default", "aimo3_gpt_oss")
 
 
 def preset_for_model(model: str | None) -> str:

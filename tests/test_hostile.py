@@ -157,8 +157,10 @@ def test_the_fallback_follows_the_competition():
     assert SolverConfig.preset("default", fallback=5000, competition="aimo3").rules.fallback \
         == 5000
     assert SolverConfig.preset("default", fallback=None).fallback is None
-    with pytest.raises(ValueError, match="0 to 99999"):
+    with pytest.raises(ValueError, match=r"fallback=100000 .* \[0, 99999\]"):
         SolverConfig.preset("default", fallback=100000, competition="aimo3")
+    with pytest.raises(ValueError, match="0 to 999 "):
+        SolverConfig.preset("default", fallback=5000, competition="aimo1")
 
 
 def test_vote_refuses_weights_that_are_not_numbers():

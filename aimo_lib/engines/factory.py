@@ -4,8 +4,9 @@ Back-ends are imported when built, so importing this never needs torch or vLLM."
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..fields import check_fields, setting
 from .base import Engine
 from .hf import HFEngine
 from .openai import OpenAIEngine
@@ -13,6 +14,11 @@ from .replica import ReplicaEngine
 from .vllm import VLLMEngine
 
 ENGINE_KINDS = ("auto", "vllm", "vllm_server", "hf", "openai")
+
+
+def _urls_problem(urls: tuple[str, ...]) -> str | None:
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    return f"not a base URL: {bad[0]!r} (e.g. http://127.0.0.1:8000/v1)" if bad else None
 
 
 def vllm_available() -> bool:
@@ -24,17 +30,21 @@ class EngineSpec:
     """Which engine to build: the one factory (the notebook, `aimo`, training); its fields are
     run settings (aimo_lib.config) under the names in their metadata."""
 
-    # auto (vLLM wherever it is importable, GPU or CPU; transformers if vLLM is missing or
-    # fails to start) | vllm | vllm_server (vLLM's OpenAI-compatible server as a child
-    # process) | hf (transformers) | openai (a server already running: openai_url)
-    kind: str = field(default="auto", metadata={"setting": "engine"})
-    # a checkpoint folder, hub id or .gguf file; None: the embedded SmolLM2 (written once as a
-    # checkpoint for vLLM); openai: the served model's name (None: the first it lists)
-    model: str | None = None
-    # base URL of a running OpenAI-compatible server (engine openai); repeat for replicas
-    openai_urls: tuple[str, ...] = field(default=(), metadata={"setting": "openai_url"})
-    max_concurrency: int = 64  # requests in flight per OpenAI-compatible server
-    async_mode: bool = True  # vLLM: each sample continues on its own (the async pipeline)
+    kind: str = setting(
+        "auto", "auto (vLLM wherever it is importable, GPU or CPU; transformers if vLLM is "
+        "missing or fails to start) | vllm | vllm_server (vLLM's OpenAI-compatible server as a "
+        "child process) | hf (transformers) | openai (a server already running: openai_url)",
+        name="engine", choices=ENGINE_KINDS)
+    model: str | None = setting(
+        None, "a checkpoint folder, hub id or .gguf file; None: the embedded SmolLM2; "
+        "openai: the served model's name (None: the first it lists)")
+    openai_urls: tuple[str, ...] = setting(
+        (), "base URL of a running OpenAI-compatible server (engine openai); repeat for "
+        "replicas", name="openai_url", check=_urls_problem)
+    max_concurrency: int = setting(64, "requests in flight per OpenAI-compatible server",
+                                   ge=1, le=4096)
+    async_mode: bool = setting(
+        True, "vLLM: each sample continues on its own (the async pipeline)")
 
     @property
     def remote(self) -> bool:
@@ -43,10 +53,9 @@ class EngineSpec:
         return self.kind == "openai"
 
     def __post_init__(self) -> None:
-        if self.kind not in ENGINE_KINDS:
-            raise ValueError(f"unknown engine {self.kind!r}: one of {', '.join(ENGINE_KINDS)}")
         if isinstance(self.openai_urls, str):
             object.__setattr__(self, "openai_urls", (self.openai_urls,))
+        check_fields(self)
         if self.kind == "openai" and not self.openai_urls:
             raise ValueError("engine 'openai' needs the server's base URL (e.g. "
                              "http://127.0.0.1:8000/v1); repeat it for replicas")
