@@ -206,7 +206,8 @@ def _scalar(column):
 def predict(id_, problem, *rest):
     """The AIMO 2/3 inference servers' callback: a plain module-level function named `predict`
     (they reject lambdas, partials and bound methods). One polars Series per CSV column.
-    Never raises: an exception here would stop Kaggle's gateway and lose the submission."""
+    Never raises (but KeyboardInterrupt): an exception here would stop Kaggle's gateway and
+    lose the submission."""
     import polars as pl
 
     if _runner is None:
@@ -215,7 +216,13 @@ def predict(id_, problem, *rest):
         problem_id, text = str(_scalar(id_)), str(_scalar(problem))
     except Exception:  # noqa: BLE001 - malformed input: still answer the row
         problem_id, text = str(id_), str(problem)
-    answer = _runner.solve(text, problem_id).answer
+    try:
+        answer = _runner.solve(text, problem_id).answer  # never raises but KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - belt and braces: the row is still answered
+        answer = _runner.rules.fallback
+        log(f"{problem_id}: solve() raised {type(exc).__name__}: {exc}; answering {answer}")
     return pl.DataFrame({"id": [problem_id], "answer": [answer]})
 
 
