@@ -97,36 +97,86 @@ def find_competition() -> str | None:
     return None
 
 
-def _is_model_dir(path: str) -> bool:
-    """A transformers checkpoint: config.json beside weights (or a tokenizer, for tests)."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        return False
-    names = os.listdir(path)
-    return any(n.endswith((".safetensors", ".bin", ".pt", ".gguf")) or
-               n == "model.safetensors.index.json" or n == "tokenizer.json" for n in names)
+# Weights a checkpoint folder may hold; files of a training run that are not weights.
+_WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state")
+
+
+def _inspect_checkpoint(path: str) -> tuple[bool, str]:
+    """(whether `path` is a complete checkpoint, what it holds): config.json beside weights,
+    or beside an index (*.index.json) whose files are all there. A folder with config.json
+    and a tokenizer only (a base model's files, a tokenizer dataset) has no model in it."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        return False, f"unreadable ({exc.strerror})"
+    if "config.json" not in names:
+        return False, "no config.json"
+    indexes = [n for n in names if n.endswith(".index.json")]
+    for index in indexes:  # a sharded checkpoint: every shard it names must be there
+        try:
+            with open(os.path.join(path, index), encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False, f"{index} is not a weights index"
+        missing = [f for f in files if not os.path.isfile(os.path.join(path, str(f)))]
+        if missing or not files:
+            return False, (f"{index} names {len(files)} files, {len(missing)} missing (e.g. "
+                           f"{missing[0]})" if missing else f"{index} names no files")
+        return True, f"weights: {len(files)} files named by {index}"
+    weights = [n for n in names if n.endswith(_WEIGHTS) and not n.startswith(_NOT_WEIGHTS)
+               and os.path.isfile(os.path.join(path, n))]
+    if weights:
+        return True, f"weights: {', '.join(weights[:3])}" + (
+            f" and {len(weights) - 3} more" if len(weights) > 3 else "")
+    return False, "config.json but no weights (" + (", ".join(names[:6]) or "nothing else") + (
+        ", ..." if len(names) > 6 else "") + ")"
 
 
 def find_model(max_depth: int = 5) -> str | None:
-    """A model attached to the notebook: the first folder under the input folder (sorted,
-    breadth first, at most `max_depth` deep) holding a checkpoint, in the Models layout or
-    uploaded as a Dataset; the competition's data and the wheels dataset are skipped."""
+    """A model attached to the notebook: the shallowest folder under the input folder (breadth
+    first, names sorted, at most `max_depth` deep) holding a complete checkpoint (config.json
+    and weights: _inspect_checkpoint), in the Models layout or uploaded as a Dataset; the
+    competition's data and the wheels dataset are skipped. Every folder with a config.json
+    seen on the way is logged with what it holds, and the choice with why."""
     root = kaggle_input()
     if not os.path.isdir(root):
         return None
     skip = {c.kaggle_dir for c in COMPETITIONS.values()}
     level = [os.path.join(root, d) for d in sorted(os.listdir(root)) if d not in skip]
-    found = []
+    seen, found = [], []
     for _ in range(max_depth):
-        found = [d for d in level if os.path.isdir(d) and _is_model_dir(d)]
+        for d in level:
+            if os.path.isdir(d) and os.path.isfile(os.path.join(d, "config.json")):
+                complete, what = _inspect_checkpoint(d)
+                seen.append((d, complete, what))
+                if complete:
+                    found.append(d)
         if found:
             break
         level = [os.path.join(d, n) for d in level if os.path.isdir(d)
                  and not glob.glob(os.path.join(d, "aimo_lib-*.whl"))
-                 for n in sorted(os.listdir(d))]
-    if len(found) > 1:
-        log(f"several models are attached: {', '.join(found)}; using {found[0]} (set MODEL "
-            "to choose)")
-    return found[0] if found else None
+                 for n in _listdir(d)]
+    for d, complete, what in seen:
+        log(f"model candidate {d}: {what}" + ("" if complete else "; not a model, skipped"))
+    if not found:
+        if seen:
+            log(f"no complete checkpoint under {root} (config.json and weights: *.safetensors, "
+                "*.bin, *.gguf, *.pt/.pth, or an index naming them)")
+        return None
+    why = ("the only complete checkpoint" if len(seen) == 1 else
+           "the only complete checkpoint found" if len(found) == 1 else
+           f"the first in name order of {len(found)} complete checkpoints at the same depth; "
+           "set MODEL to choose")
+    log(f"using the model at {found[0]}: {why}")
+    return found[0]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:  # a folder we may not read is no model
+        return []
 
 
 class NoModelAttached(ModelNotFoundError):

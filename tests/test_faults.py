@@ -406,3 +406,86 @@ def test_eval_counts_an_answer_only_when_a_sample_gave_it():
     assert summary["by_model"] == 1
     assert summary["fallbacks"] == {"2 of 2 samples spent their steps or tokens without an "
                                     "answer (MAX_ROUNDS, MAX_NEW_TOKENS, SAMPLE_MAX_TOKENS)": 2}
+
+
+# ---------------------------------------------------------------- 7. model discovery
+
+
+def _files(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text("{}" if name.endswith(".json") else "w")
+    return folder
+
+
+def test_a_folder_without_weights_is_never_taken_for_the_model(tmp_path, monkeypatch, capsys):
+    # config.json and a tokenizer (a base model's files uploaded without weights) was chosen
+    # over the complete Kaggle Model deeper down, because it was shallower, without a word.
+    monkeypatch.setenv("AIMO_KAGGLE_INPUT", str(tmp_path))
+    _files(tmp_path / "a-tokenizer", "config.json", "tokenizer.json", "tokenizer_config.json")
+    _files(tmp_path / "run" / "out", "config.json", "training_args.bin")  # no weights either
+    model = _files(tmp_path / "gpt-oss" / "transformers" / "default" / "1", "config.json",
+                   "tokenizer.json", "model.safetensors")
+    assert kg.find_model() == str(model)
+    err = capsys.readouterr().err
+    assert f"model candidate {tmp_path / 'a-tokenizer'}: config.json but no weights" in err
+    assert f"model candidate {tmp_path / 'run' / 'out'}: config.json but no weights" in err
+    assert f"using the model at {model}: the only complete checkpoint found" in err
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "m.gguf",
+                                     "consolidated.pt", "model.pth"])
+def test_every_kind_of_weights_makes_a_checkpoint(tmp_path, monkeypatch, weights):
+    monkeypatch.setenv("AIMO_KAGGLE_INPUT", str(tmp_path))
+    model = _files(tmp_path / "m", "config.json", weights)
+    assert kg.find_model() == str(model)
+
+
+def test_a_sharded_checkpoint_needs_every_shard_its_index_names(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AIMO_KAGGLE_INPUT", str(tmp_path))
+    index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    broken = _files(tmp_path / "broken", "config.json", "model-1.safetensors")
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert kg.find_model() is None
+    assert "model.safetensors.index.json names 2 files, 1 missing (e.g. model-2.safetensors)" \
+        in capsys.readouterr().err
+    (broken / "model-2.safetensors").write_text("w")
+    assert kg.find_model() == str(broken)
+    (broken / "model.safetensors.index.json").write_text("[1, 2]")  # not an index
+    assert kg.find_model() is None
+
+
+_KINDS = {"weights": ("config.json", "model.safetensors"),
+          "no weights": ("config.json", "tokenizer.json"),
+          "no config": ("model.safetensors",), "empty": ()}
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(st.lists(st.sampled_from("abc"), min_size=1, max_size=4),
+                          st.sampled_from(sorted(_KINDS))), max_size=6))
+def test_the_shallowest_complete_checkpoint_is_chosen(tree):
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        previous = os.environ.get("AIMO_KAGGLE_INPUT")
+        os.environ["AIMO_KAGGLE_INPUT"] = root
+        try:
+            from pathlib import Path
+
+            for parts, kind in tree:
+                _files(Path(root, *parts), *_KINDS[kind])
+            complete = {os.path.join(root, *p) for p, _ in tree
+                        if kg._inspect_checkpoint(os.path.join(root, *p))[0]}
+            found = kg.find_model()
+            if not complete:
+                assert found is None
+            else:
+                depth = min(d.count(os.sep) for d in complete)
+                assert found in complete and found.count(os.sep) == depth
+                assert found == min(d for d in complete if d.count(os.sep) == depth)
+        finally:
+            if previous is None:
+                os.environ.pop("AIMO_KAGGLE_INPUT", None)
+            else:
+                os.environ["AIMO_KAGGLE_INPUT"] = previous
