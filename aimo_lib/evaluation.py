@@ -216,10 +216,26 @@ def summarize(records: list[dict], problems: list[EvalProblem], competition: str
 
 
 def load_records(out_dir: str) -> list[dict]:
-    """Every (problem, seed) result saved so far, the latest per pair; a line torn by a crash
-    is redone."""
-    latest = {(r["id"], r["seed"]): r for r in read_jsonl(os.path.join(out_dir, "samples.jsonl"))}
-    return list(latest.values())
+    """Every (problem, seed) result saved so far, the latest per pair; a line that is no
+    record (torn by a crash, malformed: read_jsonl) is skipped, and redone."""
+    rows = read_jsonl(os.path.join(out_dir, "samples.jsonl"), ("id", "seed"), _no_result)
+    return list({(r["id"], r.get("seed")): r for r in rows}.values())
+
+
+_RESULT_FIELDS = ("answer", "fallback", "votes", "samples", "tokens_generated", "elapsed_s",
+                  "stopped_early")
+
+
+def _no_result(row: dict) -> str | None:
+    """Why a record cannot be summarised (None: it can)."""
+    result = row.get("result")
+    if isinstance(row.get("seed"), bool) or not isinstance(row.get("seed"), int):
+        return "no integer 'seed'"
+    if not isinstance(result, dict) or not isinstance(result.get("samples"), list) or not (
+            isinstance(result.get("votes"), dict)):
+        return "no solve result in it"
+    missing = [k for k in _RESULT_FIELDS if k not in result]
+    return f"its result lacks {', '.join(missing)}" if missing else None
 
 
 def eval_runner(config, out_dir: str, **kwargs):

@@ -109,9 +109,26 @@ class LocalGateway:
         self._progress = os.path.join(out_dir, "gateway_progress.jsonl")
         if not resume and os.path.exists(self._progress):
             os.remove(self._progress)
-        self._done = {row["id"]: row for row in read_jsonl(self._progress)}
+        self._done = {row["id"]: row for row in read_jsonl(self._progress, ("id",),
+                                                            self._malformed)}
         self._waiting: Problem | None = None
         self._served_at = 0.0
+
+    def _malformed(self, row: dict) -> str | None:
+        """Why a progress line cannot stand for its problem's answer (None: it can); such a
+        problem is served again."""
+        try:
+            validate_answer(row.get("answer"), self.competition)
+        except InvalidAnswer as exc:
+            return str(exc)
+        elapsed = row.get("elapsed_s")
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)):
+            return "no elapsed_s"
+        if not isinstance(row.get("votes", {}), dict):
+            return "its votes are not a mapping"
+        if row.get("truth") is not None and not isinstance(row.get("correct"), bool):
+            return "a truth without a correct flag"
+        return None
 
     def iter_test(self) -> Iterator[Problem]:
         """Yields unanswered problems; each must be answered with predict() first."""

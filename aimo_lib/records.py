@@ -2,7 +2,7 @@
 and the problem files (.jsonl or .csv) that runs read.
 
     append_jsonl("runs/x/results.jsonl", {"id": "p1", "answer": 42})
-    read_jsonl("runs/x/results.jsonl")   # [] before the first record; torn lines skipped
+    read_jsonl("runs/x/results.jsonl")   # [] before the first record; bad lines skipped
     records = Records("runs/x/results.jsonl")
     records.append({...})                 # never raises: a full disk is logged, not fatal
     records.done(("id", "seed"))          # keys recorded and not failed: what a rerun skips
@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 __all__ = ["Records", "append_jsonl", "log", "read_jsonl", "read_rows"]
 
@@ -24,19 +25,51 @@ def log(message: str) -> None:
     print(f"[aimo] {message}", file=sys.stderr, flush=True)
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Records appended with append_jsonl; [] if the file does not exist yet. A line torn by
-    a crash is skipped (its record is simply redone)."""
+def read_jsonl(path: str, key: tuple[str, ...] = (),
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """Records appended with append_jsonl; [] if the file does not exist yet.
+
+    A line that is no record is skipped with a log line naming its line number, and its
+    problem is simply redone: a line torn by a crash, bytes that are not UTF-8, JSON that is
+    not an object (a bare number, a list), a record without `key`'s first field (its
+    identity, e.g. "id") or with a key field that is not a string or an integer (later key
+    fields may also be None: "seed"), and one that `check(row)` says is wrong (it returns
+    why, or None)."""
     if not os.path.exists(path):
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                why = "not UTF-8"
+            except (ValueError, RecursionError) as exc:  # also: huge numbers, deep nesting
+                why = f"not valid JSON ({getattr(exc, 'msg', exc)}): torn by a crash?"
+            else:
+                why = _record_problem(row, key) or (check(row) if check else None)
+                if why is None:
+                    rows.append(row)
+                    continue
+            log(f"{path}:{n}: {why}; the line is skipped (its problem is redone)")
     return rows
+
+
+def _record_problem(row: object, key: tuple[str, ...]) -> str | None:
+    """Why `row` is no record keyed by `key` (None: it is one)."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not a record (an object)"
+    for i, name in enumerate(key):
+        value = row.get(name)
+        if value is None:
+            if i == 0:
+                return f"no {name!r}"
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return f"its {name!r} is a {type(value).__name__}, not a string or an integer"
+    return None
 
 
 def read_rows(path: str) -> list[dict]:
@@ -99,6 +132,9 @@ class Records:
         return read_jsonl(self.path) if self.path else []
 
     def done(self, key: tuple[str, ...] = ("id",)) -> set[tuple]:
-        """The keys of the records that did not fail (a failed one is redone on a rerun)."""
-        return {tuple(r.get(k) for k in key) for r in self.read()
-                if isinstance(r, dict) and not r.get("failed")}
+        """The keys of the records that did not fail (a failed one is redone on a rerun, and
+        so is a malformed one: read_jsonl)."""
+        if not self.path:
+            return set()
+        return {tuple(r.get(k) for k in key) for r in read_jsonl(self.path, key)
+                if not r.get("failed")}

@@ -478,9 +478,10 @@ class Runner:
             self.budget.resize(n_problems)
 
     def done(self) -> set[tuple]:
-        """Keys (id, or id and seed) already recorded without failing: a rerun skips them."""
-        return self.records.done(("id",)) | {k for k in self.records.done(("id", "seed"))
-                                              if k[1] is not None}
+        """Keys (id, or id and seed) already recorded without failing: a rerun skips them.
+        A malformed record is skipped (logged with its line number): its problem is redone."""
+        keys = self.records.done(("id", "seed"))
+        return {(i,) for i, _ in keys} | {k for k in keys if k[1] is not None}
 
     def map(self, jobs: Iterable, concurrency: int = 1, progress: bool = True,
             desc: str = "problems", fn: Callable[[Any], Any] | None = None
