@@ -344,7 +344,7 @@ def test_engine_spec_prefers_vllm_and_falls_back_to_transformers(monkeypatch):
     monkeypatch.setattr(factory, "vllm_available", lambda: False)
     built.clear()
     assert isinstance(engines.EngineSpec("auto").build(), FakeHF) and built == [("hf", None)]
-    with pytest.raises(ValueError, match="unknown engine"):
+    with pytest.raises(ValueError, match="engine=.tgi. is not allowed: it takes one of auto"):
         engines.EngineSpec("tgi")
     with pytest.raises(ValueError, match="base URL"):
         engines.EngineSpec("openai")
