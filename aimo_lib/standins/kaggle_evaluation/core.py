@@ -1,14 +1,21 @@
 """The stand-in's relay, server and gateway (see the package docstring).
 
-Relay: one gRPC method that carries a JSON call (endpoint name and arguments, polars
-DataFrames and Series tagged) and its JSON reply. The server registers the notebook's
-endpoint listeners (`predict`) and answers calls on a worker thread; the gateway connects to
-it, waiting through the server's start-up (Kaggle allows 15 minutes), sends one row at a time,
-validates each answer, and writes submission.parquet and result.json in its working folder.
+Relay: one gRPC method whose protobuf message (a BytesValue) carries a JSON call (endpoint
+name and arguments, tagged: polars DataFrames as Arrow IPC streams, as Kaggle's relay sends
+them; Series as lists; numpy scalars as numbers) and its JSON reply; a reply may be a polars or
+a pandas DataFrame, as Kaggle's gateway accepts either. It imports what Kaggle's package
+imports (grpc, protobuf, numpy, pandas, polars, pyarrow; tests/test_faults.py compares the
+two), so that an image without one of them fails here as it would on Kaggle.
+
+The server registers the notebook's endpoint listeners (`predict`) and answers calls on a
+worker thread; the gateway connects to it, waiting through the server's start-up (Kaggle
+allows 15 minutes), sends one row at a time, validates each answer, and writes
+submission.parquet and result.json in its working folder.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import os
@@ -19,7 +26,12 @@ import time
 from concurrent import futures
 
 import grpc
+import numpy as np
+import pandas as pd
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
+from google.protobuf.wrappers_pb2 import BytesValue
 
 METHOD = "/kaggle_evaluation_standin.Relay/Send"
 PORTS = (50051, *range(60053, 60063))
@@ -40,23 +52,36 @@ class GatewayError(RuntimeError):
 
 
 def _encode(obj):
+    if isinstance(obj, pd.DataFrame):
+        obj = pl.from_pandas(obj)
     if isinstance(obj, pl.DataFrame):
-        return {"__df__": {c: obj[c].to_list() for c in obj.columns}}
+        table = obj.to_arrow()
+        sink = pa.BufferOutputStream()
+        with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return {"__arrow__": base64.b64encode(sink.getvalue().to_pybytes()).decode()}
     if isinstance(obj, pl.Series):
         return {"__series__": [obj.name, obj.to_list()]}
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, (list, tuple)):
         return [_encode(x) for x in obj]
     return obj
 
 
 def _decode(obj):
-    if isinstance(obj, dict) and "__df__" in obj:
-        return pl.DataFrame(obj["__df__"])
+    if isinstance(obj, dict) and "__arrow__" in obj:
+        with pyarrow.ipc.open_stream(base64.b64decode(obj["__arrow__"])) as reader:
+            return pl.from_arrow(reader.read_all())
     if isinstance(obj, dict) and "__series__" in obj:
         return pl.Series(*obj["__series__"])
     if isinstance(obj, list):
         return [_decode(x) for x in obj]
     return obj
+
+
+def _message(data: bytes) -> BytesValue:
+    return BytesValue(value=data)
 
 
 # ---------------------------------------------------------------- the notebook's side
@@ -74,7 +99,10 @@ class InferenceServer:
         self.listeners = {fn.__name__: fn for fn in endpoint_listeners}
         self.server: grpc.Server | None = None
 
-    def _handle(self, request: bytes, context) -> bytes:
+    def _handle(self, message: BytesValue, context) -> BytesValue:
+        return _message(self._reply(message.value))
+
+    def _reply(self, request: bytes) -> bytes:
         call = json.loads(request)
         name = call["name"]
         calls.append({"name": name, "thread": threading.current_thread().name,
@@ -91,7 +119,9 @@ class InferenceServer:
 
     def _start(self) -> int:
         handler = grpc.method_handlers_generic_handler(
-            METHOD.split("/")[1], {"Send": grpc.unary_unary_rpc_method_handler(self._handle)})
+            METHOD.split("/")[1], {"Send": grpc.unary_unary_rpc_method_handler(
+                self._handle, request_deserializer=BytesValue.FromString,
+                response_serializer=BytesValue.SerializeToString)})
         for port in PORTS:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
                                  handlers=[handler],
@@ -150,7 +180,12 @@ class Gateway:
         while True:
             for port in PORTS:
                 channel = grpc.insecure_channel(f"{host}:{port}")
-                send = channel.unary_unary(METHOD)
+                stub = channel.unary_unary(METHOD, request_serializer=BytesValue.SerializeToString,
+                                           response_deserializer=BytesValue.FromString)
+
+                def send(data: bytes, timeout=None, stub=stub) -> bytes:
+                    return stub(_message(data), timeout=timeout).value
+
                 try:
                     send(b'{"name": "__ping__", "args": []}', timeout=2)
                     return channel, send
