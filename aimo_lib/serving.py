@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 from .engines import EngineError, OpenAIEngine
+from .engines.cpu import vllm_cpu_env
 from .engines.vllm import check_cpu_quantization
 from .reaper import Reaper, descendants
 
@@ -77,8 +78,9 @@ class VLLMServer:
             fd, log_path = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
+        env = {**os.environ, **({} if on_gpu else vllm_cpu_env())}
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self._reaper = Reaper([self.proc.pid])
         try:

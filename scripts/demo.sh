@@ -22,4 +22,6 @@ python -m papermill kaggle_notebook.ipynb runs/demo/kaggle_notebook.executed.ipy
 echo
 echo "=== runs/demo/report.txt ==="
 cat runs/demo/report.txt
-echo "[demo] notebook executed in $((SECONDS - installed)) s; ${SECONDS} s in all"
+echo "[demo] notebook executed in $((SECONDS - installed)) s; ${SECONDS} s in all; on" \
+     "$(python -c 'from aimo_lib.engines.cpu import cpu_summary; print(cpu_summary())'), load" \
+     "$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"

@@ -408,3 +408,18 @@ def test_smollm2_end_to_end_with_real_code_execution(smollm, sandbox):
     assert calls, "SmolLM2 wrote no code block at all with the 1-shot prompt"
     assert all(c.status in ("ok", "error", "timeout", "crashed") for c in calls)
     assert all(r.answer is not None for r in results)
+
+
+def test_vllm_cpu_settings_give_a_small_machine_every_core_and_keep_the_users(monkeypatch):
+    from aimo_lib.engines import cpu
+
+    monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
+    assert cpu.vllm_cpu_env({}) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1",
+                                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # a user's explicit setting is never changed
+    assert cpu.vllm_cpu_env({"VLLM_CPU_OMP_THREADS_BIND": "0"}) == {
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # a big machine keeps vLLM's own binding (one core of many reserved)
+    monkeypatch.setattr(cpu, "usable_cores", lambda: list(range(32)))
+    assert cpu.vllm_cpu_env({}) == {}
+    assert "cores, AVX-512 " in cpu.cpu_summary()

@@ -47,6 +47,28 @@ def _vllm_processes() -> set[int]:
     return {p for p in descendants() if cmdline(p).startswith("VLLM")}
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [p.decode(errors="replace").split("=", 1) for p in f.read().split(b"\0") if p]
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def _assert_cpu_settings_reached(pids) -> None:
+    """What aimo_lib sets for vLLM-CPU on this machine is in every engine process's
+    environment (on a machine of more than FEW_CORES cores it sets nothing: vLLM's own)."""
+    import torch
+
+    from aimo_lib.engines.cpu import vllm_cpu_env
+
+    if torch.cuda.is_available():
+        pytest.skip("GPU machine: no VLLM_CPU_* settings")
+    wanted = vllm_cpu_env({})
+    assert pids
+    for pid in pids:
+        env = _environ(pid)
+        assert {k: env.get(k) for k in wanted} == wanted, (cmdline(pid), wanted)
+
+
 def _gone(pids, timeout_s: float) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -156,6 +178,9 @@ class TestOffline:
         yield engine
         _closed(engine)
 
+    def test_cpu_settings_reach_the_engine_process(self, engine):
+        _assert_cpu_settings_reached(_vllm_processes())
+
     def test_stop_strings_finish_reasons_and_seeds(self, engine):
         keep = _stops_and_finish_reasons(engine.generate)
         _consistent(engine, keep)
@@ -244,6 +269,9 @@ class TestServer:
             pids = {server.proc.pid} | descendants(server.proc.pid)
             yield server
         assert _gone(pids, 15), "the server or its engine outlived close()"
+
+    def test_cpu_settings_reach_the_server_and_its_engine(self, server):
+        _assert_cpu_settings_reached({server.proc.pid} | descendants(server.proc.pid))
 
     @pytest.mark.timeout(900)  # the server's start-up and three solves of up to 120 s
     def test_openai_engine_against_vllm_serve(self, server, sandbox):

@@ -26,6 +26,7 @@ from .base import (
     render_chat,
     topk_entropy,
 )
+from .cpu import has_avx512, vllm_cpu_env
 
 
 class VLLMEngine(Engine):
@@ -68,6 +69,7 @@ class VLLMEngine(Engine):
         if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
             engine_kwargs.setdefault("enforce_eager", True)
             check_cpu_quantization(model)
+            os.environ.update(vllm_cpu_env())  # read by the engine processes vLLM spawns
         kwargs = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                       quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
@@ -271,7 +273,7 @@ def check_cpu_quantization(model: str) -> None:
         raise EngineError(
             f"{model} is 4-bit {method.upper()}, and vLLM's CPU build for this processor has no "
             "kernel for it (cpu_gemm_wna16 is built for AVX-512 CPUs only; this one "
-            f"{'has' if _has_avx512() else 'lacks'} AVX-512). Serve the unquantized checkpoint "
+            f"{'has' if has_avx512() else 'lacks'} AVX-512). Serve the unquantized checkpoint "
             "(the one quantize.py read), load this one with the transformers engine "
             "(--engine hf), or serve it on a GPU.")
 
@@ -293,14 +295,6 @@ def cpu_has_wna16_kernel() -> bool:
 
 
 _WNA16: bool | None = None
-
-
-def _has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return " avx512f" in f.read()
-    except OSError:
-        return False
 
 
 def _raise_context_error(exc: Exception) -> None:
