@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .answers import vote
 from .competitions import get_competition
-from .gateway import Problem
+from .gateway import Problem, check_limit
 from .records import read_jsonl, read_rows
 from .results import fallback_cause, model_answer
 
@@ -57,8 +57,10 @@ def load_eval_dataset(name: str, data_dir: str | None = None,
 
     Named sets are read from `data_dir` (or $AIMO_DATA_DIR) when it holds the JSONL copy,
     else from the hub with `datasets`. Rows whose answer is not an integer are skipped and
-    reported; rows without a problem or an answer are errors.
+    reported; rows without a problem or an answer are errors. `limit`: the first N
+    (gateway.check_limit: an integer >= 1, or None).
     """
+    limit = check_limit(limit)
     if name in DATASETS:
         hub, filename = DATASETS[name]
         local = _local_dir(data_dir)

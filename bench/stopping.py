@@ -201,6 +201,8 @@ def score(rows: list[dict], rule_for, n: int, wave: int | None) -> dict:
     saved_t, saved_s, agree, right, full_right = [], [], [], [], []
     for k, row in enumerate(rows):
         base = traces(row, n)
+        if not base:  # a problem that recorded no sample has nothing to replay
+            continue
         total = sum(t.tokens for t in base) or 1
         st = ss = ag = rt = fr = 0.0
         for o in range(ORDERS):

@@ -20,6 +20,7 @@ from aimo_lib import kaggle as kg
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import Completion, ScriptedEngine
 from aimo_lib.run import Job, Runner
+from aimo_lib.stopping import StopRule, Trace, majority, replay
 
 OUT = "```output\n"
 
@@ -812,3 +813,42 @@ def test_a_username_kaggle_would_not_take_is_refused(user):
         meta = json.load(open(f"{out}/kernel-metadata.json"))
         assert meta["id"].startswith(f"{user}/") and "your-kaggle-username" not in json.dumps(
             meta)
+
+
+@given(st.lists(st.builds(Trace, st.one_of(st.none(), st.integers(0, 3)), st.integers(0, 40)),
+                max_size=6),
+       st.one_of(st.none(), st.integers(-3, 8), st.lists(st.integers(-2, 5), max_size=4)),
+       st.sampled_from(["table", "none", "beta", "share", "dirichlet"]))
+def test_the_stopping_replay_takes_any_input_empty_included(traces, wave, kind):
+    # replay([]) raised (IndexError with waves as a list, ValueError otherwise): a recorded
+    # problem with no sample stopped bench/stopping.py.
+    r = replay(traces, StopRule(kind, draws=50), wave=wave)
+    assert 0 <= r.samples <= len(traces) and 0 <= r.tokens <= sum(t.tokens for t in traces)
+    if not r.stopped:
+        assert r.samples == len(traces)
+    if not traces:
+        assert (r.answer, r.tokens, r.samples, r.stopped) == (None, 0, 0, False)
+    else:
+        assert r.answer is None or r.answer in {t.answer for t in traces}
+    assert majority([]) is None
+
+
+def test_a_negative_or_zero_limit_is_refused_where_it_is_applied(tmp_path):
+    # load_problems(..., -1) served all but the last problem (a slice), 0 served them all.
+    from aimo_lib.evaluation import load_eval_dataset
+    from aimo_lib.gateway import load_problems
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": "q", "answer": i}) + "\n"
+                            for i in range(3)))
+    assert [p.id for p in load_problems(str(path), 2)] == ["p0", "p1"]
+    assert len(load_problems(str(path), None)) == 3
+    for bad in (-1, 0, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="a whole number >= 1"):
+            load_problems(str(path), bad)
+        with pytest.raises(ValueError, match="a whole number >= 1"):
+            load_eval_dataset(str(path), limit=bad)
+    from aimo_lib.kaggle_cli import main
+
+    with pytest.raises(SystemExit):  # argparse's one line: "--limit: '-1' is not a number..."
+        main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path), "--limit", "-1"])
