@@ -144,6 +144,11 @@ def _strip_latex(s: str) -> str:
     for token in (r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "\\displaystyle"):
         s = s.replace(token, " ")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%|\\\$", " ", s)
+    # A congruence ("x \equiv 3 \pmod{7}", "3 \pmod 7", "3 (\bmod 7)", "x ≡ 3 (mod 7)"): its
+    # residue is the answer. The modulus becomes Python's %, so "2^{10} \bmod 1000" is 24.
+    s = re.sub(r"\\equiv|≡", "=", s)
+    s = re.sub(r"\(?\s*(?:\\[pb]?mod\b|(?<![A-Za-z])mod\b)\s*\{?\s*([^{}()=]+?)\s*\}?\s*\)?\s*$",
+               r" % (\1)", s)
     s = re.sub(r"\\(?:d|t)frac", r"\\frac", s)
     s = re.sub(r"\\times|\\cdot|×|·", "*", s)  # before units, which would eat "times"
     if "=" in s:  # "x = 5", "n=12": the value is on the right
@@ -192,6 +197,11 @@ def _eval_exact(node: ast.AST) -> Fraction:
         value = _eval_exact(node.operand) * (-1 if isinstance(node.op, ast.USub) else 1)
     elif isinstance(node, ast.BinOp) and type(node.op) in ops:
         value = ops[type(node.op)](_eval_exact(node.left), _eval_exact(node.right))
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):  # a congruence's residue
+        value, modulus = _eval_exact(node.left), _eval_exact(node.right)
+        if value.denominator != 1 or modulus.denominator != 1 or modulus < 1:
+            raise ValueError("modulus")
+        value = value % modulus
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
         base, exp = _eval_exact(node.left), _eval_exact(node.right)
         if exp.denominator != 1 or abs(exp) > 4096:

@@ -87,3 +87,10 @@ def test_numina_extraction_keeps_its_fbox_defect():
 ])
 def test_numina_normalize_then_filter(raw, expected):
     assert numina_to_int(numina_normalize(raw)) == expected
+
+
+@pytest.mark.parametrize(("written", "value"), [
+    (r"x \equiv 3 \pmod{7}", 3), (r"3 \pmod 7", 3), (r"2^{10} \bmod 1000", 24),
+    ("x ≡ 3 (mod 7)", 3), (r"10 \pmod{7}", 3)])
+def test_an_answer_written_as_a_congruence_is_its_residue(written, value):
+    assert normalize_answer(written, AIMO3) == value
