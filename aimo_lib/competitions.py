@@ -5,7 +5,7 @@ where Kaggle mounts the data, which evaluation server drives the notebook, the m
     c.rules.apply(123456)   # None: out of range (answers 0..99999, no modulus)
     c.total_s, c.problems, c.kaggle_dir, c.server, c.hardware, c.machine_shape
 
-Facts from ../shared/REFERENCE.md section 3. Every module asks here; a new competition is one
+Facts from docs/reference.md section 3. Every module asks here; a new competition is one
 new entry.
 """
 

@@ -162,7 +162,7 @@ class ToRA(Dialect):
 
 
 class ToRASeed(ToRA):
-    """The AIMO-1 winning notebook's reading of ToRA, rule for rule (../shared/REFERENCE.md
+    """The AIMO-1 winning notebook's reading of ToRA, rule for rule (docs/reference.md
     section 1): only ```python counts as code, a sample without code is rejected even with a
     right answer, an answer without any code output is "hallucinated", the answer is looked
     for in the last 100 characters with its own extraction, the code gets its prelude and a

@@ -4,7 +4,7 @@
     config_for_run("auto", model_dir, temperature=0.5)     # the notebook's and aimo's choice
 
 Presets: "numina_aimo1" reproduces the AIMO-1 winning notebook rule for rule (see
-../shared/REFERENCE.md section 1); "default" is ours; "embedded_cpu" the embedded SmolLM2 on
+docs/reference.md section 1); "default" is ours; "embedded_cpu" the embedded SmolLM2 on
 a laptop; "aimo3_gpt_oss" gpt-oss as the AIMO 3 public notebooks ran it.
 """
 
@@ -175,7 +175,7 @@ PRESETS = {
         name="embedded_cpu", num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
         sample_max_tokens=256, prompt_template="chatml_tir_1shot", code_ok_weight=3.0),
     # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
-    # of 50; ../shared/REFERENCE.md section 2): 8 attempts, each a persistent kernel and up to
+    # of 50; docs/reference.md section 2): 8 attempts, each a persistent kernel and up to
     # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a
     # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing, votes
     # weighted by tail entropy (the 2nd place's choice; the mild exp(-H), which cost nothing

@@ -345,7 +345,7 @@ def bench_weights_recorded(args) -> None:
     run = args.eval_run
     if not os.path.exists(os.path.join(run, "samples.jsonl")):
         print(f"\n## weights: no recorded run in {run}; make one with\n  aimo eval --dataset "
-              "math4 --data-dir ../shared/data --limit 80 --num-samples 8 --retry-samples 8 "
+              "math4 --data-dir $AIMO_DATA_DIR --limit 80 --num-samples 8 --retry-samples 8 "
               f"--logprobs 20 --entropy-tail 64 --no-early-stop --out {run}")
         return
     with open(os.path.join(run, "config.json"), encoding="utf-8") as f:

@@ -20,7 +20,10 @@ from aimo_lib.evaluation import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(REPO, "..", "shared", "data")
+# The validation sets' JSONL copies (docs/reference.md section 8): $AIMO_DATA_DIR, else the
+# shared/data folder beside the checkout where the project's machines keep them.
+SHARED = os.environ.get("AIMO_DATA_DIR") or os.path.join(REPO, "..", "shared", "data")
+NO_SETS = "no validation sets: set AIMO_DATA_DIR to a folder of their JSONL copies"
 
 # Problem -> what each of its 4 samples boxes (None: no answer). Truths: A=7, B=8, C=9.
 SCRIPT = {"A": [7, 7, 3, None], "B": [1, 2, 8, 1], "C": [5, 5, 5, 5]}
@@ -167,7 +170,7 @@ def test_bad_datasets(tmp_path):
         load_eval_dataset("aimo1", data_dir=str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason="no ../shared/data beside the checkout")
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason=NO_SETS)
 def test_the_shared_validation_sets_load():
     sizes = {"aime": 90, "amc": 83, "math4": 744, "math5": 719, "aimo1": 10}
     for name in DATASETS:
@@ -187,7 +190,7 @@ def test_cli_errors_are_clear():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # its subprocess may take 600 s on a busy machine
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason="no ../shared/data beside the checkout")
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason=NO_SETS)
 def test_aimo_eval_end_to_end_with_smollm2(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "aimo_lib.cli", "eval", "--dataset", "aimo1", "--data-dir",

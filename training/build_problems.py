@@ -3,7 +3,7 @@ with checkable answers that KTO sampling and TIR data generation need.
 
     python training/build_problems.py --source AI-MO/NuminaMath-TIR --out runs/problems-tir.jsonl
     python training/build_problems.py --source rows.jsonl --out problems.jsonl \\
-        --exclude ../shared/data/aime_2022_2024.jsonl --exclude ../shared/data/aimo1_train.jsonl
+        --exclude $AIMO_DATA_DIR/aime_2022_2024.jsonl --exclude $AIMO_DATA_DIR/aimo1_train.jsonl
 
 A row's reference answer is the last \\boxed{} of its solution (the assistant's turn of
 `messages`, else the `solution` column), kept only when it is an exact integer ("12", "-3",

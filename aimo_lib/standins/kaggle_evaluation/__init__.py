@@ -1,5 +1,5 @@
 """Stand-in for Kaggle's `kaggle_evaluation` package (AIMO 2 and 3), written from the documented
-contract (../shared/REFERENCE.md sections 3 and 9), not from Kaggle's code:
+contract (docs/reference.md sections 3 and 4), not from Kaggle's code:
 
 - `AIMO3InferenceServer(predict)`: `predict` must be a plain module-level function; it is
   called on a gRPC worker thread with one polars Series per CSV column and returns a one-row
