@@ -1,8 +1,10 @@
 """The package's shape: no import cycle between its modules (each imports only what sits
-below it), and one home for what used to be written twice."""
+below it), one home for what used to be written twice, a README whose settings table is the
+configuration's own, and no pointer outside the repository."""
 
 import ast
 import os
+import subprocess
 
 import aimo_lib
 
@@ -72,3 +74,50 @@ def test_one_home_for_the_shared_pieces():
                        ("ALLOWANCE_S = ", "aimo_lib.budget")]:
         where = sorted(m for m, s in sources.items() if text in s)
         assert where == [home], f"{text!r} is written in {where}, not only in {home}"
+
+
+REPO = os.path.dirname(ROOT)
+
+
+def test_readme_settings_table_is_generated_from_the_fields():
+    """README.md's settings table is what `python -m aimo_lib.config` prints from the fields'
+    own declarations (regenerate it with `python -m aimo_lib.config --write README.md`)."""
+    from aimo_lib.config import README_MARKERS, settings_markdown
+
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    start, end = README_MARKERS
+    assert text.count(start) == 1 and text.count(end) == 1, "README.md lacks the table's markers"
+    table = text.split(start, 1)[1].split(end, 1)[0]
+    assert table.strip() == settings_markdown().strip(), (
+        "README.md's settings table is stale: python -m aimo_lib.config --write README.md")
+
+
+def _project_files() -> list[str]:
+    """The tracked files of the library, its scripts, tests and docs (every file under those
+    folders where git is not at hand)."""
+    roots = ["aimo_lib", "bench", "training", "scripts", "tests", "docs"]
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", *roots, "README.md", "CHANGELOG.md"],
+                             cwd=REPO, capture_output=True, check=True).stdout
+        files = [f for f in out.decode().split("\0") if f]
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+    if not files:
+        files = ["README.md", "CHANGELOG.md"]
+        for root in roots:
+            for folder, dirs, names in os.walk(os.path.join(REPO, root)):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                files += [os.path.relpath(os.path.join(folder, n), REPO) for n in names]
+    return [f for f in files if os.path.isfile(os.path.join(REPO, f))]
+
+
+def test_nothing_points_outside_the_repository():
+    """A clone has no shared folder beside it: code and docs cite docs/reference.md or a
+    public URL, and name validation data through $AIMO_DATA_DIR."""
+    outside = ".." + "/shared"
+    where = []
+    for rel in _project_files():
+        with open(os.path.join(REPO, rel), encoding="utf-8", errors="replace") as f:
+            if outside in f.read():
+                where.append(rel)
+    assert not where, f"{outside} is mentioned in {where}"
