@@ -166,14 +166,14 @@ PRESETS = {
     "default": SolverConfig(),
     # The embedded SmolLM2-135M on CPU: a worked example in the prompt, short steps, and votes
     # of samples whose code ran cleanly weighted 3x (re-voting the demo's traces: 1/10 ->
-    # 3/10; the model's own arithmetic is rarely right, its code often is), and at most 256
-    # tokens per sample, restarts included: in the demo of 2026-11-30 the samples that ran
-    # past 256 tokens (up to 576, restarted twice) gave 2 answers of 80 samples, neither right,
-    # and set each problem's time; the cap took the demo's notebook from 338 s to 193 s, 4/10
-    # both times.
+    # 3/10; the model's own arithmetic is rarely right, its code often is), and at most 192
+    # tokens per sample, restarts included: the samples that ran on set each problem's time
+    # and answered nothing right (past 256 tokens, 2 answers of 80 samples in one demo; past
+    # 192, 7 of 80 in another, none right), and on a 2-core AVX2 machine the demo must fit in 5
+    # minutes with its install (bench/README.md).
     "embedded_cpu": SolverConfig(
         name="embedded_cpu", num_samples=8, max_rounds=3, max_new_tokens=192, temperature=0.7,
-        sample_max_tokens=256, prompt_template="chatml_tir_1shot", code_ok_weight=3.0),
+        sample_max_tokens=192, prompt_template="chatml_tir_1shot", code_ok_weight=3.0),
     # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
     # of 50; docs/reference.md section 2): 8 attempts, each a persistent kernel and up to
     # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a

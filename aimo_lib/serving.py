@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 from .engines import EngineError, OpenAIEngine
-from .engines.cpu import vllm_cpu_env
+from .engines.cpu import cpu_dtype, cpu_kv_cache_bytes, vllm_cpu_env
 from .engines.vllm import check_cpu_quantization
 from .reaper import Reaper, descendants
 
@@ -49,8 +49,9 @@ class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server` for `model`, started and waited for.
 
     gpu_memory_utilization: vLLM's default on GPUs; on CPU the share of RAM kept for the KV
-    cache, default 0.3, and the model runs eagerly (pass "--no-enforce-eager" in extra_args
-    to compile it). extra_args: more server flags. The server's output goes to `log_path`
+    cache (default: a 2 GiB KV cache), the weights float32 where the CPU has no bf16, and the
+    model runs eagerly (pass "--no-enforce-eager" in extra_args to compile it). extra_args:
+    more server flags. The server's output goes to `log_path`
     (default: a temporary file, named in errors).
     """
 
@@ -63,10 +64,16 @@ class VLLMServer:
         on_gpu = _on_gpu()
         if not on_gpu:
             check_cpu_quantization(model)  # before a server starts that would die loading it
+            kv = cpu_kv_cache_bytes(gpu_memory_utilization, {
+                "kv_cache_memory_bytes": "--kv-cache-memory-bytes" in extra_args or None})
             if gpu_memory_utilization is None:
                 gpu_memory_utilization = 0.3
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--host", host, "--port", str(self.port), "--seed", str(seed)]
+        if not on_gpu and "--dtype" not in extra_args:
+            cmd += ["--dtype", cpu_dtype()]  # as VLLMEngine: float32 where bf16 is emulated
+        if not on_gpu and kv:
+            cmd += ["--kv-cache-memory-bytes", str(kv)]
         if max_model_len:
             cmd += ["--max-model-len", str(max_model_len)]
         if gpu_memory_utilization is not None:

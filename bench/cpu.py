@@ -15,6 +15,10 @@ its engine), one after the other, on the embedded SmolLM2:
   ours_iomp      ours with Intel's OpenMP preloaded (LD_PRELOAD, vLLM-CPU's documented setup:
                  its threads then sleep 5 ms after a parallel region instead of spinning)
   ours_iomp_tcmalloc  ours_iomp + tcmalloc (Debian's libtcmalloc-minimal4)
+  ours_fp32      ours with the weights in float32 (dtype=float32)
+  ours_bf16      ours with the weights in bfloat16 (dtype=bfloat16, the checkpoint's)
+  ours_uni       ours with the worker inside the engine-core process (no second process to
+                 hand each step to: distributed_executor_backend=uni)
   hf             the transformers engine (HFEngine, fp32, torch on every core) for comparison
 
 Figures: batch = 16 chat prompts x 128 new tokens at temperature 0.8, all at once; single = one
@@ -45,8 +49,13 @@ SETTINGS = {
     "ours_kv1g": {**_OURS, "VLLM_CPU_KVCACHE_SPACE": "1"},
     "ours_iomp": {**_OURS},  # + LD_PRELOAD of Intel's OpenMP (vLLM's documented setup)
     "ours_iomp_tcmalloc": {**_OURS},  # + tcmalloc (Debian's libtcmalloc-minimal4)
+    "ours_fp32": {**_OURS},  # + dtype float32 instead of the checkpoint's bfloat16
+    "ours_bf16": {**_OURS},  # + dtype bfloat16 whatever aimo_lib would pick
+    "ours_uni": {**_OURS},  # + the worker inside the engine-core process
     "hf": {},
 }
+_KWARGS = {"ours_fp32": {"dtype": "float32"}, "ours_bf16": {"dtype": "bfloat16"},
+           "ours_uni": {"distributed_executor_backend": "uni"}}
 IOMP = os.path.join(sys.prefix, "lib", "libiomp5.so")  # intel-openmp, pulled by vllm-cpu
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 _PRELOAD = {"ours_iomp": (IOMP,), "ours_iomp_tcmalloc": (TCMALLOC, IOMP)}
@@ -78,7 +87,8 @@ def child(setting: str, new_tokens: int) -> dict:
     if setting == "hf":
         engine = HFEngine(batch_size=16)
     else:
-        engine = VLLMEngine(embedded_checkpoint(), max_model_len=4096, async_mode=False)
+        engine = VLLMEngine(embedded_checkpoint(), max_model_len=4096, async_mode=False,
+                            **_KWARGS.get(setting, {}))
     load = time.perf_counter() - start
     try:
         batch = prompts(16)
@@ -158,6 +168,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         shown = " ".join(f"{k}={v}" for k, v in SETTINGS[r["setting"]].items()) or "-"
+        shown += "".join(f" {k}={v}" for k, v in _KWARGS.get(r["setting"], {}).items())
         if r["setting"] in _PRELOAD:
             shown += " LD_PRELOAD=" + ":".join(map(os.path.basename, _PRELOAD[r["setting"]]))
         print(f"| {r['setting']} | {shown} | {r['load_s']:.1f} | {r['batch_tps']:.0f} | "

@@ -4,8 +4,9 @@ vLLM-CPU binds its worker's OpenMP threads to the physical cores of each NUMA no
 one core of them for its engine-core process ("reserve_cpu_num=1"). On a 48-core server that
 costs 2% of the compute; on the 2-core machines this project runs on (CI, laptops, Kaggle's
 CPU sessions) it costs half, and torch then computes on one thread. `vllm_cpu_env` gives the
-worker every core where the machine has few of them (bench/cpu.py measures the difference:
-bench/README.md). A variable the user has set is never changed.
+worker every core where the machine has few of them, and `cpu_dtype` picks float32 where the
+CPU has no bf16 arithmetic (bench/cpu.py measures both: bench/README.md). A setting the user
+has made is never changed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import os
 import platform
 from collections.abc import Mapping
 
-__all__ = ["FEW_CORES", "cpu_summary", "has_avx512", "vllm_cpu_env"]
+__all__ = ["CPU_KV_CACHE_BYTES", "FEW_CORES", "cpu_dtype", "cpu_kv_cache_bytes", "cpu_summary",
+           "has_avx512", "vllm_cpu_env"]
+
+# The KV cache of a CPU engine whose size nobody gave (vLLM's own CPU default was 4 GiB): the
+# embedded SmolLM2 in float32 keeps 45k tokens in it, and allocating 30% of a 24 GiB machine
+# instead cost about 8 s of every load (bench/cpu.py: ours_kv1g).
+CPU_KV_CACHE_BYTES = 2 << 30
 
 # At most this many usable cores, vLLM-CPU's reserved core is a large share of the machine:
 # the worker gets them all.
@@ -41,12 +48,37 @@ def vllm_cpu_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in environ}
 
 
-def has_avx512() -> bool:
+def _flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return " avx512f" in f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def cpu_kv_cache_bytes(gpu_memory_utilization: float | None, given: dict,
+                       environ: Mapping[str, str] | None = None) -> int | None:
+    """CPU_KV_CACHE_BYTES, unless the KV cache's size is given some other way (the share of
+    RAM, kv_cache_memory_bytes, or VLLM_CPU_KVCACHE_SPACE): then None."""
+    environ = os.environ if environ is None else environ
+    if (gpu_memory_utilization is not None or given.get("kv_cache_memory_bytes") is not None
+            or "VLLM_CPU_KVCACHE_SPACE" in environ):
+        return None
+    return CPU_KV_CACHE_BYTES
+
+
+def has_avx512() -> bool:
+    return "avx512f" in _flags()
+
+
+def cpu_dtype() -> str:
+    """The dtype vLLM-CPU computes fastest in here: bfloat16 where the CPU has bf16 arithmetic
+    (AVX512-BF16 or AMX), else float32: on an AVX2 machine bf16 weights ran the embedded model
+    at a third of float32's batch throughput (bench/cpu.py, bench/README.md)."""
+    return "bfloat16" if _flags() & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def cpu_model() -> str:

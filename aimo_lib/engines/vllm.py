@@ -26,7 +26,7 @@ from .base import (
     render_chat,
     topk_entropy,
 )
-from .cpu import has_avx512, vllm_cpu_env
+from .cpu import cpu_dtype, cpu_kv_cache_bytes, has_avx512, vllm_cpu_env
 
 
 class VLLMEngine(Engine):
@@ -36,7 +36,9 @@ class VLLMEngine(Engine):
     without bf16 (T4, compute capability 7.5). quantization: None reads it from the
     checkpoint's config (GPTQ, AWQ). attention_backend: e.g. "TRITON_ATTN" (T4's default).
     gpu_memory_utilization: default 0.9 on GPUs; on CPU it is the share of RAM kept for the KV
-    cache, default 0.3, and the model runs eagerly (enforce_eager) unless told. async_mode:
+    cache (default: a 2 GiB KV cache, cpu.CPU_KV_CACHE_BYTES), the weights are float32 where
+    the CPU has no bf16 arithmetic (cpu.cpu_dtype), and the model runs eagerly (enforce_eager)
+    unless told. async_mode:
     use AsyncLLMEngine so that every request runs on its own, can be continued and aborted
     (submit/abort); generate() then submits and waits. Offline,
     generate(..., deadline=) steps the engine itself and aborts what is unfinished then.
@@ -64,6 +66,10 @@ class VLLMEngine(Engine):
             tensor_parallel_size = max(1, torch.cuda.device_count())
         if dtype == "auto" and on_gpu and not torch.cuda.is_bf16_supported():
             dtype = "float16"
+        elif dtype == "auto" and not on_gpu:
+            dtype = cpu_dtype()
+        if not on_gpu and (kv := cpu_kv_cache_bytes(gpu_memory_utilization, engine_kwargs)):
+            engine_kwargs["kv_cache_memory_bytes"] = kv
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
         if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
