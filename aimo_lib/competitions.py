@@ -40,6 +40,16 @@ class Competition:
         return self.hours * 3600
 
     @property
+    def answer_instruction(self) -> str:
+        """The answer rules as every prompt states them (SolverConfig.state_answer_rules)."""
+        low, high = self.answer_range
+        if self.rules.modulus:
+            return (f"The answer is a non-negative integer: give it modulo {self.rules.modulus}"
+                    f" (its remainder, from {low} to {high}).")
+        return (f"The answer is an integer from {low} to {high}; where the problem asks for a "
+                "remainder, reduce it as the problem says.")
+
+    @property
     def answer_range(self) -> tuple[int, int]:
         """The smallest and largest answer the gateway accepts."""
         hi = self.rules.modulus - 1 if self.rules.modulus else self.rules.max_value

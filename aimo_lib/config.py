@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import typing
@@ -28,6 +29,7 @@ from typing import Any
 from .answers import EarlyStop
 from .competitions import COMPETITIONS
 from .engines.factory import EngineSpec
+from .engines.settings import VLLMSettings
 from .fields import check_fields, check_value, help_of, setting
 from .presets import AUTO_PRESETS, PRESETS, SolverConfig, config_for_run
 
@@ -115,15 +117,17 @@ class RunConfig:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> RunConfig:
         """A RunConfig from setting names (lowercase) to values, typed or strings."""
-        run, engine, solver = {}, {}, {}
+        run, engine, vllm, solver = {}, {}, {}, {}
         for name, raw in settings.items():
             s = SETTINGS.get(name)
             if s is None:
                 raise ConfigError(_unknown(name, "setting"))
             value = parse_value(s, raw)
-            {"run": run, "engine": engine, "solver": solver}[s.section][s.field] = value
+            {"run": run, "engine": engine, "vllm": vllm, "solver": solver}[s.section][
+                s.field] = value
         try:
-            config = cls(**run, engine=EngineSpec(**{"model": "auto", **engine}), solver=solver)
+            config = cls(**run, engine=EngineSpec(**{"model": "auto", **engine},
+                                                  vllm=VLLMSettings(**vllm)), solver=solver)
             config._check_solver()
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
@@ -156,7 +160,8 @@ class RunConfig:
 
     def settings(self) -> dict[str, Any]:
         """The settings given (every run and engine field, the solver fields set)."""
-        out = {s.name: getattr(self if s.section == "run" else self.engine, s.field)
+        owner = {"run": self, "engine": self.engine, "vllm": self.engine.vllm}
+        out = {s.name: getattr(owner[s.section], s.field)
                for s in SETTINGS.values() if s.section != "solver"}
         out.update(self.solver)
         return out
@@ -201,7 +206,8 @@ def _settings() -> dict[str, Setting]:
     table: dict[str, Setting] = {}
     engine_defaults = RunConfig().engine
     for section, cls, skip in (("run", RunConfig, ("engine", "solver")),
-                               ("engine", EngineSpec, ()),
+                               ("engine", EngineSpec, ("vllm",)),
+                               ("vllm", VLLMSettings, ()),
                                ("solver", SolverConfig, ("name", *_SHARED))):
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
@@ -209,6 +215,7 @@ def _settings() -> dict[str, Setting]:
                 continue
             name = f.metadata.get("setting", f.name)
             default = (getattr(engine_defaults, f.name) if section == "engine" else
+                       getattr(engine_defaults.vllm, f.name) if section == "vllm" else
                        f.default_factory() if f.default_factory is not dataclasses.MISSING
                        else f.default)
             table[name] = Setting(name, section, f.name, hints[f.name], default,
@@ -292,6 +299,11 @@ def _parse(kind: Any, raw: Any) -> Any:
         items = raw.split(",") if isinstance(raw, str) else list(raw)
         return tuple(str(x).strip() for x in items if str(x).strip())
     if typing.get_origin(kind) in (Mapping, dict) or kind is dict:
+        if isinstance(raw, str):  # from the environment or a flag: JSON
+            try:
+                raw = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise ValueError("expected a JSON object, e.g. '{\"swap_space\": 4}'") from None
         if not isinstance(raw, Mapping):
             raise TypeError("expected a mapping")
         return dict(raw)
@@ -373,11 +385,12 @@ def _jsonable(value: Any) -> Any:
 _SHORT = {"num_samples": "-n", "max_rounds": "-m"}
 
 
-def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "solver"),
+def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", "solver"),
                   skip: tuple[str, ...] = ()) -> None:
     """A flag per setting (--temperature, --code-timeout-s, ...), grouped by section, each
     defaulting to None (not given: the lower sources decide). Repeatable for lists."""
-    titles = {"run": "run", "engine": "engine", "solver": "solver (default: the preset's)"}
+    titles = {"run": "run", "engine": "engine", "vllm": "vLLM engine (default: vLLM's)",
+              "solver": "solver (default: the preset's)"}
     for section in sections:
         group = parser.add_argument_group(titles[section])
         for s in SETTINGS.values():
@@ -388,7 +401,7 @@ def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "solver"
             repeat = typing.get_origin(s.type) is tuple
             shown = s.default if not isinstance(s.default, EarlyStop) else "on (4/4,5/7,6/9)"
             help_ = (s.help or s.name).replace("%", "%%")
-            if section != "solver":
+            if section not in ("solver", "vllm"):
                 help_ += f" (default: {shown})"
             group.add_argument(*flags, dest=s.name, default=None,
                                action="append" if repeat else "store", help=help_,

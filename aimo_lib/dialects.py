@@ -228,6 +228,7 @@ HARMONY_INSTRUCTION = (
     "state between calls. The answer is an integer: put it within \\boxed{} in your final "
     "message."
 )
+REASONING_EFFORTS = ("low", "medium", "high")  # gpt-oss's system message: Reasoning: <effort>
 
 
 @dataclass(frozen=True)
@@ -369,9 +370,12 @@ def _final_answer(body: str) -> str | None:
 DIALECTS: dict[str, Dialect] = {"tora": ToRA(), "tora_seed": ToRASeed(), "harmony": Harmony()}
 
 
-def get_dialect(name: str) -> Dialect:
+def get_dialect(name: str, reasoning_effort: str | None = None) -> Dialect:
+    """The dialect by name; harmony with the reasoning effort its system message states."""
     if name not in DIALECTS:
         raise ValueError(f"unknown dialect {name!r}; choose from {sorted(DIALECTS)}")
+    if name == "harmony" and reasoning_effort is not None:
+        return Harmony(reasoning_effort=reasoning_effort)
     return DIALECTS[name]
 
 

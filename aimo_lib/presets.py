@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .answers import AnswerRules, EarlyStop
 from .competitions import COMPETITIONS, get_competition
-from .dialects import DIALECTS
+from .dialects import DIALECTS, REASONING_EFFORTS
+from .engines.settings import VLLMSettings
 from .fields import check_fields, setting
 from .prompts import TEMPLATES
 
-__all__ = ["AUTO_PRESETS", "PRESETS", "VOTE_WEIGHTS", "SolverConfig", "config_for_run",
-           "preset_for_model"]
+__all__ = ["AUTO_PRESETS", "ENGINE_DEFAULTS", "PRESETS", "VOTE_WEIGHTS", "SolverConfig",
+           "config_for_run", "preset_for_model"]
 
 VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
 
@@ -100,6 +101,15 @@ class SolverConfig:
         0.5, "retry when the leader has less than this share of votes", ge=0.0, le=1.0)
     retry_candidates: int = setting(4, "answers the second wave is asked to check",
                                     ge=0, le=1000)
+    state_answer_rules: bool = setting(
+        False, "the prompt states the competition's answer rules after the problem (AIMO 1/2: "
+        "a non-negative integer modulo 1000; AIMO 3: an integer from 0 to 99999)")
+    check_before_boxing: bool = setting(
+        False, "the prompt lists what to check before boxing the answer (the AIMO 3 2nd "
+        "place's prompt)")
+    reasoning_effort: str = setting(
+        "high", "harmony: the reasoning effort gpt-oss's system message states",
+        choices=REASONING_EFFORTS)
     competition: str = setting("aimo1", "answer rules: aimo1/aimo2 (mod 1000), aimo3 (0..99999)",
                                choices=lambda: tuple(COMPETITIONS))
     fallback: int | None = setting(
@@ -187,9 +197,24 @@ PRESETS = {
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
         code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
         early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
-        vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8),
+        vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8,
+        state_answer_rules=True, check_before_boxing=True),
 }
 
+
+# The vLLM engine each preset's model family runs best with, where that differs from vLLM's
+# defaults. Applied on a GPU under the user's own engine settings (kaggle.resolve); a CPU keeps
+# aimo_lib's CPU defaults (30% of RAM for the KV cache, eager), as these sizes are an H100's.
+ENGINE_DEFAULTS = {
+    # The AIMO 3 reference notebook (gpt-oss-120b on one H100, 41.5/50 private; the teams at
+    # 44 started from it): fp8 KV cache ("necessary for long-context concurrency"; auto/BF16
+    # KV went with lower public scores), a 64k context, 256 sequences, 96% of the GPU, async
+    # scheduling and prefix caching (a sample's earlier tool turns). A GPU without fp8 (T4,
+    # A100) gets the KV cache in the model's dtype (engines.settings.kv_cache_dtype_for).
+    "aimo3_gpt_oss": VLLMSettings(
+        kv_cache_dtype="fp8_e4m3", max_model_len=65536, max_num_seqs=256,
+        gpu_memory_utilization=0.96, async_scheduling=True, enable_prefix_caching=True),
+}
 
 # The presets "auto" may choose (preset_for_model, config_for_run).
 AUTO_PRESETS = ("embedded_cpu", "default", "aimo3_gpt_oss")

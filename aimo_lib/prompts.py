@@ -25,6 +25,21 @@ TIR_INSTRUCTION = (
 )
 
 
+# The AIMO 3 2nd place's "highest-leverage change", with the answer range: a list to check
+# before boxing (SolverConfig.check_before_boxing).
+CHECK_BEFORE_BOXING = (
+    "Before you put the answer within \\boxed{}, check: that it answers exactly what the "
+    "problem asks; that it meets every condition the problem states; that it is an integer in "
+    "the range above; and that a second, independent computation gives it too.")
+
+
+def problem_statement(problem: str, answer_rules: str | None = None,
+                      check: bool = False) -> str:
+    """The problem as the prompt states it: the competition's answer rules and the
+    check-before-boxing list after it, when asked for."""
+    parts = [problem, answer_rules or "", CHECK_BEFORE_BOXING if check else ""]
+    return "\n\n".join(p for p in parts if p)
+
 
 def verification_problem(problem: str, candidates: list[int]) -> str:
     """The problem as a second wave sees it: with the answers the first wave disagreed on,

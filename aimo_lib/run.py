@@ -34,6 +34,8 @@ For each problem, in order:
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import traceback
@@ -330,6 +332,25 @@ class Runner:
         self.load_s = time.monotonic() - start
         self._generation += 1
         log(f"model and sandbox ready in {self.load_s:.0f} s")
+        self._record_engine_settings()
+
+    def _record_engine_settings(self) -> None:
+        """config.json (beside the records) gets the settings the engine runs with, as read
+        back from the engine itself (what a preset or a device adaptation made of the input)."""
+        settings = getattr(self._engine, "settings", None)
+        if not self.records.path or not isinstance(settings, dict):
+            return
+        path = os.path.join(os.path.dirname(os.path.abspath(self.records.path)), "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            config["engine_settings"] = {"read_back_from": type(self._engine).__name__,
+                                         **settings}
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, default=str)
+            os.replace(path + ".tmp", path)
+        except (OSError, ValueError, AttributeError) as exc:
+            log(f"config.json: the engine's settings were not recorded ({exc})")
 
     def _recover(self, generation: int, why: str, problem_id: str) -> str:
         """After a problem the engine gave nothing on: "kept" (it answers a probe: the

@@ -14,7 +14,9 @@ server runs as `python -m vllm.entrypoints.openai.api_server`.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import urllib.request
 
 from .engines import EngineError, OpenAIEngine
 from .engines.cpu import cpu_dtype, cpu_kv_cache_bytes, vllm_cpu_env
+from .engines.settings import engine_flags, kv_cache_dtype_for
 from .engines.vllm import check_cpu_quantization
 from .reaper import Reaper, descendants
 
@@ -37,12 +40,17 @@ def free_port() -> int:
 
 
 def _on_gpu() -> bool:
+    return _capability() is not None
+
+
+def _capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability; None on a CPU machine."""
     try:
         import torch
 
-        return torch.cuda.is_available()
+        return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
     except ImportError:
-        return False
+        return None
 
 
 class VLLMServer:
@@ -58,19 +66,20 @@ class VLLMServer:
     def __init__(self, model: str, *, port: int | None = None, host: str = "127.0.0.1",
                  max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
                  seed: int = 0, extra_args: tuple[str, ...] = (), log_path: str | None = None,
-                 startup_timeout_s: float = 600.0):
+                 startup_timeout_s: float = 600.0, **engine_args):
         self.model, self.port = model, port or free_port()
         self.url = f"http://{host}:{self.port}/v1"
         on_gpu = _on_gpu()
         if not on_gpu:
             check_cpu_quantization(model)  # before a server starts that would die loading it
             kv = cpu_kv_cache_bytes(gpu_memory_utilization, {
-                "kv_cache_memory_bytes": "--kv-cache-memory-bytes" in extra_args or None})
+                "kv_cache_memory_bytes": engine_args.get("kv_cache_memory_bytes") or (
+                    "--kv-cache-memory-bytes" in extra_args or None)})
             if gpu_memory_utilization is None:
                 gpu_memory_utilization = 0.3
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--host", host, "--port", str(self.port), "--seed", str(seed)]
-        if not on_gpu and "--dtype" not in extra_args:
+        if not on_gpu and "--dtype" not in extra_args and not engine_args.get("dtype"):
             cmd += ["--dtype", cpu_dtype()]  # as VLLMEngine: float32 where bf16 is emulated
         if not on_gpu and kv:
             cmd += ["--kv-cache-memory-bytes", str(kv)]
@@ -79,13 +88,23 @@ class VLLMServer:
         if gpu_memory_utilization is not None:
             cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
         if not on_gpu and "--no-enforce-eager" not in extra_args:
-            cmd.append("--enforce-eager")  # as VLLMEngine: no ~50 s torch.compile on CPU
+            engine_args.setdefault("enforce_eager", True)  # as VLLMEngine: no ~50 s compile
+        kv_dtype, note = kv_cache_dtype_for(engine_args.get("kv_cache_dtype"), _capability())
+        if note:
+            logging.getLogger("aimo_lib").warning(note)
+            engine_args["kv_cache_dtype"] = kv_dtype
+        cmd += engine_flags(engine_args)
         cmd += [a for a in extra_args if a != "--no-enforce-eager"]
+        self.command = cmd
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
         env = {**os.environ, **({} if on_gpu else vllm_cpu_env())}
+        # the log file keeps vLLM's INFO lines (its config line is read back from it), whatever
+        # the console's level
+        if env.get("VLLM_LOGGING_LEVEL", "INFO").upper() != "DEBUG":
+            env["VLLM_LOGGING_LEVEL"] = "INFO"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -100,6 +119,25 @@ class VLLMServer:
         started = Reaper([self.proc.pid, *descendants(self.proc.pid)])
         self._reaper.release()
         self._reaper = started
+        self.settings = self._read_back()
+
+    def _read_back(self) -> dict:
+        """The settings the server's engine runs with, from the config line it logs."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            line = next((x for x in f if "with config:" in x), "")
+        out = {}
+        for name, key in (("max_model_len", "max_seq_len"), ("dtype", "dtype"),
+                          ("kv_cache_dtype", "kv_cache_dtype"), ("quantization", "quantization"),
+                          ("tensor_parallel_size", "tensor_parallel_size"),
+                          ("enforce_eager", "enforce_eager"),
+                          ("enable_prefix_caching", "enable_prefix_caching")):
+            m = re.search(rf"\b{key}=([^,]+)", line)
+            if m:
+                value = m.group(1).strip()
+                out[name] = (int(value) if value.isdigit() else value == "True"
+                             if value in ("True", "False") else None if value == "None"
+                             else value)
+        return out
 
     def _wait_ready(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
@@ -139,6 +177,7 @@ class ServedVLLM(OpenAIEngine):
 
     def __init__(self, model: str, *, max_concurrency: int = 64, **server_kwargs):
         self.server = VLLMServer(model, **server_kwargs)
+        self.settings = self.server.settings
         try:
             super().__init__(self.server.url, model, max_concurrency=max_concurrency)
         except BaseException:

@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 
 from .answers import Vote, decided, vote
 from .budget import ALLOWANCE_S
+from .competitions import get_competition
 from .dialects import get_dialect
 from .engines import ContextLengthError, EngineError, GenerationParams, Request, as_engine
 from .pools import prestarted_pool
 from .presets import PRESETS, SolverConfig, config_for_run, preset_for_model
-from .prompts import verification_problem
+from .prompts import problem_statement, verification_problem
 from .results import CodeCall, Sample, SolveResult, clean_entropies, entropy_weight
 from .sandbox import ExecutionResult, Sandbox
 
@@ -90,7 +91,7 @@ class Solver:
         # Code runs happen on this pool; blocking generate calls on daemon threads of their
         # own (a call that never returns must not hold up the interpreter's exit).
         self._pool = prestarted_pool(max(8, self.config.num_samples), "solver")
-        self.dialect = get_dialect(self.config.dialect)
+        self.dialect = get_dialect(self.config.dialect, self.config.reasoning_effort)
         # Extra stop strings need an engine that says which stop string it hit.
         names = self.engine.names_stop_strings
         self._stops = self.dialect.stops(self.config.stop_at_boxed and names,
@@ -139,7 +140,11 @@ class Solver:
 
     def _drive(self, run: _Run, problem: str) -> None:
         """Render the prompt and generate the run's samples to the end."""
-        run.prompt = self.dialect.prompt(self.config.prompt_template, problem, self.engine)
+        cfg = self.config
+        stated = problem_statement(
+            problem, get_competition(cfg.competition).answer_instruction
+            if cfg.state_answer_rules else None, cfg.check_before_boxing)
+        run.prompt = self.dialect.prompt(cfg.prompt_template, stated, self.engine)
         if self.config.continue_from_ids and self.engine.accepts_token_ids:
             run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
             for s in run.samples:

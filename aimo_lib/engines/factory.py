@@ -4,13 +4,14 @@ Back-ends are imported when built, so importing this never needs torch or vLLM."
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..fields import check_fields, setting
 from .base import Engine
 from .hf import HFEngine
 from .openai import OpenAIEngine
 from .replica import ReplicaEngine
+from .settings import VLLMSettings
 from .vllm import VLLMEngine
 
 ENGINE_KINDS = ("auto", "vllm", "vllm_server", "hf", "openai")
@@ -45,6 +46,8 @@ class EngineSpec:
                                    ge=1, le=4096)
     async_mode: bool = setting(
         True, "vLLM: each sample continues on its own (the async pipeline)")
+    # vLLM's engine arguments (run settings of their own: MAX_MODEL_LEN, KV_CACHE_DTYPE, ...)
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     @property
     def remote(self) -> bool:
@@ -61,7 +64,9 @@ class EngineSpec:
                              "http://127.0.0.1:8000/v1); repeat it for replicas")
 
     def build(self, **vllm_kwargs) -> Engine:
-        """The engine (vllm_kwargs: VLLMEngine's, e.g. max_model_len=4096)."""
+        """The engine (vllm_kwargs: VLLMEngine's, e.g. max_model_len=4096, over the vllm
+        settings)."""
+        vllm_kwargs = {**self.vllm.kwargs(), **vllm_kwargs}
         if self.kind == "openai":
             replicas = [OpenAIEngine(url, self.model, max_concurrency=self.max_concurrency)
                         for url in self.openai_urls]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from .base import (
     topk_entropy,
 )
 from .cpu import cpu_dtype, cpu_kv_cache_bytes, has_avx512, vllm_cpu_env
+from .settings import kv_cache_dtype_for, read_back
 
 
 class VLLMEngine(Engine):
@@ -72,6 +74,11 @@ class VLLMEngine(Engine):
             engine_kwargs["kv_cache_memory_bytes"] = kv
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        kv_dtype, note = kv_cache_dtype_for(engine_kwargs.get("kv_cache_dtype"),
+                                            torch.cuda.get_device_capability() if on_gpu else None)
+        if note:
+            logging.getLogger("aimo_lib").warning(note)
+            engine_kwargs["kv_cache_dtype"] = kv_dtype
         if not on_gpu:  # torch.compile costs ~50 s per load on 2 cores for 13% more tokens/s
             engine_kwargs.setdefault("enforce_eager", True)
             check_cpu_quantization(model)
@@ -117,6 +124,8 @@ class VLLMEngine(Engine):
         owner = getattr(self.llm, "llm_engine", None) if self.llm is not None else self.engine
         length = getattr(getattr(owner, "model_config", None), "max_model_len", None)
         self.max_model_len = length if isinstance(length, int) else max_model_len
+        # what the engine runs with, read from it (config.json records these)
+        self.settings = read_back(getattr(owner, "vllm_config", None))
 
     def close(self) -> None:
         """Shut the engine and its processes down (idempotent)."""
