@@ -41,8 +41,8 @@ def _engine_args_problem(args: Mapping[str, Any]) -> str | None:
             return f"{name!r} is no engine argument name"
         if name in typed:
             return f"{name} is a setting of its own: set {name.upper()} instead"
-    known = engine_arg_names()
-    if known is None:  # no vLLM here: vLLM itself checks them where it runs
+    known = engine_arg_names() if args else None
+    if known is None:  # none given, or no vLLM here: vLLM itself checks them where it runs
         return None
     for name in args:
         if name not in known:
