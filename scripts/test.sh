@@ -11,7 +11,7 @@ source scripts/env.sh
 ruff check .
 if [ "${1:-}" = "--fast" ]; then
   shift
-  python -m pytest -m "not slow and not vllm" --durations=5 "$@"
+  python -m pytest -m "not slow and not vllm" -n auto --durations=5 "$@"
   exit
 fi
 python -m pytest --durations=15 "$@"

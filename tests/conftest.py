@@ -19,6 +19,13 @@ if os.geteuid() != 0 and _hard == resource.RLIM_INFINITY:
 settings.register_profile("suite", deadline=None)
 settings.load_profile("suite")
 
+# Under pytest -n (scripts/test.sh --fast) each worker's stand-in gateway gets gRPC ports of its
+# own: Kaggle's fixed ports would let one worker's gateway reach another's server.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _first = 52000 + 20 * int(_WORKER[2:])
+    os.environ["KAGGLE_STANDIN_GRPC_PORTS"] = f"{_first},{_first + 10}"
+
 # Visible to the test process only; the sandbox must never show it to model code.
 os.environ.setdefault("SANDBOX_TEST_SECRET_TOKEN", "hunter2-do-not-leak")
 

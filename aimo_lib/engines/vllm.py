@@ -74,8 +74,9 @@ class VLLMEngine(Engine):
             engine_kwargs["kv_cache_memory_bytes"] = kv
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
-        kv_dtype, note = kv_cache_dtype_for(engine_kwargs.get("kv_cache_dtype"),
-                                            torch.cuda.get_device_capability() if on_gpu else None)
+        kv_asked = engine_kwargs.get("kv_cache_dtype")
+        kv_dtype, note = kv_cache_dtype_for(kv_asked, torch.cuda.get_device_capability()
+                                            if on_gpu and kv_asked else None)
         if note:
             logging.getLogger("aimo_lib").warning(note)
             engine_kwargs["kv_cache_dtype"] = kv_dtype

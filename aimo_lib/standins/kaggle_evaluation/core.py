@@ -34,7 +34,17 @@ import pyarrow.ipc
 from google.protobuf.wrappers_pb2 import BytesValue
 
 METHOD = "/kaggle_evaluation_standin.Relay/Send"
-PORTS = (50051, *range(60053, 60063))
+PORTS = (50051, *range(60053, 60063))  # Kaggle's
+
+
+def _ports() -> tuple[int, ...]:
+    """Kaggle's ports, or KAGGLE_STANDIN_GRPC_PORTS ("first,last"): a test run with several
+    workers (pytest -n) gives each its own range, so that their gateways never meet."""
+    spec = os.environ.get("KAGGLE_STANDIN_GRPC_PORTS")
+    if not spec:
+        return PORTS
+    first, last = (int(x) for x in spec.split(","))
+    return tuple(range(first, last + 1))
 STARTUP_S = float(os.environ.get("KAGGLE_STANDIN_STARTUP_S", 15 * 60))  # Kaggle's rule
 calls: list[dict] = []  # one per call served here: its endpoint and the thread it ran on
 servers: list[grpc.Server] = []  # every server started in this process (tests stop them)
@@ -122,7 +132,7 @@ class InferenceServer:
             METHOD.split("/")[1], {"Send": grpc.unary_unary_rpc_method_handler(
                 self._handle, request_deserializer=BytesValue.FromString,
                 response_serializer=BytesValue.SerializeToString)})
-        for port in PORTS:
+        for port in _ports():
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
                                  handlers=[handler],
                                  options=[("grpc.max_receive_message_length", -1),
@@ -136,7 +146,7 @@ class InferenceServer:
             self.server = server
             servers.append(server)
             return port
-        raise RuntimeError(f"no free port among {PORTS}")
+        raise RuntimeError(f"no free port among {_ports()}")
 
     def serve(self) -> None:
         """Start serving; in a scoring rerun, block forever (the gateway runs elsewhere and
@@ -178,7 +188,7 @@ class Gateway:
             "inference_server" if is_rerun() else "localhost")
         end = time.monotonic() + STARTUP_S
         while True:
-            for port in PORTS:
+            for port in _ports():
                 channel = grpc.insecure_channel(f"{host}:{port}")
                 stub = channel.unary_unary(METHOD, request_serializer=BytesValue.SerializeToString,
                                            response_deserializer=BytesValue.FromString)
