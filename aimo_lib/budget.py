@@ -24,7 +24,13 @@ from collections.abc import Callable
 
 from .competitions import get_competition
 
-__all__ = ["ALLOWANCE_S", "TimeBudget"]
+__all__ = ["ALLOWANCE_S", "POLICIES", "TimeBudget", "simulate"]
+
+# TimeBudget.for_run's per-problem schemes.
+POLICIES = {
+    "banked": "the AIMO 2 winner's: a base share plus up to 60% of it from the bank",
+    "reserve": "the AIMO 3 top notebooks': all but 300 s for each problem to come, 300-900 s",
+}
 
 # How late Solver.solve() may return after its time limit: the wind-down (aborting requests,
 # the grace given to an engine that stops at the deadline by itself, reaping a cut code
@@ -48,6 +54,7 @@ class TimeBudget:
                  reserve_s: float = 0.0,
                  max_draw_s: float | None = None, max_per_problem_s: float | None = None,
                  min_per_problem_s: float = 1.0, lateness_s: float = ALLOWANCE_S + 3.0,
+                 keep_per_problem_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         if total_s <= startup_s + reserve_s or n_problems < 1:
             raise ValueError("need total_s > startup_s + reserve_s and n_problems >= 1")
@@ -55,6 +62,7 @@ class TimeBudget:
         self.startup_s, self.reserve_s = startup_s, reserve_s
         self.max_draw_s, self.max_per_problem_s = max_draw_s, max_per_problem_s
         self.min_per_problem_s, self.lateness_s = min_per_problem_s, lateness_s
+        self.keep_per_problem_s = keep_per_problem_s
         self.base_s = (total_s - startup_s - reserve_s) / n_problems
         self._clock = clock
         self._start = clock()
@@ -64,19 +72,34 @@ class TimeBudget:
 
     @classmethod
     def for_run(cls, competition: str, total_hours: float | None = None,
-                n_problems: int | None = None) -> TimeBudget:
+                n_problems: int | None = None, policy: str = "banked") -> TimeBudget:
         """The notebook's budget: the competition's hours (or `total_hours`), a tenth of it
-        (at most 10 min) for start-up, a twentieth (at most 5 min) in reserve, and a problem
-        may draw up to 60% of a base share from the bank (NeMo-Skills: 210 of 350 s).
-        n_problems: the problems actually served when known (a local file of 90 problems),
-        else the competition's 50; resize() corrects it later."""
+        (at most 10 min) for start-up, a twentieth (at most 5 min) in reserve, and the
+        per-problem limits of `policy` (POLICIES): "banked", a base share plus up to 60% of it
+        drawn from the bank (the AIMO 2 winner's, NeMo-Skills: 350 s + up to 210 s); "reserve",
+        everything but 300 s kept for each problem still to come, from 300 s (a floor) to 900 s
+        (the AIMO 3 top notebooks'; the 5th place settled on 900/300). The reserve scheme's
+        seconds scale with the run's share per problem where the run is shorter than 300 s a
+        problem (a local test). n_problems: the problems actually served when known, else the
+        competition's 50; resize() corrects it later."""
+        if policy not in POLICIES:
+            raise ValueError(f"unknown time policy {policy!r}; choose from {', '.join(POLICIES)}")
         c = get_competition(competition)
         total = total_hours * 3600 if total_hours else c.total_s
-        budget = cls(total, n_problems or c.problems, startup_s=min(600.0, total / 10),
-                     reserve_s=min(300.0, total / 20))
-        budget.draw_share = 0.6
+        n = n_problems or c.problems
+        startup, reserve = min(600.0, total / 10), min(300.0, total / 20)
+        if policy == "reserve":
+            keep = min(300.0, (total - startup - reserve) / n)
+            budget = cls(total, n, startup_s=startup, reserve_s=reserve, keep_per_problem_s=keep,
+                         min_per_problem_s=keep, max_per_problem_s=3 * keep)
+        else:
+            budget = cls(total, n, startup_s=startup, reserve_s=reserve)
+            budget.draw_share = 0.6
+        budget.policy = policy
         budget.resize(budget.n_problems)
         return budget
+
+    policy = "banked"
 
     draw_share: float | None = None  # max_draw_s as a share of base_s, kept on resize()
 
@@ -90,6 +113,10 @@ class TimeBudget:
             self.base_s = (self.total_s - self.startup_s - self.reserve_s) / self.n_problems
             if self.draw_share is not None:
                 self.max_draw_s = self.draw_share * self.base_s
+            if self.policy == "reserve":
+                keep = min(300.0, self.base_s)
+                self.keep_per_problem_s = self.min_per_problem_s = keep
+                self.max_per_problem_s = 3 * keep
 
     @classmethod
     def for_competition(cls, name: str, *, startup_s: float = 600.0, reserve_s: float = 300.0,
@@ -114,8 +141,12 @@ class TimeBudget:
             if left <= 0:
                 return 0.0
             remaining = self.total_s - self.reserve_s - self.elapsed_s
-            limit = self.base_s + min(self.bank_s, self.max_draw_s if self.max_draw_s is not None
-                                      else float("inf"))
+            if self.keep_per_problem_s is not None:  # "reserve": all but what the rest keep
+                limit = max(remaining - (left - 1) * self.keep_per_problem_s,
+                            self.min_per_problem_s)
+            else:  # "banked": a base share and a draw on what earlier problems left
+                limit = self.base_s + min(self.bank_s, self.max_draw_s
+                                          if self.max_draw_s is not None else float("inf"))
             if self.max_per_problem_s is not None:
                 limit = min(limit, self.max_per_problem_s)
             # Never eat the floor of the problems still to come, or the lateness allowance.
@@ -131,3 +162,23 @@ class TimeBudget:
     def __repr__(self) -> str:
         return (f"TimeBudget(done={self.done}/{self.n_problems}, elapsed={self.elapsed_s:.0f}s"
                 f" of {self.total_s:.0f}s, base={self.base_s:.0f}s, bank={self.bank_s:.0f}s)")
+
+
+def simulate(policy: str, wants: Callable[[int], float], *, competition: str = "aimo3",
+             hours: float | None = None, n: int | None = None, startup_s: float = 240.0
+             ) -> tuple[list[float], float, TimeBudget]:
+    """The limits a run hands out, on a fake clock: the model loads in `startup_s`, problem i
+    takes wants(i) seconds, at most its limit plus ALLOWANCE_S (the latest a solve returns).
+    Returns the limits, the run's end and the budget (bench/budget.py, tests/test_aimo3.py)."""
+    now = [0.0]
+    budget = TimeBudget.for_run(competition, hours, n, policy=policy)
+    budget._clock, budget._start = (lambda: now[0]), 0.0
+    now[0] += startup_s
+    limits = []
+    for i in range(budget.n_problems):
+        limit = budget.next_limit_s()
+        took = min(wants(i), limit + ALLOWANCE_S)
+        limits.append(limit)
+        now[0] += took
+        budget.record(took)
+    return limits, now[0], budget

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .answers import EarlyStop
+from .budget import POLICIES
 from .competitions import COMPETITIONS
 from .engines.factory import EngineSpec
 from .engines.settings import VLLMSettings
@@ -66,6 +67,11 @@ class RunConfig:
     total_hours: float | None = setting(
         None, "the run's time budget, hours (at least 0.1: 50 problems then get a few seconds "
         "each); None: the competition's", ge=0.1, le=1000.0)
+    time_policy: str = setting(
+        "auto", "how the budget sets each problem's limit: banked (the AIMO 2 winner's: a base "
+        "share plus up to 60% of it from the bank), reserve (the AIMO 3 top notebooks': all "
+        "but 300 s for each problem to come, 300-900 s), auto (reserve for aimo3, else banked)",
+        choices=lambda: ("auto", *POLICIES))
     time_limit_s: float | None = setting(
         None, "a fixed limit per problem, seconds; None: the budget's share",
         ge=1.0, le=1e6)

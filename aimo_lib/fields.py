@@ -9,6 +9,7 @@ configuration is loaded (aimo_lib.config), never at the first problem.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -122,9 +123,9 @@ def _wrong_type(kind: Any, value: Any) -> str | None:
             if wrong:
                 return f"every item: {wrong[3:]}"
         return None
-    if origin in (dict, typing.Mapping) or kind is dict:
-        return None if isinstance(value, typing.Mapping) else "it takes a mapping"
-    if isinstance(kind, type) and not isinstance(value, kind):
+    if origin in (dict, typing.Mapping, collections.abc.Mapping) or kind is dict:
+        return None if isinstance(value, collections.abc.Mapping) else "it takes a mapping"
+    if origin is None and isinstance(kind, type) and not isinstance(value, kind):
         return f"it takes a value of type {kind.__name__}"
     return None
 

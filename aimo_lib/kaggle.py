@@ -207,7 +207,9 @@ def resolve(config: RunConfig, gpu=_DETECT) -> RunConfig:
                 raise NoModelAttached(message)
             log(f"!!! {message}; every problem gets the fallback answer")
         config = replace_engine(config, model=model)
-    config = replace(config, competition=competition)
+    config = replace(config, competition=competition, time_policy=(
+        "reserve" if competition == "aimo3" else "banked") if config.time_policy == "auto"
+        else config.time_policy)
     try:  # the solver settings with the preset now chosen: refused here, before any model loads
         preset = config.solver_config().name
     except (TypeError, ValueError) as exc:
@@ -247,7 +249,8 @@ def make_runner(config: RunConfig, engine=None, **kwargs) -> Runner:
 
     os.makedirs(config.out_dir, exist_ok=True)
     budget = None if config.time_limit_s is not None else TimeBudget.for_run(
-        config.competition, config.total_hours)
+        config.competition, config.total_hours,
+        policy="banked" if config.time_policy == "auto" else config.time_policy)
     if engine is None and config.model is None and on_kaggle() and (
             config.engine.kind != "openai"):
         engine = _no_model  # resolve() said why: answer the fallback at once, each problem

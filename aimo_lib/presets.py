@@ -24,7 +24,9 @@ from .prompts import TEMPLATES
 __all__ = ["AUTO_PRESETS", "ENGINE_DEFAULTS", "PRESETS", "VOTE_WEIGHTS", "SolverConfig",
            "config_for_run", "preset_for_model"]
 
-VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy")  # SolverConfig.vote_weights
+# SolverConfig.vote_weights: how the final vote weighs samples (solver.Solver.tally)
+VOTE_WEIGHTS = ("count", "mean_entropy", "tail_entropy", "inverse_entropy",
+                "share_tail_tiebreak")
 
 
 def _template_problem(template: str) -> str | None:
@@ -89,7 +91,9 @@ class SolverConfig:
     vote_weights: str = setting(
         "count", "the final vote's weights: count (one per sample), mean_entropy or "
         "tail_entropy (exp(-entropy_sharpness * H), H the mean token entropy of the sample, or "
-        "of its last entropy_tail_tokens); early stop still counts", choices=VOTE_WEIGHTS)
+        "of its last entropy_tail_tokens), inverse_entropy (1/H: the AIMO 3 1st place's), or "
+        "share_tail_tiebreak (counts, ties to the lowest median tail entropy: the AIMO 3 2nd "
+        "place's); early stop still counts", choices=VOTE_WEIGHTS)
     entropy_tail_tokens: int = setting(2048, "tokens of a sample's tail entropy",
                                        ge=1, le=1 << 24)
     entropy_sharpness: float = setting(1.0, "the s of exp(-s * H)", ge=0.0, le=1000.0)
@@ -187,17 +191,19 @@ PRESETS = {
     # gpt-oss in its harmony format, as the AIMO 3 public notebooks ran it on one H100 (41-42
     # of 50; docs/reference.md section 2): 8 attempts, each a persistent kernel and up to
     # 100 tool calls, temperature 1.0 (gpt-oss's recommended sampling), long reasoning (a
-    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing, votes
-    # weighted by tail entropy (the 2nd place's choice; the mild exp(-H), which cost nothing
-    # where entropy does not separate right from wrong in bench/README.md's replay), and a
-    # second wave of 8 with the candidates when the first has no consensus.
-    # Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
+    # 48k-token budget per attempt, 16k per step), early stop at 4 of 8 agreeing, the 2nd
+    # place's selection (vote share first, ties to the lowest median entropy of the samples'
+    # last 256 tokens: a confident minority never beats a majority), the answer range and a
+    # check-before-boxing list in the prompt (the 2nd place's "highest-leverage change"), and
+    # a second wave of 8 with the candidates when the first has no consensus; its engine:
+    # ENGINE_DEFAULTS. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines), nor
+    # measured on a harmony benchmark model.
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
         code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
         early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
-        vote_weights="tail_entropy", entropy_tail_tokens=2048, retry_samples=8,
+        vote_weights="share_tail_tiebreak", entropy_tail_tokens=256, retry_samples=8,
         state_answer_rules=True, check_before_boxing=True),
 }
 

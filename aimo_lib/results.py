@@ -119,13 +119,20 @@ def clean_entropies(values: object) -> list[float]:
 
 def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
     """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
-    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"); 1 where the engine
+    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"), or 1/H of its mean
+    token entropy ("inverse_entropy", H floored at MIN_ENTROPY); 1 where the engine
     gave no logprobs (every sample then counts alike), or where H or the sharpness is not a
     finite number. Always finite and >= 0."""
-    h = s.mean_entropy if kind == "mean_entropy" else s.tail_entropy
+    h = s.tail_entropy if kind == "tail_entropy" else s.mean_entropy
     if h is None or not (math.isfinite(h) and math.isfinite(sharpness)):
         return 1.0
+    if kind == "inverse_entropy":  # the AIMO 3 1st place's: each sample adds 1/H
+        return 1.0 / max(h, MIN_ENTROPY)
     return math.exp(min(-sharpness * h, 700.0))  # a negative sharpness must not overflow
+
+
+# 1/H of a sample that is all but certain would swamp every vote: H is floored here.
+MIN_ENTROPY = 0.01
 
 
 # ---------------------------------------------------------------- reading records back

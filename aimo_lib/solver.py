@@ -31,6 +31,7 @@ where the engine can abort and abandoned where it cannot.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -576,14 +577,32 @@ class Solver:
         w = cfg.code_ok_weight
         weights = [w if s.code_calls and all(c.status == "ok" for c in s.code_calls) else 1.0
                    for s in samples]
-        if cfg.vote_weights == "count":
+        if cfg.vote_weights in ("count", "share_tail_tiebreak"):
             return weights
         return [x * entropy_weight(s, cfg.vote_weights, cfg.entropy_sharpness)
                 for x, s in zip(weights, samples, strict=True)]
 
     def tally(self, samples: list[Sample]) -> Vote:
-        """The final vote over these samples: their answers, weighted (see weights)."""
-        return vote([s.answer for s in samples], self.weights(samples), rules=self.config.rules)
+        """The final vote over these samples: their answers, weighted (see weights); with
+        vote_weights "share_tail_tiebreak" (the AIMO 3 2nd place's selection) the answers with
+        the most votes tie-break on the median tail entropy of their samples, lowest first."""
+        cfg = self.config
+        if cfg.vote_weights != "share_tail_tiebreak":
+            return vote([s.answer for s in samples], self.weights(samples), rules=cfg.rules)
+        counted = vote([s.answer for s in samples], rules=cfg.rules)
+        if counted.fallback:
+            return counted
+        top = max(counted.votes.values())
+        tied = [a for a, n in counted.votes.items() if n == top]
+        if len(tied) == 1:
+            return counted
+
+        def median_tail(answer: int) -> float:
+            hs = sorted(s.tail_entropy for s in samples if s.answer == answer
+                        and s.tail_entropy is not None and math.isfinite(s.tail_entropy))
+            return hs[len(hs) // 2] if hs else math.inf  # no entropies: last, first-seen order
+
+        return Vote(min(tied, key=median_tail), counted.votes, False)
 
     def _consensus(self, run: _Run, pending: int) -> bool:
         """Early stop: the rule decides on counts of answers (the table's "k of n" are

@@ -334,7 +334,8 @@ def test_preset_follows_the_attached_models_family(tmp_path):
     cfg = SolverConfig.preset("aimo3_gpt_oss")
     assert (cfg.dialect, cfg.num_samples, cfg.competition, cfg.max_tool_calls) == (
         "harmony", 8, "aimo3", 100)
-    assert (cfg.logprobs_top_k, cfg.vote_weights, cfg.retry_samples) == (20, "tail_entropy", 8)
+    assert (cfg.logprobs_top_k, cfg.vote_weights, cfg.retry_samples) == (
+        20, "share_tail_tiebreak", 8)
 
 
 def test_notebook_serves_gpt_oss_in_harmony_when_preset_is_auto(tmp_path, sandbox, monkeypatch):
