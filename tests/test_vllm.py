@@ -174,12 +174,21 @@ class TestOffline:
     @pytest.fixture(scope="class")
     @classmethod
     def engine(cls, checkpoint):
-        engine = VLLMEngine(checkpoint, max_model_len=MAX_LEN, seed=0)
+        engine = VLLMEngine(checkpoint, max_model_len=MAX_LEN, seed=0, max_num_seqs=32)
         yield engine
         _closed(engine)
 
     def test_cpu_settings_reach_the_engine_process(self, engine):
         _assert_cpu_settings_reached(_vllm_processes())
+
+    def test_engine_settings_are_read_back_from_the_running_engine(self, engine):
+        """What config.json records: the engine's own VllmConfig, not the input echoed."""
+        from aimo_lib.engines.cpu import cpu_dtype
+
+        got = engine.settings
+        assert (got["max_model_len"], got["max_num_seqs"], got["enforce_eager"]) == (
+            MAX_LEN, 32, True)
+        assert got["dtype"].endswith(cpu_dtype())  # torch.float32 where bf16 is emulated
 
     def test_stop_strings_finish_reasons_and_seeds(self, engine):
         keep = _stops_and_finish_reasons(engine.generate)
