@@ -34,6 +34,7 @@ from dataclasses import replace
 
 from .competitions import COMPETITIONS, get_competition
 from .config import ConfigError, RunConfig, replace_engine
+from .engines.settings import gpu_capability
 from .gateway import LocalGateway, Report, load_problems
 from .models import ModelNotFoundError
 from .presets import ENGINE_DEFAULTS
@@ -223,16 +224,6 @@ def resolve(config: RunConfig, gpu=_DETECT) -> RunConfig:
         else:
             config = replace_engine(config, vllm=config.engine.vllm.over(ENGINE_DEFAULTS[preset]))
     return config
-
-
-def gpu_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability, None on a machine without one (or without torch)."""
-    try:
-        import torch
-
-        return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-    except ImportError:
-        return None
 
 
 def load_config(notebook: dict | None = None, **values) -> RunConfig:

@@ -26,7 +26,7 @@ import urllib.request
 
 from .engines import EngineError, OpenAIEngine
 from .engines.cpu import cpu_dtype, cpu_kv_cache_bytes, vllm_cpu_env
-from .engines.settings import engine_flags, kv_cache_dtype_for
+from .engines.settings import engine_flags, gpu_capability, kv_cache_dtype_for
 from .engines.vllm import check_cpu_quantization
 from .reaper import Reaper, descendants
 
@@ -37,20 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _on_gpu() -> bool:
-    return _capability() is not None
-
-
-def _capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability; None on a CPU machine."""
-    try:
-        import torch
-
-        return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-    except ImportError:
-        return None
 
 
 class VLLMServer:
@@ -69,7 +55,7 @@ class VLLMServer:
                  startup_timeout_s: float = 600.0, **engine_args):
         self.model, self.port = model, port or free_port()
         self.url = f"http://{host}:{self.port}/v1"
-        on_gpu = _on_gpu()
+        on_gpu = gpu_capability() is not None
         if not on_gpu:
             check_cpu_quantization(model)  # before a server starts that would die loading it
             kv = cpu_kv_cache_bytes(gpu_memory_utilization, {
@@ -89,7 +75,8 @@ class VLLMServer:
             cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
         if not on_gpu and "--no-enforce-eager" not in extra_args:
             engine_args.setdefault("enforce_eager", True)  # as VLLMEngine: no ~50 s compile
-        kv_dtype, note = kv_cache_dtype_for(engine_args.get("kv_cache_dtype"), _capability())
+        kv_dtype, note = kv_cache_dtype_for(engine_args.get("kv_cache_dtype"),
+                                            gpu_capability())
         if note:
             logging.getLogger("aimo_lib").warning(note)
             engine_args["kv_cache_dtype"] = kv_dtype

@@ -122,18 +122,9 @@ def run_setting(setting: str, new_tokens: int) -> dict:
 
 def run_demo(setting: str) -> dict:
     """The demo notebook (scripts/demo.sh's run) under the setting; wall time and score."""
-    with tempfile.TemporaryDirectory() as out:
-        engine = "hf" if setting == "hf" else "vllm"
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "papermill", os.path.join(REPO, "kaggle_notebook.ipynb"),
-             os.path.join(out, "executed.ipynb"), "-p", "PROBLEMS", "samples",
-             "-p", "OUT_DIR", out, "-p", "ENGINE", engine], check=True, cwd=REPO,
-            env=env_for(setting), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        with open(os.path.join(out, "report.txt"), encoding="utf-8") as f:
-            score = next((line.split("score:", 1)[1].strip() for line in f
-                          if "score:" in line), "?")
+    from engines import run_demo as notebook  # bench/engines.py
+
+    wall, score = notebook("hf" if setting == "hf" else "vllm", env_for(setting))
     print(f"[bench] demo {setting}: {wall:.0f} s, {score}", flush=True)
     return dict(setting=setting, wall_s=wall, score=score)
 

@@ -99,20 +99,27 @@ def bench_engines(kinds: list[str], n: int, new_tokens: int) -> list[dict]:
     return rows
 
 
+def run_demo(engine: str, env: dict | None = None) -> tuple[float, str]:
+    """The demo notebook on the sample problems (scripts/demo.sh's run) with ENGINE=engine,
+    in `env` (default: this process's): its wall time and score."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "papermill", os.path.join(REPO, "kaggle_notebook.ipynb"),
+             os.path.join(out, "executed.ipynb"), "-p", "PROBLEMS", "samples",
+             "-p", "OUT_DIR", out, "-p", "ENGINE", engine], check=True, cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        with open(os.path.join(out, "report.txt"), encoding="utf-8") as f:
+            score = next((line.split("score:", 1)[1].strip() for line in f
+                          if "score:" in line), "?")
+    return wall, score
+
+
 def bench_demo(engines: list[str]) -> list[dict]:
     rows = []
     for engine in engines:
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "papermill", os.path.join(REPO, "kaggle_notebook.ipynb"),
-                 os.path.join(out, "executed.ipynb"), "-p", "PROBLEMS", "samples",
-                 "-p", "OUT_DIR", out, "-p", "ENGINE", engine], check=True, cwd=REPO,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wall = time.perf_counter() - start
-            with open(os.path.join(out, "report.txt"), encoding="utf-8") as f:
-                score = next((line.split("score:", 1)[1].strip() for line in f
-                              if "score:" in line), "?")
+        wall, score = run_demo(engine)
         print(f"[bench] demo with ENGINE={engine}: {wall:.0f} s, {score}", flush=True)
         rows.append(dict(engine=engine, wall_s=wall, score=score))
     return rows

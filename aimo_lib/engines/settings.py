@@ -23,7 +23,7 @@ from typing import Any
 from ..fields import check_fields, setting
 
 __all__ = ["FP8_MIN_CAPABILITY", "KV_CACHE_DTYPES", "VLLMSettings", "engine_arg_names",
-           "engine_flags", "kv_cache_dtype_for", "read_back"]
+           "engine_flags", "gpu_capability", "kv_cache_dtype_for", "read_back"]
 
 # vLLM's CacheDType and ModelDType literals (vllm/config/cache.py, config/model.py), the ones
 # a user of this project would pick.
@@ -130,6 +130,16 @@ def engine_flags(kwargs: Mapping[str, Any]) -> list[str]:
         elif value is not None:
             flags += [flag, str(value)]
     return flags
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability; None on a machine without one (or without torch)."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    except ImportError:
+        return None
 
 
 def kv_cache_dtype_for(kv: str | None, gpu_capability: tuple[int, int] | None
