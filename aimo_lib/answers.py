@@ -19,11 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from .fields import check_fields, setting
-
 __all__ = [
-    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "EarlyStop", "Vote", "decided", "extract_answer",
-    "extract_boxed",
+    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "Vote", "extract_answer", "extract_boxed",
     "normalize_answer", "numina_extract_boxed", "numina_normalize", "numina_to_int", "vote",
 ]
 
@@ -300,57 +297,6 @@ def _weight(w: object, answer: int) -> float:
         raise ValueError(f"the vote weight of answer {answer} is {w!r}: weights must be "
                          "finite and >= 0")
     return value
-
-
-def _table_problem(table: object) -> str | None:
-    ok = isinstance(table, tuple) and all(
-        isinstance(pair, tuple) and len(pair) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
-        and 1 <= pair[0] <= pair[1] for pair in table)
-    return None if ok else "it takes pairs (k, n) of integers with 1 <= k <= n, e.g. 4/4,5/7"
-
-
-@dataclass(frozen=True)
-class EarlyStop:
-    """When a problem's vote is settled before every sample has finished.
-
-    Always: the leader can no longer be overtaken by the samples still running. Plus, by rule:
-    "table": the leader holds at least k of at most n valid answers, for some (k, n) in
-    `table` (imagination-research's AIMO-2 rule: 4 of <=4, 5 of <=7, 6 of <=9);
-    "confidence": at least `min_answers` answers, of which the leader holds `min_share`;
-    "unbeatable": nothing more.
-    """
-
-    rule: str = setting("table", "table | confidence | unbeatable",
-                        choices=("table", "confidence", "unbeatable"))
-    table: tuple[tuple[int, int], ...] = setting(
-        ((4, 4), (5, 7), (6, 9)), "(k, n) pairs: the leader holds k of at most n answers",
-        check=_table_problem)
-    min_answers: int = setting(6, "confidence: answers needed", ge=1, le=100_000)
-    min_share: float = setting(0.8, "confidence: the leader's share", gt=0.0, le=1.0)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-def decided(votes: dict[int, float], pending: int, rule: EarlyStop | None,
-            max_weight: float = 1.0) -> bool:
-    """True when `votes` (answer -> weight) cannot or need not change: stop the stragglers.
-
-    pending: samples still running, each of which could add up to `max_weight`.
-    """
-    if rule is None or not votes:
-        return False
-    ranked = sorted(votes.values(), reverse=True)
-    lead, second = ranked[0], ranked[1] if len(ranked) > 1 else 0.0
-    if lead - second > pending * max_weight:
-        return True
-    total = sum(votes.values())
-    if rule.rule == "table":
-        return any(lead >= k and total <= n for k, n in rule.table)
-    if rule.rule == "confidence":
-        return total >= rule.min_answers and lead / total >= rule.min_share
-    return False
 
 
 # ---------------------------------------------------------------- the seed notebook's rules

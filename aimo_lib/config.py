@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .answers import EarlyStop
 from .budget import POLICIES
 from .competitions import COMPETITIONS
 from .engines.factory import EngineSpec
 from .engines.settings import VLLMSettings
 from .fields import check_fields, check_value, help_of, setting
 from .presets import AUTO_PRESETS, PRESETS, SolverConfig, config_for_run
+from .stopping import RULES, StopRule
 
 __all__ = ["SETTINGS", "ConfigError", "RunConfig", "Setting", "add_arguments", "parse_value"]
 
@@ -299,7 +299,7 @@ def _parse(kind: Any, raw: Any) -> Any:
             return None
         (kind,) = [a for a in args if a is not type(None)]
         args = typing.get_args(kind)
-    if kind is EarlyStop:
+    if kind is StopRule:
         return _early_stop(raw)
     if typing.get_origin(kind) is tuple:
         items = raw.split(",") if isinstance(raw, str) else list(raw)
@@ -335,29 +335,30 @@ def _parse(kind: Any, raw: Any) -> Any:
     return raw
 
 
-def _early_stop(raw: Any) -> EarlyStop | None:
-    """off | on | unbeatable | confidence | a table such as "4/4,5/7,6/9" (k of at most n), or
-    a mapping of EarlyStop's fields."""
-    if raw is None or isinstance(raw, EarlyStop):
+def _early_stop(raw: Any) -> StopRule | None:
+    """off | on | a rule's name (table, share, beta, dirichlet, unbeatable) | a table such as
+    "4/4,5/7,6/9" (k of at most n) | a mapping of StopRule's fields."""
+    if raw is None or isinstance(raw, StopRule):
         return raw
     if isinstance(raw, Mapping):
-        unknown = set(raw) - {f.name for f in fields(EarlyStop)}
+        names = [f.name for f in fields(StopRule)]
+        unknown = set(raw) - set(names)
         if unknown:
-            raise ValueError(f"no early-stop field {sorted(unknown)[0]!r} (it has rule, table, "
-                             "min_answers, min_share)")
+            raise ValueError(f"no early-stop field {sorted(unknown)[0]!r} (it has "
+                             f"{', '.join(names)})")
         table = raw.get("table")
-        return EarlyStop(**{**raw, **({"table": _table(table)} if table is not None else {})})
+        return StopRule(**{**raw, **({"table": _table(table)} if table is not None else {})})
     text = str(raw).strip().lower()
     if text in (*_NONE, "off", "false", "0"):
         return None
-    if text in ("on", "true", "1", "table", "default"):
-        return EarlyStop()
-    if text in ("unbeatable", "confidence"):
-        return EarlyStop(rule=text)
+    if text in ("on", "true", "1", "default"):
+        return StopRule()
+    if text in RULES:
+        return StopRule(rule=text)
     try:
-        return EarlyStop(table=_table(text))
+        return StopRule(table=_table(text))
     except ValueError:
-        raise ValueError("expected off, on, unbeatable, confidence or a table like 4/4,5/7"
+        raise ValueError(f"expected off, on, {', '.join(RULES)} or a table like 4/4,5/7"
                          ) from None
 
 
@@ -405,7 +406,7 @@ def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", 
             flags = [f"--{s.name.replace('_', '-')}"] + ([_SHORT[s.name]] if s.name in _SHORT
                                                           else [])
             repeat = typing.get_origin(s.type) is tuple
-            shown = s.default if not isinstance(s.default, EarlyStop) else "on (4/4,5/7,6/9)"
+            shown = _shown_default(s.default)
             help_ = (s.help or s.name).replace("%", "%%")
             if section not in ("solver", "vllm"):
                 help_ += f" (default: {shown})"
@@ -448,10 +449,8 @@ def settings_markdown() -> str:
 
 
 def _shown_default(value: Any) -> str:
-    if isinstance(value, EarlyStop):
-        if value.rule == "table":
-            return "on (" + ",".join(f"{k}/{n}" for k, n in value.table) + ")"
-        return value.rule
+    if isinstance(value, StopRule):
+        return f"on ({value.label})"
     if value is None or value == ():
         return "none"
     if isinstance(value, bool):

@@ -14,12 +14,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from .answers import AnswerRules, EarlyStop
+from .answers import AnswerRules
 from .competitions import COMPETITIONS, get_competition
 from .dialects import DIALECTS, REASONING_EFFORTS
 from .engines.settings import VLLMSettings
 from .fields import check_fields, setting
 from .prompts import TEMPLATES
+from .stopping import StopRule
 
 __all__ = ["AUTO_PRESETS", "ENGINE_DEFAULTS", "PRESETS", "VOTE_WEIGHTS", "SolverConfig",
            "config_for_run", "preset_for_model"]
@@ -80,9 +81,10 @@ class SolverConfig:
     continue_from_ids: bool = setting(True, "token-id prompts where the engine takes them")
     pipeline: str = setting("auto", "async | rounds | auto (async where the engine can submit)",
                             choices=("auto", "async", "rounds"))
-    early_stop: EarlyStop | None = setting(
-        EarlyStop(), "consensus: cancel stragglers once decided: off | on (4/4,5/7,6/9) | "
-        "unbeatable | confidence | a table like 4/8")
+    early_stop: StopRule | None = setting(
+        StopRule(), "consensus: cancel stragglers once decided (aimo_lib.stopping): off | on "
+        "(4/4,5/7,6/9) | table | share | beta | dirichlet | unbeatable | a table like 4/8 | a "
+        "mapping of StopRule's fields, e.g. {rule: beta, threshold: 0.95}")
     code_ok_weight: float = setting(1.0, "vote weight of samples whose code all ran cleanly",
                                     gt=0.0, le=1e6)
     logprobs_top_k: int = setting(
@@ -202,7 +204,7 @@ PRESETS = {
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,
         code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
-        early_stop=EarlyStop(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
+        early_stop=StopRule(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
         vote_weights="share_tail_tiebreak", entropy_tail_tokens=256, retry_samples=8,
         state_answer_rules=True, check_before_boxing=True),
 }

@@ -41,7 +41,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
 from dataclasses import dataclass, field
 
-from .answers import Vote, decided, vote
+from .answers import Vote, vote
 from .budget import ALLOWANCE_S
 from .competitions import get_competition
 from .dialects import get_dialect
@@ -614,8 +614,8 @@ class Solver:
         if cfg.early_stop is None or run.stopped_early:
             return run.stopped_early
         samples = run.prior + run.samples
-        counts = vote([s.answer for s in samples], rules=cfg.rules)
-        if decided(counts.votes, pending, cfg.early_stop) and (
+        counts = vote([s.answer for s in samples], rules=cfg.rules)  # one per sample
+        if cfg.early_stop.should_stop({a: int(c) for a, c in counts.votes.items()}, pending) and (
                 self.tally(samples).answer == counts.answer):
             run.stopped_early = True
         return run.stopped_early

@@ -1,30 +1,33 @@
 """Stopping rules for self-consistency: when may a problem's remaining samples be cancelled?
+One rule type, used by the solver (the `early_stop` setting) and by bench's replay, so what the
+replay measures is the code that runs.
 
     rule = StopRule("beta", threshold=0.95)                # Adaptive-Consistency's Beta rule
-    should_stop({437: 4}, pending=4, rule)                 # True: 4 of 4 agree
+    rule.should_stop({437: 4}, pending=4)                  # True: 4 of 4 agree
     replay(traces, rule, wave=1)                           # a recorded problem, replayed
 
 Every rule looks at the answers counted so far (answer -> number of samples) and at how many
 samples could still arrive; all of them also stop when the leader cannot be caught
 (`unbeatable`). The rules:
 
-- "table" (today's default, imagination-research's AIMO-2 rule): the leader holds k of at most
+- "table" (the default, imagination-research's AIMO-2 rule): the leader holds k of at most
   n answers, for any (k, n) of the table (4 of 4, 5 of 7, 6 of 9).
+- "share" (DeepConf's consensus stop, Fu et al. 2025): the leader holds `threshold` of at
+  least `min_answers` answers.
 - "beta" (Adaptive-Consistency, Aggarwal et al. 2023): the posterior probability that the
   leader's share beats the runner-up's, under a uniform Beta prior on the top two's split,
   reaches `threshold`: P(p > 1/2), p ~ Beta(v1 + 1, v2 + 1). Their recommended rule.
 - "dirichlet" (the same paper): the probability that the leader has the largest share under a
   Dirichlet(counts + 1) posterior over all answers seen (Monte Carlo, seeded).
-- "share" (DeepConf's consensus stop, Fu et al. 2025): the leader holds `threshold` of at
-  least `min_answers` answers.
-- "none": only `unbeatable`.
+- "unbeatable": nothing more.
 
-Confidence-aware trace stopping (DeepConf's online mode): with `window` > 0 a sample whose mean
-token entropy over its last `window` tokens rises above `max_entropy` is stopped there, its
-remaining tokens saved and its vote dropped (DeepConf keeps traces whose sliding-window
-"group confidence" stays high; a token's entropy is our confidence measure, lower is surer).
-It combines with any rule above; the first `warmup` samples always run to their end (DeepConf's
-online mode sets the threshold from such warm-up traces of the same problem).
+Confidence-aware trace stopping (DeepConf's online mode, `TraceStop`; measured by the replay
+only, the solver does not cut samples): a sample whose mean token entropy over its last
+`window` tokens rises above `max_entropy` is stopped there, its remaining tokens saved and its
+vote dropped (DeepConf keeps traces whose sliding-window "group confidence" stays high; a
+token's entropy is our confidence measure, lower is surer). It combines with any rule above;
+the first `warmup` samples always run to their end (DeepConf's online mode sets the threshold
+from such warm-up traces of the same problem).
 
 `replay` plays a recorded problem (every sample generated to its end, early stop off) under a
 rule: the samples run in waves of `wave` (None: all at once, as the solver runs them; 1: one
@@ -42,47 +45,88 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RULE_KINDS", "Replay", "StopRule", "Trace", "beta_confidence", "cut_at",
-           "dirichlet_confidence", "majority", "replay", "should_stop", "unbeatable"]
+from .fields import check_fields, setting
 
-RULE_KINDS = ("table", "beta", "dirichlet", "share", "none")
+__all__ = ["RULES", "Replay", "StopRule", "Trace", "TraceStop", "beta_confidence", "cut_at",
+           "dirichlet_confidence", "majority", "replay", "unbeatable"]
+
+RULES = ("table", "share", "beta", "dirichlet", "unbeatable")
+
+
+def _table_problem(table: object) -> str | None:
+    ok = isinstance(table, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
+        and 1 <= pair[0] <= pair[1] for pair in table)
+    return None if ok else "it takes pairs (k, n) of integers with 1 <= k <= n, e.g. 4/4,5/7"
 
 
 @dataclass(frozen=True)
 class StopRule:
-    """When to stop a problem's sampling (see the module docstring for the kinds)."""
+    """When a problem's vote is settled before every sample has finished (see the module
+    docstring for the rules)."""
 
-    kind: str = "table"
-    table: tuple[tuple[int, int], ...] = ((4, 4), (5, 7), (6, 9))
-    threshold: float = 0.95  # beta, dirichlet: posterior probability; share: leader's share
-    min_answers: int = 1  # beta, dirichlet, share: never stop on fewer answers than this
-    window: int = 0  # DeepConf: tokens of a sample's sliding window (0: no sample is stopped)
-    max_entropy: float = math.inf  # DeepConf: stop a sample whose window mean rises above
-    warmup: int = 0  # DeepConf: the first `warmup` samples are never stopped (they calibrate)
-    draws: int = 2000  # dirichlet: Monte Carlo draws
+    rule: str = setting("table", " | ".join(RULES), choices=RULES)
+    table: tuple[tuple[int, int], ...] = setting(
+        ((4, 4), (5, 7), (6, 9)), "(k, n) pairs: the leader holds k of at most n answers",
+        check=_table_problem)
+    threshold: float = setting(0.95, "share: the leader's share; beta, dirichlet: the "
+                               "posterior probability that the leader leads", gt=0.0, le=1.0)
+    min_answers: int = setting(1, "share, beta, dirichlet: never stop on fewer answers",
+                               ge=1, le=100_000)
+    draws: int = setting(2000, "dirichlet: Monte Carlo draws", ge=1, le=1_000_000)
 
     def __post_init__(self) -> None:
-        if self.kind not in RULE_KINDS:
-            raise ValueError(f"StopRule.kind must be one of {RULE_KINDS}, not {self.kind!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("StopRule.threshold is a probability or a share: within [0, 1]")
-        if self.min_answers < 1 or self.window < 0 or self.draws < 1 or self.warmup < 0:
-            raise ValueError("min_answers and draws must be >= 1, window and warmup >= 0")
+        check_fields(self)
 
     @property
     def label(self) -> str:
         """A short name for tables."""
-        if self.kind == "table":
-            head = "table " + ", ".join(f"{k}/{n}" for k, n in self.table)
-        elif self.kind == "none":
-            head = "unbeatable only"
-        else:
-            head = f"{self.kind} {self.threshold:g}"
-            if self.min_answers > 1:
-                head += f" (>= {self.min_answers})"
-        if self.window:
-            head += f" + trace stop H{self.window} > {self.max_entropy:g}"
-        return head
+        if self.rule == "table":
+            return "table " + ", ".join(f"{k}/{n}" for k, n in self.table)
+        if self.rule == "unbeatable":
+            return "unbeatable only"
+        more = f" (>= {self.min_answers})" if self.min_answers > 1 else ""
+        return f"{self.rule} {self.threshold:g}{more}"
+
+    def should_stop(self, counts: dict[int, int], pending: int) -> bool:
+        """Stop the problem now? `counts`: answer -> samples that gave it; `pending`: samples
+        still running or not yet started. A tie never stops."""
+        if not counts:
+            return False
+        if unbeatable(counts, pending):
+            return True
+        ranked = sorted(counts.values(), reverse=True) + [0]
+        lead, second, total = ranked[0], ranked[1], sum(counts.values())
+        if self.rule == "table":
+            return lead > second and any(lead >= k and total <= n for k, n in self.table)
+        if self.rule == "unbeatable" or total < self.min_answers:
+            return False
+        if self.rule == "beta":
+            return beta_confidence(lead, second) >= self.threshold
+        if self.rule == "dirichlet":
+            leader = max(counts, key=counts.__getitem__)
+            ordered = [counts[leader]] + [c for a, c in counts.items() if a != leader]
+            return dirichlet_confidence(ordered, self.draws) >= self.threshold
+        return lead / total >= self.threshold  # share
+
+
+@dataclass(frozen=True)
+class TraceStop:
+    """DeepConf's online trace stop, for the replay: cut a sample whose mean entropy over its
+    last `window` tokens rises above `max_entropy`; the first `warmup` samples are never cut."""
+
+    window: int
+    max_entropy: float
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.warmup < 0 or math.isnan(self.max_entropy):
+            raise ValueError("TraceStop: window >= 1, warmup >= 0, max_entropy a number")
+
+    @property
+    def label(self) -> str:
+        return f"trace stop H{self.window} > {self.max_entropy:g}"
 
 
 @dataclass(frozen=True)
@@ -144,28 +188,6 @@ def unbeatable(counts: dict[int, int], pending: int) -> bool:
     return bool(counts) and ranked[0] - ranked[1] > pending
 
 
-def should_stop(counts: dict[int, int], pending: int, rule: StopRule) -> bool:
-    """Stop the problem now? `counts`: answer -> samples that gave it; `pending`: samples still
-    running or not yet started."""
-    if not counts:
-        return False
-    if unbeatable(counts, pending) or pending == 0:
-        return True
-    ranked = sorted(counts.values(), reverse=True) + [0]
-    lead, second, total = ranked[0], ranked[1], sum(counts.values())
-    if rule.kind == "table":
-        return any(lead >= k and total <= n for k, n in rule.table)
-    if rule.kind == "none" or total < rule.min_answers:
-        return False
-    if rule.kind == "beta":
-        return beta_confidence(lead, second) >= rule.threshold
-    if rule.kind == "dirichlet":
-        leader = max(counts, key=counts.__getitem__)
-        ordered = [counts[leader]] + [c for a, c in counts.items() if a != leader]
-        return dirichlet_confidence(ordered, rule.draws) >= rule.threshold
-    return lead / total >= rule.threshold  # share
-
-
 # ---------------------------------------------------------------- one sample's confidence
 
 
@@ -196,8 +218,8 @@ def majority(answers: Sequence[int | None]) -> int | None:
     return max(counts, key=counts.__getitem__) if counts else None
 
 
-def replay(traces: Sequence[Trace], rule: StopRule,
-           wave: int | Sequence[int] | None = None) -> Replay:
+def replay(traces: Sequence[Trace], rule: StopRule, wave: int | Sequence[int] | None = None,
+           trace: TraceStop | None = None) -> Replay:
     """Play the recorded samples of one problem under `rule`, in their order, `wave` at a time
     (None: all at once; a list: waves of those sizes, the last taking what is left); see the
     module docstring. The answer is the majority of the samples counted, in their order (ties
@@ -217,8 +239,8 @@ def replay(traces: Sequence[Trace], rule: StopRule,
     # each sample's length under the rule, and whether the trace rule stopped it
     ends = []
     for i, t in enumerate(traces):
-        cut = None if i < rule.warmup else cut_at(t.entropies[: t.tokens], rule.window,
-                                                   rule.max_entropy)
+        cut = None if trace is None or i < trace.warmup else cut_at(
+            t.entropies[: t.tokens], trace.window, trace.max_entropy)
         ends.append((cut, True) if cut is not None and cut < t.tokens else (t.tokens, False))
     counted: list[int] = []  # indices whose answers count, in finish order
     counts: dict[int, int] = {}
@@ -235,7 +257,7 @@ def replay(traces: Sequence[Trace], rule: StopRule,
                 counts[traces[i].answer] = counts.get(traces[i].answer, 0) + 1
                 counted.append(i)
             pending = len(order) - rank - 1 + later
-            if pending and should_stop(counts, pending, rule):
+            if pending and rule.should_stop(counts, pending):
                 tokens += sum(min(ends[j][0], length) for j in members)
                 answer = majority([traces[j].answer for j in sorted(counted)])
                 return Replay(answer, tokens, finished, True)

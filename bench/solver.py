@@ -120,7 +120,7 @@ def bench_early_stop(args) -> None:
     n, problems = 48, [synthetic_problem(rng, 48) for _ in range(args.streams)]
     rules = [StopRule("table"), StopRule("table", table=((3, 3), (4, 5), (5, 7), (6, 9))),
              StopRule("table", table=((5, 5), (6, 7), (7, 9))),
-             StopRule("share", threshold=0.8, min_answers=6), StopRule("none"),
+             StopRule("share", threshold=0.8, min_answers=6), StopRule("unbeatable"),
              StopRule("beta", threshold=0.95), StopRule("beta", threshold=0.99)]
     print(f"\n## early_stop: {len(problems)} synthetic problems x {n} samples, replayed in "
           "finish order")

@@ -50,7 +50,7 @@ from aimo_lib.config import RunConfig  # noqa: E402
 from aimo_lib.evaluation import eval_runner, plot_stopping, run_eval  # noqa: E402
 from aimo_lib.results import entropy_weight  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
-from aimo_lib.stopping import StopRule, Trace, majority, replay  # noqa: E402
+from aimo_lib.stopping import StopRule, Trace, TraceStop, majority, replay  # noqa: E402
 
 ORDERS = 20  # seeded orders of each problem's samples (the waves' and ties' order)
 # how the samples are started: all at once (the solver today), four and then the rest unless
@@ -135,7 +135,7 @@ def traces(row: dict, n: int | None = None) -> list[Trace]:
 def rules_to_try() -> list[StopRule]:
     return [StopRule("table"),
             StopRule("table", table=((3, 3), (4, 5), (5, 7), (6, 9))),
-            StopRule("none"),
+            StopRule("unbeatable"),
             StopRule("beta", threshold=0.9), StopRule("beta", threshold=0.95),
             StopRule("beta", threshold=0.99),
             StopRule("dirichlet", threshold=0.95),
@@ -179,17 +179,14 @@ def deepconf(base: StopRule, window: int, wave, n: int, folds, fold_of
         for keep in (0.9, 0.75):
             cut = [deepconf_threshold(folds[1 - f], n, window, keep) for f in (0, 1)]
             out.append((f"{base.label} + DeepConf H{window} (other fold, keep {keep:.0%})",
-                        lambda k, order, cut=cut: StopRule(
-                            base.kind, threshold=base.threshold, window=window,
-                            max_entropy=cut[fold_of[k]])))
+                        lambda k, order, cut=cut: (base, TraceStop(window, cut[fold_of[k]]))))
         return out
     warm = 4  # the first wave (or the first four drawn one at a time)
     for name, pick in (("strict", max), ("median", statistics.median)):
         def rule_for(k, order, pick=pick):
             worst = [max_window_entropy(t.entropies, window) for t in order[:warm]
                      if t.entropies]
-            return StopRule(base.kind, threshold=base.threshold, window=window, warmup=warm,
-                            max_entropy=pick(worst) if worst else float("inf"))
+            return base, TraceStop(window, pick(worst) if worst else float("inf"), warm)
         out.append((f"{base.label} + DeepConf H{window} (warm-up {warm}, {name})", rule_for))
     return out
 
@@ -197,7 +194,8 @@ def deepconf(base: StopRule, window: int, wave, n: int, folds, fold_of
 def score(rows: list[dict], rule_for, n: int, wave: int | None) -> dict:
     """One rule in one mode over recorded problems: per problem (averaged over ORDERS seeded
     orders of its samples) the tokens and samples saved and agreement with the full vote.
-    rule_for(k, order): the rule for problem k with its samples in that order."""
+    rule_for(k, order): the rule (and trace stop, or None) for problem k with its samples in
+    that order."""
     saved_t, saved_s, agree, right, full_right = [], [], [], [], []
     for k, row in enumerate(rows):
         base = traces(row, n)
@@ -208,7 +206,8 @@ def score(rows: list[dict], rule_for, n: int, wave: int | None) -> dict:
         for o in range(ORDERS):
             order = list(base)
             random.Random(f"{row['id']}|{row['seed']}|{o}").shuffle(order)
-            r = replay(order, rule_for(k, order), wave=wave)
+            rule, trace = rule_for(k, order)
+            r = replay(order, rule, wave=wave, trace=trace)
             full = majority([t.answer for t in order])
             st += 1 - r.tokens / total
             ss += 1 - r.samples / len(order)
@@ -235,9 +234,10 @@ def bench_stopping(args, rows: list[dict], n: int) -> list[dict]:
     fold_of = [ids.index(r["id"]) % 2 for r in rows]
     folds = [[r for r, f in zip(rows, fold_of, strict=True) if f == g] for g in (0, 1)]
     for mode, wave in MODES.items():
-        candidates = [(rule.label, lambda k, order, rule=rule: rule) for rule in rules_to_try()]
+        candidates = [(rule.label, lambda k, order, rule=rule: (rule, None))
+                      for rule in rules_to_try()]
         for window in (8, 16):
-            for base in (StopRule("beta", threshold=0.95), StopRule("none")):
+            for base in (StopRule("beta", threshold=0.95), StopRule("unbeatable")):
                 candidates += deepconf(base, window, wave, n, folds, fold_of)
         for label, rule_for in candidates:
             s = score(rows, rule_for, n, wave)

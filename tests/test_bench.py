@@ -65,9 +65,9 @@ def synthetic_row(pid: str, answers: list, truth: int, entropy: float = 0.2) -> 
 def test_the_stopping_replay_scores_rules_on_recorded_streams():
     rows = [synthetic_row("easy", [5] * 8, 5), synthetic_row("split", [1, 2, 1, 2, 3, 1, 2, 1],
                                                               1, entropy=1.0)]
-    rule = lambda kind: lambda k, order: bench_stopping.StopRule(kind)  # noqa: E731
+    rule = lambda kind: lambda k, order: (bench_stopping.StopRule(kind), None)  # noqa: E731
     table = bench_stopping.score(rows, rule("table"), 8, None)
-    unbeatable = bench_stopping.score(rows, rule("none"), 8, None)
+    unbeatable = bench_stopping.score(rows, rule("unbeatable"), 8, None)
     assert unbeatable["agreement"] == 100.0  # stopping only when nothing can change
     assert 0 < table["tokens_saved"] < 100 and table["full_accuracy"] == 100.0
     one = bench_stopping.score(rows, rule("beta"), 8, 1)

@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.answers import EarlyStop, vote
+from aimo_lib.answers import vote
 from aimo_lib.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
 from aimo_lib.engines import GenerationParams
 from aimo_lib.gateway import validate_answer
 from aimo_lib.solver import ALLOWANCE_S
+from aimo_lib.stopping import StopRule
 
 STATUSES = {"answered", "pruned", "hallucinated", "exhausted", "context_full", "timeout",
             "cancelled", "error"}
@@ -38,9 +39,10 @@ chaos = st.fixed_dictionaries({
     "entropies": st.booleans(),  # NaN, None, inf, negative, huge, not-a-list entropies
     "weights": st.sampled_from(["count", "tail_entropy", "mean_entropy"]),
     "code_ok_weight": st.sampled_from([1.0, 3.0]),
-    "early_stop": st.sampled_from([None, EarlyStop(), EarlyStop(table=((2, 4),)),
-                                   EarlyStop("confidence", min_answers=2, min_share=0.5),
-                                   EarlyStop("unbeatable")]),
+    "early_stop": st.sampled_from([None, StopRule(), StopRule(table=((2, 4),)),
+                                   StopRule("share", min_answers=2, threshold=0.5),
+                                   StopRule("beta", threshold=0.9),
+                                   StopRule("unbeatable")]),
 })
 
 

@@ -15,7 +15,6 @@ from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import (
     AIMO1,
     AIMO3,
-    EarlyStop,
     extract_answer,
     normalize_answer,
     vote,
@@ -23,6 +22,7 @@ from aimo_lib.answers import (
 from aimo_lib.budget import ALLOWANCE_S
 from aimo_lib.dialects import ToRA, get_dialect
 from aimo_lib.engines import Completion, ScriptedEngine, align_token_ids, as_engine
+from aimo_lib.stopping import StopRule
 
 OUT = "```output\n"
 ASSISTANT = "<|im_start|>assistant\n"
@@ -209,7 +209,7 @@ def test_a_weighted_early_stop_never_answers_a_minority(sandbox):
         return solver, solver.solve("q")
 
     _, full = solve(None)
-    solver, res = solve(EarlyStop(table=((4, 8),)))
+    solver, res = solve(StopRule(table=((4, 8),)))
     assert full.answer == 7
     assert res.answer == full.answer
     assert res.answer == solver.tally(res.samples).answer

@@ -8,7 +8,6 @@ from concurrent.futures import Future
 import pytest
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.answers import EarlyStop, decided
 from aimo_lib.budget import ALLOWANCE_S, TimeBudget
 from aimo_lib.engines import Request, ScriptedEngine
 
@@ -93,25 +92,6 @@ def test_nested_braces_and_boxed_inside_code(sandbox):
     s = res.samples[0]
     assert s.code_calls[0].output == "\\boxed{42}" and s.text.endswith("\\boxed{\\frac{84}{2}}")
     assert s.answer == 42
-
-
-# ---------------------------------------------------------------- consensus early stop
-
-
-def test_decided_rules():
-    table = EarlyStop("table")
-    assert decided({5: 4.0}, pending=44, rule=table)  # 4 of 4
-    assert not decided({5: 3.0, 6: 1.0}, pending=44, rule=table)
-    assert decided({5: 5.0, 6: 2.0}, pending=41, rule=table)  # 5 of 7
-    assert not decided({5: 5.0, 6: 5.0}, pending=0, rule=table)  # a tie is not decided
-    assert decided({5: 9.0, 6: 1.0}, pending=7, rule=EarlyStop("unbeatable"))  # 9-1 > 7
-    assert not decided({5: 9.0, 6: 1.0}, pending=8, rule=EarlyStop("unbeatable"))
-    conf = EarlyStop("confidence", min_answers=5, min_share=0.8)
-    assert decided({1: 4.0, 2: 1.0}, pending=40, rule=conf)
-    assert not decided({1: 3.0, 2: 1.0}, pending=40, rule=conf)
-    assert not decided({1: 4.0}, pending=40, rule=None)
-    with pytest.raises(ValueError):
-        EarlyStop("vibes")
 
 
 def test_early_stop_cancels_stragglers_in_flight(sandbox):

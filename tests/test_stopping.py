@@ -8,16 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimo_lib.answers import EarlyStop, decided
 from aimo_lib.stopping import (
     StopRule,
     Trace,
+    TraceStop,
     beta_confidence,
     cut_at,
     dirichlet_confidence,
     majority,
     replay,
-    should_stop,
 )
 
 counts_st = st.dictionaries(st.integers(0, 9), st.integers(1, 12), max_size=5)
@@ -62,30 +61,36 @@ def test_dirichlet_confidence_against_the_beta_rule():
     assert dirichlet_confidence([4], draws=20000) == pytest.approx(31 / 32, abs=0.01)
 
 
-@given(counts_st, st.integers(0, 20))
-def test_the_table_rule_is_todays_early_stop(counts, pending):
+def test_the_solvers_rules():
     table = StopRule("table")
-    votes = {a: float(c) for a, c in counts.items()}
-    assert should_stop(counts, pending, table) == (
-        decided(votes, pending, EarlyStop()) or (pending == 0 and bool(counts)))
+    assert table.should_stop({5: 4}, pending=44)  # 4 of 4
+    assert not table.should_stop({5: 3, 6: 1}, pending=44)
+    assert table.should_stop({5: 5, 6: 2}, pending=41)  # 5 of 7
+    assert not table.should_stop({5: 5, 6: 5}, pending=0)  # a tie is not decided
+    assert not StopRule(table=((4, 8),)).should_stop({5: 4, 6: 4}, pending=1)  # nor here
+    assert StopRule("unbeatable").should_stop({5: 9, 6: 1}, pending=7)  # 9-1 > 7
+    assert not StopRule("unbeatable").should_stop({5: 9, 6: 1}, pending=8)
+    share = StopRule("share", min_answers=5, threshold=0.8)
+    assert share.should_stop({1: 4, 2: 1}, pending=40)
+    assert not share.should_stop({1: 3, 2: 1}, pending=40)
 
 
 @given(counts_st, st.integers(0, 20), st.sampled_from(["table", "beta", "dirichlet", "share",
-                                                       "none"]))
+                                                       "unbeatable"]))
 def test_every_rule_stops_when_the_leader_cannot_be_caught(counts, pending, kind):
     ranked = sorted(counts.values(), reverse=True) + [0, 0]
     if counts and ranked[0] - ranked[1] > pending:
-        assert should_stop(counts, pending, StopRule(kind, draws=200))
-    assert not should_stop({}, pending, StopRule(kind))
+        assert StopRule(kind, draws=200).should_stop(counts, pending)
+    assert not StopRule(kind).should_stop({}, pending)
 
 
 def test_beta_rule_stops_on_agreement_and_waits_on_a_split():
     rule = StopRule("beta", threshold=0.95)
-    assert not should_stop({7: 3}, 13, rule)
-    assert should_stop({7: 4}, 12, rule)
-    assert not should_stop({7: 5, 8: 1}, 10, rule)  # 0.9375
-    assert should_stop({7: 6, 8: 1}, 9, rule)
-    assert not should_stop({7: 4}, 12, StopRule("beta", threshold=0.95, min_answers=5))
+    assert not rule.should_stop({7: 3}, 13)
+    assert rule.should_stop({7: 4}, 12)
+    assert not rule.should_stop({7: 5, 8: 1}, 10)  # 0.9375
+    assert rule.should_stop({7: 6, 8: 1}, 9)
+    assert not StopRule("beta", threshold=0.95, min_answers=5).should_stop({7: 4}, 12)
 
 
 @given(st.lists(st.integers(0, 12), max_size=40), st.integers(0, 8), st.integers(0, 12))
@@ -107,7 +112,7 @@ waves_st = st.one_of(st.none(), st.integers(1, 5), st.lists(st.integers(1, 5), m
 @given(traces_st, waves_st)
 def test_stopping_only_when_nothing_can_change_keeps_the_full_vote(traces, wave):
     full = majority([t.answer for t in traces])
-    r = replay(traces, StopRule("none"), wave=wave)
+    r = replay(traces, StopRule("unbeatable"), wave=wave)
     assert r.answer == full
     assert r.tokens <= sum(t.tokens for t in traces)
 
@@ -145,21 +150,22 @@ def test_a_parallel_stop_keeps_the_stragglers_partial_tokens():
 def test_a_trace_stopped_for_low_confidence_saves_its_tokens_and_loses_its_vote():
     sure, unsure = (0.1,) * 30, (0.1,) * 5 + (2.0,) * 25
     traces = [Trace(1, 30, unsure), Trace(1, 30, unsure), Trace(2, 30, sure)]
-    rule = StopRule("none", window=4, max_entropy=1.0)
-    r = replay(traces, rule)
+    r = replay(traces, StopRule("unbeatable"), trace=TraceStop(window=4, max_entropy=1.0))
     assert cut_at(unsure, 4, 1.0) == 7  # tokens 4..7: 0.1 + 3 * 2.0 > 4 * 1.0
     assert r.answer == 2  # the two unsure traces are cut: the sure one decides
     assert r.tokens == 7 + 7 + 30
-    assert replay(traces, StopRule("none")).answer == 1
+    assert replay(traces, StopRule("unbeatable")).answer == 1
     # warm-up samples are never stopped: the first two run to their end and keep their votes
-    r = replay(traces, StopRule("none", window=4, max_entropy=1.0, warmup=2))
+    r = replay(traces, StopRule("unbeatable"), trace=TraceStop(4, 1.0, warmup=2))
     assert r.answer == 1 and r.tokens == 90
 
 
 def test_bad_rules_are_refused():
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="rule='sometimes'"):
         StopRule("sometimes")
     with pytest.raises(ValueError, match="threshold"):
         StopRule("beta", threshold=1.5)
     assert "beta 0.95" in StopRule("beta").label
-    assert "trace stop" in StopRule("table", window=8, max_entropy=1.0).label
+    with pytest.raises(ValueError, match="table"):
+        StopRule(table=((5, 4),))
+    assert "trace stop H8" in TraceStop(8, 1.0).label
