@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import struct
@@ -73,6 +74,17 @@ sp.Poly(x**2 + 1, x).all_coeffs(); sp.roots(x**3 - 1); sp.gcd(12, 18); sp.mod_in
 sp.latex(x**2); str(sp.sqrt(8)); sp.totient(10); sp.primerange(1, 20); sp.Eq(x, 1)
 np.linalg.det(np.eye(3)); np.array([1, 2, 3]).sum(); np.roots([1, 0, -1]); np.arange(5) % 2
 """
+
+# Each worker runs its children under uids of its own (a fresh one per execution, recycled after
+# UID_SPAN), and leftovers are killed by uid: two sandboxes on one machine (two solvers, test
+# workers) must never share a uid, or one kills the other's children. Each takes a random block.
+UID_SPAN = 10_000
+_UID_FLOOR, _UID_CEIL = 1_000_000, 2**31 - 1
+
+
+def _uid_block(workers: int, span: int) -> int:
+    size = workers * span
+    return _UID_FLOOR + random.SystemRandom().randrange((_UID_CEIL - _UID_FLOOR) // size) * size
 
 
 class SandboxError(RuntimeError):
@@ -228,7 +240,7 @@ class Sandbox:
         max_file_mb: int = 16,
         scratch_mb: int = 64,
         session_cpu_s: int = 600,
-        uid_base: int = 2_000_000,
+        uid_base: int | None = None,
         python: str | None = None,
         pythonpath: tuple[str, ...] = (),
         start_timeout_s: float = 120.0,
@@ -243,7 +255,7 @@ class Sandbox:
             preload=preload, modules=list(modules), warmup=warmup, isolation=isolation,
             memory_mb=memory_mb, max_output_chars=max_output_chars, max_procs=max_procs,
             max_file_mb=max_file_mb, scratch_mb=scratch_mb, session_cpu_s=session_cpu_s,
-            uid_base=uid_base, uid_span=100_000,
+            uid_base=_uid_block(n, UID_SPAN) if uid_base is None else uid_base, uid_span=UID_SPAN,
         )
         self._python = python or sys.executable
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -467,3 +467,15 @@ def test_strong_isolation_for_an_ordinary_user(tmp_path):
     assert got["bomb"] in ("timeout", "crashed")
     stray = [pid for pid, (_, uid) in _procs().items() if uid == 65534]
     assert stray == []
+
+
+def test_two_sandboxes_never_share_a_uid(sandbox):
+    # Leftovers are killed by uid: a shared range would let one sandbox kill the other's code.
+    from aimo_lib.sandbox import UID_SPAN, _uid_block
+
+    size = 4 * UID_SPAN
+    blocks = [_uid_block(4, UID_SPAN) for _ in range(200)]
+    # Blocks are aligned, so two either coincide or are disjoint; all are real, unused uids.
+    assert all(b % size == 1_000_000 % size and 1_000_000 <= b < b + size < 2**31 for b in blocks)
+    assert len(set(blocks)) >= 195
+    assert sandbox._cfg["uid_span"] == UID_SPAN and sandbox._cfg["uid_base"] >= 1_000_000
