@@ -1,8 +1,8 @@
-"""Answers: extract them from model text, normalise them to integers, vote.
+"""Answers: extract them from model text and normalise them to integers (voting:
+aimo_lib.voting).
 
     extract_answer(text)          -> str | None  last \\boxed{}/\\fbox{}, else "the answer is X"
     normalize_answer(s, rules)    -> int | None  None when the answer is invalid under `rules`
-    vote(answers, weights, rules) -> Vote        majority, deterministic ties, flagged fallback
 
 Competition rules are configuration (`AnswerRules`): AIMO 1 and 2 take answers mod 1000,
 AIMO 3 accepts 0..99999 with no modulus; negative answers are invalid by default.
@@ -15,13 +15,12 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
-    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "Vote", "extract_answer", "extract_boxed",
-    "normalize_answer", "numina_extract_boxed", "numina_normalize", "numina_to_int", "vote",
+    "AIMO1", "AIMO2", "AIMO3", "AnswerRules", "extract_answer", "extract_boxed",
+    "normalize_answer", "numina_extract_boxed", "numina_normalize", "numina_to_int",
 ]
 
 
@@ -258,45 +257,6 @@ def normalize_answer(s: str | int | None, rules: AnswerRules = AIMO1) -> int | N
     if value.denominator != 1:
         return None
     return rules.apply(int(value))
-
-
-# ---------------------------------------------------------------- voting
-
-
-@dataclass
-class Vote:
-    answer: int  # the winner, or rules.fallback when nothing valid was given
-    votes: dict[int, float] = field(default_factory=dict)  # answer -> count or total weight
-    fallback: bool = False  # True when no valid answer existed
-
-
-def vote(answers: Sequence[int | None], weights: Sequence[float] | None = None,
-         rules: AnswerRules = AIMO1) -> Vote:
-    """Majority (or weighted) vote over valid answers; ties go to the answer seen first.
-
-    weights: one per answer, each finite and >= 0 (ValueError otherwise: a NaN has no place
-    in a vote and would make it name no winner)."""
-    if weights is not None and len(weights) != len(answers):
-        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
-    totals: dict[int, float] = {}
-    for i, a in enumerate(answers):
-        if a is not None:
-            totals[a] = totals.get(a, 0.0) + (1.0 if weights is None else _weight(weights[i], a))
-    if not totals:
-        return Vote(rules.fallback, {}, True)
-    # max() keeps the first of equals, and dicts keep first-seen order: ties to the first seen
-    return Vote(max(totals, key=totals.__getitem__), totals, False)
-
-
-def _weight(w: object, answer: int) -> float:
-    try:
-        value = float(w)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"the vote weight of answer {answer} is {w!r}: weights must be "
-                         "finite and >= 0")
-    return value
 
 
 # ---------------------------------------------------------------- the seed notebook's rules

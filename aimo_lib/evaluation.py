@@ -22,11 +22,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from .answers import vote
 from .competitions import get_competition
 from .gateway import Problem, check_limit
 from .records import read_jsonl, read_rows
 from .results import fallback_cause, model_answer
+from .voting import vote
 
 __all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "finished_answers",
            "load_eval_dataset", "maj_at_k", "plot_presets", "plot_stopping", "run_eval",

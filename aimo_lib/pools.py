@@ -1,9 +1,11 @@
-"""Thread pools whose threads all exist before the first deadline-bound submit()."""
+"""Threads for work with a deadline: pools whose threads all exist before the first
+deadline-bound submit(), and daemon threads that may be abandoned."""
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 _START_WAIT_S = 60.0
 
@@ -24,3 +26,19 @@ def prestarted_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
     except threading.BrokenBarrierError:  # threads still missing are started on demand
         pass
     return pool
+
+
+def in_daemon_thread(fn: Callable[[], object], name: str = "solver-generate") -> Future:
+    """fn() on a daemon thread of its own: abandoned when it outlives its deadline, without
+    holding up the interpreter's exit (a ThreadPoolExecutor's threads are joined at exit)."""
+    future: Future = Future()
+
+    def target() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    threading.Thread(target=target, daemon=True, name=name).start()
+    return future

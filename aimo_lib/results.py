@@ -4,13 +4,13 @@ problem's `SolveResult`, with their JSON records."""
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
-__all__ = ["CodeCall", "Sample", "SolveResult", "clean_entropies", "entropy_weight",
-           "fallback_cause", "model_answer"]
+__all__ = ["CodeCall", "Sample", "SolveResult", "Status", "clean_entropies", "fallback_cause",
+           "model_answer"]
 
 # A token's top-k entropy is at most log(k) nats (about 3 for k=20); past this it is garbage.
 MAX_ENTROPY = 100.0
@@ -24,13 +24,28 @@ class CodeCall:
     duration_s: float
 
 
+class Status(str, Enum):
+    """How a sample stands: running, or how it ended. A str, so records hold the plain name."""
+
+    RUNNING = "running"
+    ANSWERED = "answered"  # its answer counts (also one cut by a cap after answering)
+    PRUNED = "pruned"  # no code, or no tool call nor answer, and restart_on_fail is off
+    HALLUCINATED = "hallucinated"  # it claimed an answer without ever running code
+    EXHAUSTED = "exhausted"  # no step, or none of its token budget, left
+    CONTEXT_FULL = "context_full"  # the model's context is full
+    TIMEOUT = "timeout"  # the problem's deadline cut it
+    CANCELLED = "cancelled"  # early stop: the vote was settled without it
+    ERROR = "error"  # its requests failed, or processing its text broke: see Sample.error
+
+    def __str__(self) -> str:  # the name in messages and f-strings on every Python
+        return self.value
+
+
 @dataclass
 class Sample:
     index: int
     text: str = ""  # everything generated after the prompt, tool outputs included
-    # running | answered | pruned | hallucinated | exhausted | context_full | timeout |
-    # cancelled | error (its requests failed, or processing its text broke: see `error`)
-    status: str = "running"
+    status: Status = Status.RUNNING
     raw_answer: str | None = None
     answer: int | None = None  # valid under the competition's rules, else None
     code_calls: list[CodeCall] = field(default_factory=list)
@@ -53,9 +68,9 @@ class Sample:
     answer_tries: int = field(default=0, repr=False)
     resumes: int = field(default=0, repr=False)  # continuations within this step
     retried: bool = field(default=False, repr=False)  # a transient failure was retried
-    # this step's max_tokens is what is left ("context_full": of the context, "exhausted": of
-    # the sample's token budget); cut there, the sample ends with that status
-    capped: str | None = field(default=None, repr=False)
+    # this step's max_tokens is what is left (CONTEXT_FULL: of the context, EXHAUSTED: of the
+    # sample's token budget); cut there, the sample ends with that status
+    capped: Status | None = field(default=None, repr=False)
 
     def record(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)
@@ -115,24 +130,6 @@ def clean_entropies(values: object) -> list[float]:
     return [float(h) for h in values
             if isinstance(h, (int, float)) and not isinstance(h, bool)
             and 0.0 <= h <= MAX_ENTROPY]
-
-
-def entropy_weight(s: Sample, kind: str, sharpness: float = 1.0) -> float:
-    """A sample's vote weight from its confidence: exp(-sharpness * H), H its mean token
-    entropy ("mean_entropy") or that of its last tokens ("tail_entropy"), or 1/H of its mean
-    token entropy ("inverse_entropy", H floored at MIN_ENTROPY); 1 where the engine
-    gave no logprobs (every sample then counts alike), or where H or the sharpness is not a
-    finite number. Always finite and >= 0."""
-    h = s.tail_entropy if kind == "tail_entropy" else s.mean_entropy
-    if h is None or not (math.isfinite(h) and math.isfinite(sharpness)):
-        return 1.0
-    if kind == "inverse_entropy":  # the AIMO 3 1st place's: each sample adds 1/H
-        return 1.0 / max(h, MIN_ENTROPY)
-    return math.exp(min(-sharpness * h, 700.0))  # a negative sharpness must not overflow
-
-
-# 1/H of a sample that is all but certain would swamp every vote: H is floored here.
-MIN_ENTROPY = 0.01
 
 
 # ---------------------------------------------------------------- reading records back

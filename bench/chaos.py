@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aimo_lib import Solver, SolverConfig  # noqa: E402
+from aimo_lib.budget import ALLOWANCE_S  # noqa: E402
 from aimo_lib.chaos import HARMONY_FRAGMENTS, ChaosEngine  # noqa: E402
 from aimo_lib.engines import ScriptedEngine  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
-from aimo_lib.solver import ALLOWANCE_S  # noqa: E402
 
 
 def p99(xs: list[float]) -> float:

@@ -44,11 +44,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _baseline import SubprocessExecutor  # noqa: E402
 
 from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.answers import vote  # noqa: E402
 from aimo_lib.budget import TimeBudget  # noqa: E402
 from aimo_lib.engines import ScriptedEngine  # noqa: E402
 from aimo_lib.sandbox import DEFAULT_PRELOAD, Sandbox  # noqa: E402
 from aimo_lib.stopping import StopRule, Trace, majority, replay  # noqa: E402
+from aimo_lib.voting import vote  # noqa: E402
 
 BLOCKS = [
     "x = sp.Symbol('x')\nprint(sp.factor(x**{k} - 1))",
@@ -340,7 +340,7 @@ def bench_weights_recorded(args) -> None:
     adaptive retry against the first wave alone, scored against the known answers."""
     from aimo_lib.competitions import get_competition
     from aimo_lib.evaluation import load_records
-    from aimo_lib.solver import entropy_weight
+    from aimo_lib.voting import entropy_weight
 
     run = args.eval_run
     if not os.path.exists(os.path.join(run, "samples.jsonl")):

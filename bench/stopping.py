@@ -48,9 +48,9 @@ from _stats import mean_ci  # noqa: E402
 from aimo_lib import SolverConfig  # noqa: E402
 from aimo_lib.config import RunConfig  # noqa: E402
 from aimo_lib.evaluation import eval_runner, plot_stopping, run_eval  # noqa: E402
-from aimo_lib.results import entropy_weight  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
 from aimo_lib.stopping import StopRule, Trace, TraceStop, majority, replay  # noqa: E402
+from aimo_lib.voting import entropy_weight  # noqa: E402
 
 ORDERS = 20  # seeded orders of each problem's samples (the waves' and ties' order)
 # how the samples are started: all at once (the solver today), four and then the rest unless

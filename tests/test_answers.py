@@ -9,8 +9,8 @@ from aimo_lib.answers import (
     numina_extract_boxed,
     numina_normalize,
     numina_to_int,
-    vote,
 )
+from aimo_lib.voting import vote
 
 # Real-looking endings of model solutions -> the extracted answer string.
 ENDINGS = [

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
-from aimo_lib.answers import vote
+from aimo_lib.budget import ALLOWANCE_S
 from aimo_lib.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
 from aimo_lib.engines import GenerationParams
 from aimo_lib.gateway import validate_answer
-from aimo_lib.solver import ALLOWANCE_S
 from aimo_lib.stopping import StopRule
+from aimo_lib.voting import vote
 
 STATUSES = {"answered", "pruned", "hallucinated", "exhausted", "context_full", "timeout",
             "cancelled", "error"}

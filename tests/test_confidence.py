@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.engines import GenerationParams, OpenAIEngine, ScriptedEngine, topk_entropy
-from aimo_lib.solver import Sample, entropy_weight
+from aimo_lib.results import Sample
+from aimo_lib.voting import entropy_weight
 
 logprob = st.floats(min_value=-50.0, max_value=0.0, allow_nan=False)
 

@@ -325,7 +325,7 @@ def _model_dir(tmp_path, model_type):
 
 
 def test_preset_follows_the_attached_models_family(tmp_path):
-    from aimo_lib.solver import preset_for_model
+    from aimo_lib.presets import preset_for_model
 
     assert preset_for_model(None) == "embedded_cpu"
     assert preset_for_model(_model_dir(tmp_path, "gpt_oss")) == "aimo3_gpt_oss"

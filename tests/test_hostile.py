@@ -17,12 +17,12 @@ from aimo_lib.answers import (
     AIMO3,
     extract_answer,
     normalize_answer,
-    vote,
 )
 from aimo_lib.budget import ALLOWANCE_S
 from aimo_lib.dialects import ToRA, get_dialect
 from aimo_lib.engines import Completion, ScriptedEngine, align_token_ids, as_engine
 from aimo_lib.stopping import StopRule
+from aimo_lib.voting import vote
 
 OUT = "```output\n"
 ASSISTANT = "<|im_start|>assistant\n"
@@ -93,7 +93,7 @@ def test_the_async_driver_starts_nothing_after_the_deadline(sandbox):
 
     solver = Solver(Recording(lambda p, k: "thinking, no answer"), sandbox,
                     cfg(4, pipeline="async", early_stop=None, max_rounds=10))
-    solver.dialect = SlowReading()
+    solver.steps.dialect = SlowReading()
     start = time.monotonic()
     res = solve_within(solver, 0.6)
     assert res.timed_out

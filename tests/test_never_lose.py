@@ -10,6 +10,7 @@ import pytest
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import extract_answer, normalize_answer
+from aimo_lib.budget import ALLOWANCE_S
 from aimo_lib.engines import (
     Completion,
     ContextLengthError,
@@ -18,7 +19,6 @@ from aimo_lib.engines import (
     ScriptedEngine,
     align_token_ids,
 )
-from aimo_lib.solver import ALLOWANCE_S
 
 OUT = "```output\n"
 ASSISTANT = "<|im_start|>assistant\n"
@@ -262,9 +262,9 @@ def test_the_deadline_cut_is_caught_on_every_python():
     # driver must catch the former (this test runs on 3.10 in CI).
     import concurrent.futures
 
-    from aimo_lib import solver
+    from aimo_lib import drivers
 
-    assert solver.FuturesTimeout is concurrent.futures.TimeoutError
+    assert drivers.FuturesTimeout is concurrent.futures.TimeoutError
     if sys.version_info < (3, 11):
         assert not issubclass(concurrent.futures.TimeoutError, TimeoutError)
 

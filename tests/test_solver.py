@@ -252,7 +252,7 @@ def test_pools_start_their_threads_before_any_time_limit(sandbox, monkeypatch):
     pool = prestarted_pool(4, "test-pool")
     solver = Solver(ScriptedEngine(lambda p, k: "x"), sandbox,
                     SolverConfig.preset("default", num_samples=12))
-    for p, n in ((pool, 4), (solver._pool, 12), (sandbox._pool, 2)):
+    for p, n in ((pool, 4), (solver.pool, 12), (sandbox._pool, 2)):
         assert len(p._threads) == n
 
     def no_start(self):
