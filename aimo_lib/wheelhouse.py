@@ -84,7 +84,7 @@ def image_names(extra=(), folder: str | None = None) -> list[str]:
 # The modules of aimo_lib that a notebook run imports (its serving path).
 _SERVING = ("kaggle", "run", "config", "solver", "presets", "results", "records", "gateway",
             "budget", "competitions", "answers", "dialects", "prompts", "sandbox",
-            "_sandbox_worker", "models", "reaper", "serving", "engines")
+            "_sandbox_worker", "models", "reaper", "engines")
 
 
 class WheelhouseError(RuntimeError):

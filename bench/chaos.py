@@ -4,7 +4,7 @@
     python bench/chaos.py --problems 10 --limit 1.5
     python bench/chaos.py --rows hostile   # only the rows of issue 22's generators
 
-Each problem is solved with `time_limit_s=--limit` by aimo_lib.chaos.ChaosEngine (simulated:
+Each problem is solved with `time_limit_s=--limit` by aimo_lib.engines.chaos.ChaosEngine (simulated:
 broken fences, runaway/crashing/flooding code, odd boxes, exceptions of eight types, requests
 that stall past any deadline, random latency; seed = problem index), N=8, M=4, 1 s code
 timeout, real sandboxed execution. Overrun = elapsed - limit (negative: it finished early).
@@ -27,8 +27,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.chaos import HARMONY_FRAGMENTS, ChaosEngine  # noqa: E402
 from aimo_lib.engines import ScriptedEngine  # noqa: E402
+from aimo_lib.engines.chaos import HARMONY_FRAGMENTS, ChaosEngine  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
 from aimo_lib.solver import ALLOWANCE_S  # noqa: E402
 

@@ -70,7 +70,7 @@ def build(kind: str, checkpoint: str):
         return VLLMEngine(checkpoint, max_model_len=4096), None
     if kind == "async":
         return VLLMEngine(checkpoint, max_model_len=4096, async_mode=True), None
-    from aimo_lib.serving import VLLMServer
+    from aimo_lib.engines.server import VLLMServer
 
     server = VLLMServer(checkpoint, max_model_len=4096)
     return OpenAIEngine(server.url, max_concurrency=64), server

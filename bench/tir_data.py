@@ -26,9 +26,9 @@ from toy import synthetic_problems  # noqa: E402
 
 from aimo_lib import SolverConfig  # noqa: E402
 from aimo_lib.engines import OpenAIEngine  # noqa: E402
+from aimo_lib.engines.server import VLLMServer  # noqa: E402
 from aimo_lib.models import embedded_checkpoint  # noqa: E402
 from aimo_lib.sandbox import Sandbox  # noqa: E402
-from aimo_lib.serving import VLLMServer  # noqa: E402
 
 
 def main() -> None:

