@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .answers import vote
 from .competitions import get_competition
-from .gateway import Problem, check_limit
+from .kaggle.gateway import Problem, check_limit
 from .records import read_jsonl, read_rows
 from .results import fallback_cause, model_answer
 

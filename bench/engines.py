@@ -33,7 +33,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from aimo_lib.engines import GenerationParams, HFEngine, OpenAIEngine, VLLMEngine  # noqa: E402
-from aimo_lib.gateway import load_problems  # noqa: E402
+from aimo_lib.kaggle.gateway import load_problems  # noqa: E402
 from aimo_lib.models import embedded_checkpoint  # noqa: E402
 from aimo_lib.reaper import cmdline, descendants  # noqa: E402
 

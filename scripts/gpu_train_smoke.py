@@ -66,7 +66,7 @@ def main() -> int:
     import kto
     import sft
 
-    from aimo_lib.kaggle import load_config, make_runner
+    from aimo_lib.kaggle.serve import load_config, make_runner
     from aimo_lib.prompts import render_prompt
 
     work = tempfile.mkdtemp(prefix="gpu-train-")

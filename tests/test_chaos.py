@@ -18,7 +18,7 @@ from aimo_lib import Solver, SolverConfig
 from aimo_lib.answers import EarlyStop, vote
 from aimo_lib.engines import GenerationParams
 from aimo_lib.engines.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
-from aimo_lib.gateway import validate_answer
+from aimo_lib.kaggle.gateway import validate_answer
 from aimo_lib.solver import ALLOWANCE_S
 
 STATUSES = {"answered", "pruned", "hallucinated", "exhausted", "context_full", "timeout",

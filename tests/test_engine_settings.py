@@ -14,9 +14,9 @@ import sys
 import pytest
 import yaml
 
-from aimo_lib import kaggle as kg
 from aimo_lib.config import ConfigError, RunConfig, add_arguments
 from aimo_lib.engines.settings import VLLMSettings, engine_arg_names
+from aimo_lib.kaggle import serve as kg
 
 GIVEN = {"max_model_len": 8192, "gpu_memory_utilization": 0.5, "kv_cache_dtype": "fp8_e4m3",
          "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "bfloat16",

@@ -208,7 +208,7 @@ def test_a_trained_checkpoint_is_served_in_its_own_format(tiny, tmp_path):
     """Trained on the seed's template, the checkpoint carries it, and the notebook's default
     (prompt_template "auto") renders the bare problem in it, one BOS; an explicit template
     still overrides it."""
-    from aimo_lib.kaggle import load_config, make_runner
+    from aimo_lib.kaggle.serve import load_config, make_runner
 
     out = tmp_path / "sft"
     sft.train(*recipe(tiny, out, max_steps=2, chat_template="numina", save_steps=100))
