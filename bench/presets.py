@@ -41,11 +41,12 @@ import time
 
 from aimo_lib import SolverConfig
 from aimo_lib.config import RunConfig
-from aimo_lib.evaluation import eval_runner, plot_presets, run_eval
+from aimo_lib.evaluation import eval_runner, run_eval
 from aimo_lib.sandbox import Sandbox
 
 from . import model as bench_model
 from ._stats import diff_ci, mean_ci, ratio_ci
+from .plots import plot_presets
 
 ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
 BASELINE = "numina_aimo1"

@@ -39,13 +39,14 @@ import time
 
 from aimo_lib import SolverConfig
 from aimo_lib.config import RunConfig
-from aimo_lib.evaluation import eval_runner, plot_stopping, run_eval
+from aimo_lib.evaluation import eval_runner, run_eval
 from aimo_lib.results import entropy_weight
 from aimo_lib.sandbox import Sandbox
 from aimo_lib.stopping import StopRule, Trace, majority, replay
 
 from . import model as bench_model
 from ._stats import mean_ci
+from .plots import plot_stopping
 
 ORDERS = 20  # seeded orders of each problem's samples (the waves' and ties' order)
 # how the samples are started: all at once (the solver today), four and then the rest unless

@@ -52,6 +52,19 @@ def test_wilson_and_bootstrap_intervals():
     assert lo == hi == pytest.approx(2.0)  # a constant ratio has no spread
 
 
+def test_the_bench_plots_draw(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.plots import plot_presets, plot_stopping
+
+    assert plot_stopping([{"label": "table", "tokens_saved": 30.0, "agreement": 99.5,
+                           "agreement_ci": (98.0, 99.9), "group": "parallel"}],
+                         str(tmp_path / "s.png"), "stopping")
+    assert plot_presets([{"label": "default", "accuracy": 75.0, "tokens": 312,
+                          "accuracy_ci": (60.0, 85.0), "seconds": 1.2}],
+                        str(tmp_path / "p.png"), "presets")
+    assert os.path.getsize(tmp_path / "s.png") > 0 and os.path.getsize(tmp_path / "p.png") > 0
+
+
 def synthetic_row(pid: str, answers: list, truth: int, entropy: float = 0.2) -> dict:
     return {"id": pid, "seed": 0, "truth": truth, "answer": None,
             "samples": [{"answer": a, "tokens": 40 + 3 * i, "wave": 0, "status": "answered",
