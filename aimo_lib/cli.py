@@ -27,7 +27,7 @@ def _add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> Non
 
 
 def _config(args: argparse.Namespace, prog: str) -> RunConfig:
-    from .kaggle import resolve
+    from .kaggle.serve import resolve
 
     try:
         return resolve(RunConfig.load(cli=vars(args)))

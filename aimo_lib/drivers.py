@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout  # not TimeoutError before 3.11
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .engines import ContextLengthError, EngineError, Request
+from .engines import ContextLengthError, Engine, EngineError, GenerationParams, Request
 from .pools import in_daemon_thread
+from .presets import SolverConfig
 from .results import CodeCall, Sample, Status
-from .sandbox import ExecutionResult
-from .step import Action, Run
-
-if TYPE_CHECKING:
-    from .solver import Solver
+from .sandbox import ExecutionResult, Sandbox
+from .step import Action, Run, Steps
 
 __all__ = ["run_async", "run_rounds"]
 
@@ -33,10 +31,25 @@ _POLL_S = 1.0  # the async driver looks at its requests at least this often
 _GENERATE = (Action.STEP, Action.ANSWER, Action.RESUME, Action.CONTINUE)
 
 
+class Solving(Protocol):
+    """What a driver needs of the solver (aimo_lib.solver.Solver is one)."""
+
+    config: SolverConfig
+    engine: Engine
+    sandbox: Sandbox
+    steps: Steps
+    pool: ThreadPoolExecutor
+
+    def out_of_time(self, run: Run) -> bool: ...
+    def consensus(self, run: Run, pending: int) -> bool: ...
+    def prompt(self, run: Run, s: Sample) -> str | list[int]: ...
+    def params(self, run: Run, s: Sample, kind: Action) -> GenerationParams | None: ...
+
+
 # ---------------------------------------------------------------- rounds
 
 
-def run_rounds(solver: Solver, run: Run) -> None:
+def run_rounds(solver: Solving, run: Run) -> None:
     live = list(run.samples)
     while live and not solver.out_of_time(run):
         batch = [(s, Action.STEP) for s in live]
@@ -56,7 +69,7 @@ def run_rounds(solver: Solver, run: Run) -> None:
             break
 
 
-def _generate_batch(solver: Solver, run: Run, batch: list[tuple[Sample, Action]]) -> list:
+def _generate_batch(solver: Solving, run: Run, batch: list[tuple[Sample, Action]]) -> list:
     """One Completion (or the exception that failed it) per request of the batch; None
     for requests the deadline cut. A batch that fails as a whole (one bad prompt fails a
     vLLM batch) is retried request by request, so a failure stays with its sample."""
@@ -83,7 +96,7 @@ def _generate_batch(solver: Solver, run: Run, batch: list[tuple[Sample, Action]]
     return out
 
 
-def _call_engine(solver: Solver, run: Run, prompts: list, params: list) -> list | None:
+def _call_engine(solver: Solving, run: Run, prompts: list, params: list) -> list | None:
     """engine.generate, waited for until the deadline at most (None: cut by it, and only
     then: what the engine returns is checked, one completion per prompt). What the engine
     raises comes out as an Exception, so that it fails requests, not the problem."""
@@ -107,7 +120,7 @@ def _call_engine(solver: Solver, run: Run, prompts: list, params: list) -> list 
         raise EngineError(f"the engine raised {type(exc).__name__}: {exc}") from exc
 
 
-def _execute(solver: Solver, run: Run, samples: list[Sample]) -> None:
+def _execute(solver: Solving, run: Run, samples: list[Sample]) -> None:
     """Run the samples' code blocks concurrently; none starts after the deadline."""
     if not samples:
         return
@@ -139,7 +152,7 @@ def _execute(solver: Solver, run: Run, samples: list[Sample]) -> None:
 # ---------------------------------------------------------------- async
 
 
-def run_async(solver: Solver, run: Run) -> None:
+def run_async(solver: Solving, run: Run) -> None:
     steps, engine = solver.steps, solver.engine
     # a generation's Request, or None for a code run on the solver's pool
     pending: dict[Future, tuple[Sample, Action, Request | None]] = {}
@@ -223,7 +236,7 @@ def run_async(solver: Solver, run: Run) -> None:
 # ---------------------------------------------------------------- code execution
 
 
-def run_code(solver: Solver, run: Run, s: Sample) -> tuple[str, ExecutionResult]:
+def run_code(solver: Solving, run: Run, s: Sample) -> tuple[str, ExecutionResult]:
     """Execute the sample's last block (never after the deadline); never raises."""
     written, code = solver.steps.dialect.code(s.text) or ("", "")
     if (refused := _refused(solver, s)) is not None:
@@ -243,7 +256,7 @@ def run_code(solver: Solver, run: Run, s: Sample) -> tuple[str, ExecutionResult]
         return written, ExecutionResult("crashed", f"[sandbox error: {exc}]", 0.0)
 
 
-def _refused(solver: Solver, s: Sample) -> ExecutionResult | None:
+def _refused(solver: Solving, s: Sample) -> ExecutionResult | None:
     """The note that answers a call past the sample's tool-call cap (None: run it)."""
     cap = solver.config.max_tool_calls
     if cap is None or len(s.code_calls) < cap:
@@ -252,14 +265,14 @@ def _refused(solver: Solver, s: Sample) -> ExecutionResult | None:
                                       "reached; give your final answer now]", 0.0)
 
 
-def _run_kwargs(solver: Solver, run: Run) -> dict:
+def _run_kwargs(solver: Solving, run: Run) -> dict:
     cfg, dialect = solver.config, solver.steps.dialect
     return dict(timeout_s=cfg.code_timeout_s, deadline=run.deadline, display=dialect.display,
                 stderr_on_success=dialect.stderr_on_success,
                 max_output_chars=cfg.max_output_chars)
 
 
-def _append_output(solver: Solver, s: Sample, code: str, r: ExecutionResult) -> None:
+def _append_output(solver: Solving, s: Sample, code: str, r: ExecutionResult) -> None:
     cfg = solver.config
     shown, added = solver.steps.dialect.tool_output(r, cfg.max_output_chars, cfg.code_timeout_s,
                                               s.text)

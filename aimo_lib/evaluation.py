@@ -23,14 +23,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .competitions import get_competition
-from .gateway import Problem, check_limit
+from .kaggle.gateway import Problem, check_limit
 from .records import read_jsonl, read_rows
 from .results import fallback_cause, model_answer
 from .voting import vote
 
 __all__ = ["DATASETS", "EvalProblem", "compare_runs", "eval_runner", "finished_answers",
-           "load_eval_dataset", "maj_at_k", "plot_presets", "plot_stopping", "run_eval",
-           "summarize"]
+           "load_eval_dataset", "maj_at_k", "pyplot", "run_eval", "save_figure", "summarize"]
 
 # name -> (Numina's hub dataset, file name of the local JSONL copy)
 DATASETS = {
@@ -307,7 +306,7 @@ def report_markdown(summary: dict, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only backend, or None when matplotlib is missing."""
     try:
         import matplotlib
@@ -319,7 +318,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path: str) -> str:
+def save_figure(plt, fig, path: str) -> str:
+    """`fig` written to `path` (PNG) and closed; the path."""
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")  # an outside legend stays in the picture
     plt.close(fig)
@@ -342,7 +342,7 @@ def write_plots(summary: dict, records: list[dict], out_dir: str) -> list[str]:
     """accuracy_vs_k.png (maj@k in percent against k on a log-2 axis with integer ticks, the
     mean over seeds with their range as a band), vote_margin.png, time_per_problem.png;
     titled with the dataset, the model and N (needs matplotlib; none without it)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return []
     title = _run_title(summary, out_dir)
@@ -360,16 +360,16 @@ def write_plots(summary: dict, records: list[dict], out_dir: str) -> list[str]:
            title=f"maj@k: {title}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    paths = [_save(plt, fig, os.path.join(out_dir, "accuracy_vs_k.png"))]
+    paths = [save_figure(plt, fig, os.path.join(out_dir, "accuracy_vs_k.png"))]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.hist([r["margin"] for r in summary["per_problem"]], bins=10, range=(0, 1))
     ax.set(xlabel="vote margin (top1 - top2) / votes", ylabel="problems",
            title=f"vote margins: {title}")
-    paths.append(_save(plt, fig, os.path.join(out_dir, "vote_margin.png")))
+    paths.append(save_figure(plt, fig, os.path.join(out_dir, "vote_margin.png")))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.hist([r["result"]["elapsed_s"] for r in records], bins=20)
     ax.set(xlabel="seconds", ylabel="problems x seeds", title=f"time per problem: {title}")
-    paths.append(_save(plt, fig, os.path.join(out_dir, "time_per_problem.png")))
+    paths.append(save_figure(plt, fig, os.path.join(out_dir, "time_per_problem.png")))
     return paths
 
 
@@ -382,68 +382,6 @@ def _k_axis(ax, ks: list[int]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlim(min(ks, default=1) / 1.3, max(ks, default=1) * 1.3)  # no samples: no k
-
-
-def plot_stopping(rows: list[dict], path: str, title: str, target: tuple[float, float] | None
-                  = (50.0, 99.0)) -> str | None:
-    """The stopping-rule comparison: tokens saved (%) against agreement with the full vote (%),
-    one point per rule and mode (rows: {"label": the rule, "group": how samples are started,
-    "tokens_saved", "agreement"} in percent, optional "agreement_ci": (low, high) drawn as
-    error bars). Colour: the group; marker: the rule. `target`: the corner a rule must reach
-    (tokens saved, agreement), shaded."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    from matplotlib.lines import Line2D
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    groups = list(dict.fromkeys(r.get("group", "") for r in rows))
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    markers = "osD^v<>PX*hH8p"
-    for r in rows:
-        ci = r.get("agreement_ci")
-        yerr = None if ci is None else [[r["agreement"] - ci[0]], [ci[1] - r["agreement"]]]
-        ax.errorbar(r["tokens_saved"], r["agreement"], yerr=yerr, capsize=2, elinewidth=0.8,
-                    fmt=markers[labels.index(r["label"]) % len(markers)], markersize=6,
-                    color=f"C{groups.index(r.get('group', ''))}", alpha=0.85)
-    if target is not None:
-        ax.fill_between([target[0], 100], target[1], 100.5, color="green", alpha=0.08)
-    lows = [r.get("agreement_ci", (r["agreement"],))[0] for r in rows]
-    ax.set(xlim=(0, 100), ylim=(max(0.0, min(lows) - 1), 100.5), xlabel="tokens saved (%)",
-           ylabel="agreement with the full vote (%)", title=title)
-    handles = [Line2D([], [], color=f"C{i}", lw=6, label=g or "rules")
-               for i, g in enumerate(groups)]
-    handles += [Line2D([], [], color="grey", ls="", marker=markers[i % len(markers)], label=lab)
-                for i, lab in enumerate(labels)]
-    if target is not None:
-        handles.append(Line2D([], [], color="green", alpha=0.3, lw=6, label=f"target: >= "
-                              f"{target[0]:g}% saved at >= {target[1]:g}% agreement"))
-    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
-    return _save(plt, fig, path)
-
-
-def plot_presets(rows: list[dict], path: str, title: str) -> str | None:
-    """The preset comparison: accuracy (%) against tokens per problem, one point per arm
-    (rows: {"label", "accuracy", "tokens"}, optional "accuracy_ci": (low, high) in percent,
-    drawn as error bars, and "seconds" written beside the label)."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for i, r in enumerate(rows):
-        ci = r.get("accuracy_ci")
-        yerr = None if ci is None else [[r["accuracy"] - ci[0]], [ci[1] - r["accuracy"]]]
-        ax.errorbar(r["tokens"], r["accuracy"], yerr=yerr, fmt="o", capsize=4, color=f"C{i}",
-                    label=r["label"])
-        note = r["label"] + (f", {r['seconds']:.2f} s" if "seconds" in r else "")
-        ax.annotate(note, (r["tokens"], r["accuracy"]), fontsize=7, rotation=30,
-                    xytext=(4, 6 if i % 2 == 0 else -14), textcoords="offset points")
-    ax.set(ylim=(0, 100), xlim=(0, max(r["tokens"] for r in rows) * 1.25),
-           xlabel="tokens generated per problem", ylabel="accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(plt, fig, path)
 
 
 # ---------------------------------------------------------------- comparing runs

@@ -47,6 +47,7 @@ from .budget import TimeBudget
 from .competitions import get_competition, validate_answer
 from .config import RunConfig
 from .engines import Engine, GenerationParams, as_engine
+from .pools import in_daemon_thread
 from .presets import SolverConfig
 from .reaper import Reaper
 from .records import Records, log
@@ -93,8 +94,6 @@ class Job:
 def probe(engine: Engine, timeout_s: float = 30.0) -> str | None:
     """Ask the engine for one token; None if it answers within `timeout_s`, else why not.
     Tells a hung or dead engine from one whose steps are just longer than a time limit."""
-    from .pools import in_daemon_thread
-
     future = in_daemon_thread(lambda: engine.generate(["1 + 1 ="], GenerationParams(
         max_tokens=1, temperature=0.0)))
     try:
@@ -464,7 +463,6 @@ class Runner:
         (blocked in a driver, a shutdown waiting on a dead core) is abandoned there."""
         from concurrent.futures import TimeoutError as FuturesTimeout
 
-        from .pools import in_daemon_thread
 
         if engine is not None:
             future = in_daemon_thread(engine.close, name="engine-close")

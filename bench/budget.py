@@ -1,7 +1,7 @@
 """The time allocation schemes side by side: the per-problem limits an AIMO 3 run (5 hours, 50
 problems) gets under each, on a fake clock (no model, a second to run).
 
-    python bench/budget.py
+    python -m bench.budget
 
 Scenarios: every problem easy (done in 60 s), every problem hard (each uses its whole limit and
 the solver's allowance), the hard half first, the hard half last. The model loads in 240 s.
@@ -9,13 +9,9 @@ the solver's allowance), the hard half first, the hard half last. The model load
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from aimo_lib.budget import POLICIES, simulate  # noqa: E402
+from aimo_lib.budget import POLICIES, simulate
 
 SCENARIOS = {
     "all easy": lambda i: 60.0,

@@ -1,10 +1,10 @@
 """How late solve() returns after its time limit under a hostile engine, per pipeline.
 
-    python bench/chaos.py                  # 40 problems per row, about 14 minutes on 2 cores
-    python bench/chaos.py --problems 10 --limit 1.5
-    python bench/chaos.py --rows hostile   # only the rows of issue 22's generators
+    python -m bench.chaos                  # 40 problems per row, about 14 minutes on 2 cores
+    python -m bench.chaos --problems 10 --limit 1.5
+    python -m bench.chaos --rows hostile   # only the rows of issue 22's generators
 
-Each problem is solved with `time_limit_s=--limit` by aimo_lib.chaos.ChaosEngine (simulated:
+Each problem is solved with `time_limit_s=--limit` by aimo_lib.engines.chaos.ChaosEngine (simulated:
 broken fences, runaway/crashing/flooding code, odd boxes, exceptions of eight types, requests
 that stall past any deadline, random latency; seed = problem index), N=8, M=4, 1 s code
 timeout, real sandboxed execution. Overrun = elapsed - limit (negative: it finished early).
@@ -22,15 +22,13 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.budget import ALLOWANCE_S  # noqa: E402
-from aimo_lib.chaos import HARMONY_FRAGMENTS, ChaosEngine  # noqa: E402
-from aimo_lib.engines import ScriptedEngine  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.budget import ALLOWANCE_S
+from aimo_lib.engines import ScriptedEngine
+from aimo_lib.engines.chaos import HARMONY_FRAGMENTS, ChaosEngine
+from aimo_lib.sandbox import Sandbox
 
 
 def p99(xs: list[float]) -> float:

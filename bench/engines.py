@@ -1,7 +1,7 @@
 """Generation engines on the embedded SmolLM2, same prompts, same run; HFEngine is the baseline.
 
-    python bench/engines.py                  # throughput + time to first token (about 5 min)
-    python bench/engines.py --demo           # also the README demo with each engine (~15 min)
+    python -m bench.engines                  # throughput + time to first token (about 5 min)
+    python -m bench.engines --demo           # also the README demo with each engine (~15 min)
 
 Engines, one at a time (each is closed, and its processes checked gone, before the next loads):
   hf        HFEngine: transformers, fp32 (the product's CPU fallback, default batch size 8)
@@ -30,12 +30,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from aimo_lib.engines import GenerationParams, HFEngine, OpenAIEngine, VLLMEngine  # noqa: E402
-from aimo_lib.gateway import load_problems  # noqa: E402
-from aimo_lib.models import embedded_checkpoint  # noqa: E402
-from aimo_lib.reaper import cmdline, descendants  # noqa: E402
+from aimo_lib.engines import GenerationParams, HFEngine, OpenAIEngine, VLLMEngine
+from aimo_lib.kaggle.gateway import load_problems
+from aimo_lib.models import embedded_checkpoint
+from aimo_lib.reaper import cmdline, descendants
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -70,7 +68,7 @@ def build(kind: str, checkpoint: str):
         return VLLMEngine(checkpoint, max_model_len=4096), None
     if kind == "async":
         return VLLMEngine(checkpoint, max_model_len=4096, async_mode=True), None
-    from aimo_lib.serving import VLLMServer
+    from aimo_lib.engines.server import VLLMServer
 
     server = VLLMServer(checkpoint, max_model_len=4096)
     return OpenAIEngine(server.url, max_concurrency=64), server

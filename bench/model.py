@@ -1,7 +1,7 @@
 """The benchmark model: a small model that can solve, built once, seeded, and cached.
 
-    python bench/model.py                 # build it (about 15-20 min on 2 cores), or say where
-    python bench/model.py --heldout       # rewrite bench/data/toy_heldout.jsonl (deterministic)
+    python -m bench.model                 # build it (about 15-20 min on 2 cores), or say where
+    python -m bench.model --heldout       # rewrite bench/data/toy_heldout.jsonl (deterministic)
 
 SmolLM2-135M (the embedded model) cannot solve: 4/10 on the demo, right and wrong answers with
 the same entropy, early stop that rarely fires, so decoding figures measured on it mean little.
@@ -29,19 +29,14 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 
+from aimo_lib.evaluation import EvalProblem
+from aimo_lib.models import embedded_checkpoint, models_dir
+from training import toy  # the chain's own stages
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "training"))
-
-import toy  # noqa: E402 - training/toy.py: the chain's own stages
-
-from aimo_lib.evaluation import EvalProblem  # noqa: E402
-from aimo_lib.models import embedded_checkpoint, models_dir  # noqa: E402
-
 HELDOUT = os.path.join(HERE, "data", "toy_heldout.jsonl")
 TRAIN_SEED = 1  # the training problems' draw: toy.py's, so this is the toy chain's stage 2
 SEEN_SEED, UNSEEN_SEED = 2, 3  # the held-out draws (toy.py's held-out sets are their prefixes)
@@ -69,7 +64,7 @@ def benchmark_model(train: int = 120, seed: int = 42) -> str:
     path = model_path(train, seed)
     if not os.path.exists(os.path.join(path, "build.json")):
         raise ModelNotBuiltError(
-            f"the benchmark model is not built: run `python bench/model.py` (about 15-20 min "
+            f"the benchmark model is not built: run `python -m bench.model` (about 15-20 min "
             f"on 2 cores; it lands in {path}; AIMO_CACHE moves the cache)")
     return path
 

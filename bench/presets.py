@@ -1,8 +1,8 @@
 """The decoding presets against the seed's loop, end to end on a model that can solve.
 
-    python bench/presets.py                 # 48 held-out problems x 2 seeds (~15 min, 2 cores)
-    python bench/presets.py --quick         # a smoke run: 4 problems, 1 seed, N=4
-    python bench/presets.py --model embedded --quick    # on the embedded SmolLM2 instead
+    python -m bench.presets                 # 48 held-out problems x 2 seeds (~15 min, 2 cores)
+    python -m bench.presets --quick         # a smoke run: 4 problems, 1 seed, N=4
+    python -m bench.presets --model embedded --quick    # on the embedded SmolLM2 instead
 
 One run, one engine (vLLM on CPU serving the benchmark model of bench/model.py, built first if
 it is not cached), the same problems and seeds for every arm, N and M equal:
@@ -39,17 +39,14 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
+from aimo_lib import SolverConfig
+from aimo_lib.config import RunConfig
+from aimo_lib.evaluation import eval_runner, run_eval
+from aimo_lib.sandbox import Sandbox
 
-import model as bench_model  # noqa: E402 - bench/model.py
-from _stats import diff_ci, mean_ci, ratio_ci  # noqa: E402
-
-from aimo_lib import SolverConfig  # noqa: E402
-from aimo_lib.config import RunConfig  # noqa: E402
-from aimo_lib.evaluation import eval_runner, plot_presets, run_eval  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from . import model as bench_model
+from ._stats import diff_ci, mean_ci, ratio_ci
+from .plots import plot_presets
 
 ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
 BASELINE = "numina_aimo1"

@@ -1,8 +1,8 @@
 """What a dead engine costs the run loop: the first load against a restart (close, then build
 again: the weights come from the page cache), for each engine a run can rebuild.
 
-    python bench/restart.py                 # vllm, vllm_server, hf on the embedded SmolLM2
-    python bench/restart.py --engines hf    # one of them (about 1 minute)
+    python -m bench.restart                 # vllm, vllm_server, hf on the embedded SmolLM2
+    python -m bench.restart --engines hf    # one of them (about 1 minute)
 
 Each engine is built, answers one request, and is then killed as a fault kills it (vLLM's
 EngineCore or the server process SIGKILLed; transformers has no process to kill: closed),
@@ -16,15 +16,12 @@ import argparse
 import os
 import platform
 import signal
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from aimo_lib.config import RunConfig  # noqa: E402
-from aimo_lib.models import embedded_checkpoint  # noqa: E402
-from aimo_lib.reaper import cmdline, descendants  # noqa: E402
-from aimo_lib.run import Runner  # noqa: E402
+from aimo_lib.config import RunConfig
+from aimo_lib.models import embedded_checkpoint
+from aimo_lib.reaper import cmdline, descendants
+from aimo_lib.run import Runner
 
 
 def kill(runner: Runner, engine: str) -> None:

@@ -1,7 +1,7 @@
 """Sandbox speed against the seed notebook's method, measured in the same run.
 
-    python bench/sandbox.py            # full: ~1 minute on 2 cores
-    python bench/sandbox.py --quick    # fewer repeats
+    python -m bench.sandbox            # full: ~1 minute on 2 cores
+    python -m bench.sandbox --quick    # fewer repeats
 
 Baseline ("subprocess"): what the winning AIMO-1 notebook did for every code block: write it
 to a file with `import math / numpy as np / sympy as sp` prepended and run a fresh `python3`
@@ -17,14 +17,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _baseline import subprocess_run  # noqa: E402
+from aimo_lib.sandbox import Sandbox
 
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from ._baseline import subprocess_run
 
 # Short snippets of the kind a TIR model writes.
 SNIPPETS = [

@@ -1,7 +1,7 @@
 """Solver benchmarks, each against a baseline measured in the same run.
 
-    python bench/solver.py                     # every section (about 10 minutes, 2 cores)
-    python bench/solver.py --sections overhead,early_stop
+    python -m bench.solver                     # every section (about 10 minutes, 2 cores)
+    python -m bench.solver --sections overhead,early_stop
 
 Sections:
   overhead    solver overhead per problem at N=48, M=4, generation taken out (issue #3)
@@ -34,21 +34,18 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, fields
 from importlib import resources
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
-from _baseline import SubprocessExecutor  # noqa: E402
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.budget import TimeBudget
+from aimo_lib.engines import ScriptedEngine
+from aimo_lib.sandbox import DEFAULT_PRELOAD, Sandbox
+from aimo_lib.stopping import StopRule, Trace, majority, replay
+from aimo_lib.voting import vote
 
-from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.budget import TimeBudget  # noqa: E402
-from aimo_lib.engines import ScriptedEngine  # noqa: E402
-from aimo_lib.sandbox import DEFAULT_PRELOAD, Sandbox  # noqa: E402
-from aimo_lib.stopping import StopRule, Trace, majority, replay  # noqa: E402
-from aimo_lib.voting import vote  # noqa: E402
+from ._baseline import SubprocessExecutor
 
 BLOCKS = [
     "x = sp.Symbol('x')\nprint(sp.factor(x**{k} - 1))",

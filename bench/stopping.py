@@ -1,8 +1,8 @@
 """Stopping rules, confidence weights and the second wave, measured on the benchmark model.
 
-    python bench/stopping.py                # record once (~10 min on 2 cores), then replay
-    python bench/stopping.py --replay-only  # replay what --out already holds (seconds)
-    python bench/stopping.py --quick        # a smoke run: 4 problems, 1 seed, N=8
+    python -m bench.stopping                # record once (~10 min on 2 cores), then replay
+    python -m bench.stopping --replay-only  # replay what --out already holds (seconds)
+    python -m bench.stopping --quick        # a smoke run: 4 problems, 1 seed, N=8
 
 Recording (once, resumable, in --out): the benchmark model of bench/model.py on vLLM-CPU solves
 the 48 held-out toy problems with the default preset, early stop off and every token's
@@ -35,22 +35,18 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
+from aimo_lib import SolverConfig
+from aimo_lib.config import RunConfig
+from aimo_lib.evaluation import eval_runner, run_eval
+from aimo_lib.sandbox import Sandbox
+from aimo_lib.stopping import StopRule, Trace, TraceStop, majority, replay
+from aimo_lib.voting import entropy_weight
 
-import model as bench_model  # noqa: E402 - bench/model.py
-from _stats import mean_ci  # noqa: E402
-
-from aimo_lib import SolverConfig  # noqa: E402
-from aimo_lib.config import RunConfig  # noqa: E402
-from aimo_lib.evaluation import eval_runner, plot_stopping, run_eval  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
-from aimo_lib.stopping import StopRule, Trace, TraceStop, majority, replay  # noqa: E402
-from aimo_lib.voting import entropy_weight  # noqa: E402
+from . import model as bench_model
+from ._stats import mean_ci
+from .plots import plot_stopping
 
 ORDERS = 20  # seeded orders of each problem's samples (the waves' and ties' order)
 # how the samples are started: all at once (the solver today), four and then the rest unless

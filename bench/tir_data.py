@@ -1,7 +1,7 @@
 """TIR data generation throughput against a local vLLM server: problems per minute, one
 problem at a time (the baseline) against many in flight, same problems, same run.
 
-    python bench/tir_data.py                   # about 5 minutes on 2 cores
+    python -m bench.tir_data                   # about 5 minutes on 2 cores
 
 The teacher is the embedded SmolLM2 behind `VLLMServer` (vLLM's OpenAI-compatible server),
 reached through `OpenAIEngine`, as a real teacher would be; the problems are the toy recipe's
@@ -14,21 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "training"))
-
-from generate_tir_data import generate  # noqa: E402
-from toy import synthetic_problems  # noqa: E402
-
-from aimo_lib import SolverConfig  # noqa: E402
-from aimo_lib.engines import OpenAIEngine  # noqa: E402
-from aimo_lib.models import embedded_checkpoint  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
-from aimo_lib.serving import VLLMServer  # noqa: E402
+from aimo_lib import SolverConfig
+from aimo_lib.engines import OpenAIEngine
+from aimo_lib.engines.server import VLLMServer
+from aimo_lib.models import embedded_checkpoint
+from aimo_lib.sandbox import Sandbox
+from training.generate_tir_data import generate
+from training.toy import synthetic_problems
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Smoke test of the GPU paths where a GPU exists: the real vLLM (or transformers on CUDA).
 
-    python scripts/gpu_smoke.py --model /kaggle/input/numina-7b-tir-gptq   # vLLM, all GPUs
-    python scripts/gpu_smoke.py --engine hf                                  # embedded SmolLM2
-    python scripts/gpu_smoke.py --engine vllm --async-mode --model DIR
+    python -m scripts.gpu_smoke --model /kaggle/input/numina-7b-tir-gptq   # vLLM, all GPUs
+    python -m scripts.gpu_smoke --engine hf                                  # embedded SmolLM2
+    python -m scripts.gpu_smoke --engine vllm --async-mode --model DIR
 
 It loads the engine, generates a batch with the TIR stop string, runs the solver on two easy
 problems with real code execution, and prints throughput. It exits non-zero when something
@@ -12,15 +12,13 @@ that should work does not (no GPU, no tokens, a malformed completion).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from aimo_lib import Solver, SolverConfig  # noqa: E402
-from aimo_lib.engines import GenerationParams, HFEngine, VLLMEngine  # noqa: E402
-from aimo_lib.prompts import render_prompt  # noqa: E402
-from aimo_lib.sandbox import Sandbox  # noqa: E402
+from aimo_lib import Solver, SolverConfig
+from aimo_lib.engines import GenerationParams, HFEngine, VLLMEngine
+from aimo_lib.prompts import render_prompt
+from aimo_lib.sandbox import Sandbox
 
 PROBLEMS = [("What is 17 * 23?", 391), ("How many positive divisors does 36 have?", 9)]
 

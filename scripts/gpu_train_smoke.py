@@ -3,8 +3,8 @@ the recipe's attention implementation, gradient checkpointing and an eval split;
 then the checkpoint served the way the notebook serves it (transformers on CUDA, in the chat
 template it was trained on).
 
-    python scripts/gpu_train_smoke.py --model DIR                  # a small causal LM
-    python scripts/gpu_train_smoke.py --random-init DIR            # config + tokenizer only:
+    python -m scripts.gpu_train_smoke --model DIR                  # a small causal LM
+    python -m scripts.gpu_train_smoke --random-init DIR            # config + tokenizer only:
                                                                    # random weights (no hub)
 
 Exits non-zero when something that should work does not (no GPU, a loss that is not finite
@@ -19,10 +19,6 @@ import os
 import sys
 import tempfile
 import time
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "training"))
 
 
 def tir_rows(n: int) -> list[dict]:
@@ -63,11 +59,9 @@ def main() -> int:
         return 1
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print(f"device: {device}, torch {torch.__version__}", flush=True)
-    import kto
-    import sft
-
-    from aimo_lib.kaggle import load_config, make_runner
+    from aimo_lib.kaggle.serve import load_config, make_runner
     from aimo_lib.prompts import render_prompt
+    from training import kto, sft
 
     work = tempfile.mkdtemp(prefix="gpu-train-")
     model = args.model or random_model(args.random_init, os.path.join(work, "base"))

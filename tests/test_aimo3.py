@@ -8,7 +8,7 @@ from aimo_lib.budget import POLICIES, simulate
 from aimo_lib.competitions import get_competition
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import ScriptedEngine
-from aimo_lib.kaggle import resolve
+from aimo_lib.kaggle.serve import resolve
 from aimo_lib.presets import SolverConfig
 from aimo_lib.results import Sample
 from aimo_lib.solver import Solver

@@ -10,27 +10,24 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "bench")
-sys.path.insert(0, BENCH)
-sys.path.insert(0, os.path.join(REPO, "training"))
+from bench import _stats
+from bench import model as bench_model
+from bench import stopping as bench_stopping
 
-import _stats  # noqa: E402
-import model as bench_model  # noqa: E402
-import stopping as bench_stopping  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench runs from here
 
 
 def test_the_shipped_heldout_set_is_what_the_builder_writes(tmp_path):
     path = bench_model.write_heldout(str(tmp_path / "heldout.jsonl"))
     with open(path) as a, open(bench_model.HELDOUT) as b:
         assert a.read() == b.read(), "bench/data/toy_heldout.jsonl is stale: python " \
-                                     "bench/model.py --heldout"
+                                     "-m bench.model --heldout"
     problems = bench_model.load_heldout()
     kinds = bench_model.template_of()
     assert len(problems) >= 48 and len({p.problem for p in problems}) == len(problems)
     assert sum(k == "seen" for k in kinds.values()) == sum(k == "unseen" for k in kinds.values())
     # none is a training problem: the model never saw these texts
-    import toy
+    from training import toy
 
     train = {p.problem for p, _ in toy.instances(120, seed=bench_model.TRAIN_SEED)}
     assert not train & {p.problem for p in problems}
@@ -40,7 +37,7 @@ def test_the_shipped_heldout_set_is_what_the_builder_writes(tmp_path):
 
 def test_an_unbuilt_model_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv("AIMO_CACHE", str(tmp_path))
-    with pytest.raises(bench_model.ModelNotBuiltError, match="python bench/model.py"):
+    with pytest.raises(bench_model.ModelNotBuiltError, match="python -m bench.model"):
         bench_model.benchmark_model()
     assert bench_model.model_path().startswith(str(tmp_path / "models"))
 
@@ -53,6 +50,19 @@ def test_wilson_and_bootstrap_intervals():
     assert _stats.mean_ci([1.0] * 10) == (1.0, 1.0)
     lo, hi = _stats.ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
     assert lo == hi == pytest.approx(2.0)  # a constant ratio has no spread
+
+
+def test_the_bench_plots_draw(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.plots import plot_presets, plot_stopping
+
+    assert plot_stopping([{"label": "table", "tokens_saved": 30.0, "agreement": 99.5,
+                           "agreement_ci": (98.0, 99.9), "group": "parallel"}],
+                         str(tmp_path / "s.png"), "stopping")
+    assert plot_presets([{"label": "default", "accuracy": 75.0, "tokens": 312,
+                          "accuracy_ci": (60.0, 85.0), "seconds": 1.2}],
+                        str(tmp_path / "p.png"), "presets")
+    assert os.path.getsize(tmp_path / "s.png") > 0 and os.path.getsize(tmp_path / "p.png") > 0
 
 
 def synthetic_row(pid: str, answers: list, truth: int, entropy: float = 0.2) -> dict:
@@ -81,8 +91,8 @@ def test_the_stopping_bench_replays_a_recorded_folder(tmp_path):
     rows = [synthetic_row(f"p{i}", [i % 3] * 6 + [9, 9], i % 3) for i in range(6)]
     with open(tmp_path / "streams.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    r = subprocess.run([sys.executable, os.path.join(BENCH, "stopping.py"), "--replay-only",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "bench.stopping", "--replay-only", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "## stopping rules" in r.stdout and "table 4/4, 5/7, 6/9" in r.stdout
     assert (tmp_path / "stopping.json").exists()
@@ -93,9 +103,8 @@ def tiny_model(tmp_path_factory):
     """A benchmark model built with 2 steps per stage on 16 problems (minutes, not 20)."""
     cache = tmp_path_factory.mktemp("cache")
     env = {**os.environ, "AIMO_CACHE": str(cache)}
-    r = subprocess.run([sys.executable, os.path.join(BENCH, "model.py"), "--train", "16",
-                        "--max-steps", "2"], capture_output=True, text=True, timeout=1200,
-                       env=env)
+    r = subprocess.run([sys.executable, "-m", "bench.model", "--train", "16", "--max-steps", "2"],
+                       capture_output=True, text=True, timeout=1200, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout.strip().splitlines()[-1], env
 
@@ -113,9 +122,8 @@ def test_the_benchmark_model_builds_and_is_cached(tiny_model):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert os.path.exists(os.path.join(path, name)), name
     # a second call finds it in the cache: nothing is trained again
-    r = subprocess.run([sys.executable, os.path.join(BENCH, "model.py"), "--train", "16",
-                        "--max-steps", "2"], capture_output=True, text=True, timeout=120,
-                       env=env)
+    r = subprocess.run([sys.executable, "-m", "bench.model", "--train", "16", "--max-steps", "2"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == path
     assert "[sft]" not in r.stdout + r.stderr
 
@@ -127,10 +135,10 @@ def test_presets_bench_quick_runs_on_one_engine(tiny_model, tmp_path):
     pytest.importorskip("vllm")
     path, env = tiny_model
     out = tmp_path / "presets"
-    r = subprocess.run([sys.executable, os.path.join(BENCH, "presets.py"), "--quick",
+    r = subprocess.run([sys.executable, "-m", "bench.presets", "--quick",
                         "--problems", "2", "--num-samples", "2", "--max-new-tokens", "32",
                         "--model", path, "--out", str(out)], capture_output=True, text=True,
-                       timeout=1200, env=env)
+                       timeout=1200, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup \d+\.\d\dx at accuracy \d+\.\d% vs \d+\.\d%", last), last

@@ -1,5 +1,5 @@
-"""Property-based chaos: a hostile engine (aimo_lib.chaos.ChaosEngine: broken fences, runaway
-and crashing code, odd boxes, NULs, special tokens, exceptions of many types, stalls, random
+"""Property-based chaos: a hostile engine (aimo_lib.engines.chaos.ChaosEngine: broken fences,
+runaway and crashing code, odd boxes, NULs, special tokens, exceptions of many types, stalls, random
 latency) against both presets, both pipelines and two competitions' rules, and the same in
 gpt-oss's harmony dialect (forged tool replies, calls that never end, odd channels); and
 (issue 22) huge degenerate texts, NaN/None/inf entropies, None for a completion, entropy and
@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from aimo_lib import Solver, SolverConfig
 from aimo_lib.budget import ALLOWANCE_S
-from aimo_lib.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
 from aimo_lib.engines import GenerationParams
-from aimo_lib.gateway import validate_answer
+from aimo_lib.engines.chaos import FRAGMENTS, HARMONY_FRAGMENTS, ChaosEngine
+from aimo_lib.kaggle.gateway import validate_answer
 from aimo_lib.stopping import StopRule
 from aimo_lib.voting import vote
 

@@ -6,7 +6,7 @@ from aimo_lib import SolverConfig
 from aimo_lib.budget import TimeBudget
 from aimo_lib.competitions import COMPETITIONS, InvalidAnswer, get_competition, validate_answer
 from aimo_lib.config import RunConfig
-from aimo_lib.gateway import LocalGateway
+from aimo_lib.kaggle.gateway import LocalGateway
 from aimo_lib.run import Runner
 
 

@@ -14,9 +14,9 @@ import sys
 import pytest
 import yaml
 
-from aimo_lib import kaggle as kg
 from aimo_lib.config import ConfigError, RunConfig, add_arguments
 from aimo_lib.engines.settings import VLLMSettings, engine_arg_names
+from aimo_lib.kaggle import serve as kg
 
 GIVEN = {"max_model_len": 8192, "gpu_memory_utilization": 0.5, "kv_cache_dtype": "fp8_e4m3",
          "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "bfloat16",
@@ -74,7 +74,7 @@ def test_every_engine_setting_reaches_each_engine(source, tmp_path, on_an_h100, 
         (_, kwargs), = [c for c in on_an_h100.calls if c[0] == call]
         assert {k: kwargs[k] for k in wanted} == wanted, kind
     # the server's command line: the same settings as flags
-    from aimo_lib import serving
+    from aimo_lib.engines import server
 
     started = []
 
@@ -82,7 +82,7 @@ def test_every_engine_setting_reaches_each_engine(source, tmp_path, on_an_h100, 
         started.append(cmd)
         raise OSError("not started in this test")
 
-    monkeypatch.setattr(serving.subprocess, "Popen", popen)
+    monkeypatch.setattr(server.subprocess, "Popen", popen)
     with pytest.raises(OSError):
         config.engine.__class__(kind="vllm_server", model="/m", vllm=config.engine.vllm).build()
     cmd = started[0]

@@ -231,14 +231,7 @@ def test_maj_at_k_per_seed_and_the_plot_axes(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from aimo_lib.evaluation import (
-        EvalProblem,
-        _k_axis,
-        plot_presets,
-        plot_stopping,
-        summarize,
-        write_plots,
-    )
+    from aimo_lib.evaluation import EvalProblem, _k_axis, summarize, write_plots
 
     recs = [early_stopped_record("A", s, [("answered", 7)] * 6 + [("answered", 3)] * (2 + s),
                                  7) for s in (0, 1)]
@@ -254,9 +247,3 @@ def test_maj_at_k_per_seed_and_the_plot_axes(tmp_path):
     summary["dataset"] = "toy"
     paths = write_plots(summary, recs, str(tmp_path))
     assert len(paths) == 3 and all(os.path.getsize(p) > 0 for p in paths)
-    assert plot_stopping([{"label": "table", "tokens_saved": 30.0, "agreement": 99.5,
-                           "agreement_ci": (98.0, 99.9), "group": "parallel"}],
-                         str(tmp_path / "s.png"), "stopping")
-    assert plot_presets([{"label": "default", "accuracy": 75.0, "tokens": 312,
-                          "accuracy_ci": (60.0, 85.0), "seconds": 1.2}],
-                        str(tmp_path / "p.png"), "presets")

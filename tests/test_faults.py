@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aimo_lib import SolverConfig
-from aimo_lib import kaggle as kg
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import Completion, ScriptedEngine
+from aimo_lib.kaggle import serve as kg
 from aimo_lib.run import Job, Runner
 from aimo_lib.stopping import StopRule, Trace, majority, replay
 
@@ -332,7 +332,7 @@ def _json_lines(path) -> list[dict]:
 def _rehearsal_check(tmp_path, rows_by, ids=("a", "b", "c")):
     """The rehearsal's check of an AIMO 1 run: test.csv, the notebook's submission.csv and
     results.jsonl as the run loop wrote them (rows_by: a Runner writing to that path)."""
-    from aimo_lib.rehearsal import Report, _check
+    from aimo_lib.kaggle.rehearsal import Report, _check
 
     competition, working = tmp_path / "competition", tmp_path / "working"
     (working / "submission").mkdir(parents=True)
@@ -561,7 +561,7 @@ def test_a_skipped_record_is_logged_with_its_line_number(tmp_path, capsys):
 
 
 def test_the_local_gateway_resumes_past_malformed_progress(tmp_path, capsys):
-    from aimo_lib.gateway import LocalGateway, Problem
+    from aimo_lib.kaggle.gateway import LocalGateway, Problem
 
     problems = [Problem("p1", "q", 5), Problem("p2", "q", 6), Problem("p3", "q", 7)]
     progress = tmp_path / "gateway_progress.jsonl"
@@ -637,8 +637,8 @@ def test_the_standin_imports_what_kaggles_package_imports():
     # real package (relay.py: `import pyarrow`) could not even import.
     import os
 
-    from aimo_lib.rehearsal import _STANDINS
-    from aimo_lib.wheelhouse import _DISTRIBUTION, IMAGE_PROVIDES, KAGGLE_EVALUATION_IMPORTS
+    from aimo_lib.kaggle.rehearsal import _STANDINS
+    from aimo_lib.kaggle.wheelhouse import _DISTRIBUTION, IMAGE_PROVIDES, KAGGLE_EVALUATION_IMPORTS
 
     assert _top_level_imports(os.path.join(_STANDINS, "kaggle_evaluation")) == \
         REAL_KAGGLE_EVALUATION_IMPORTS
@@ -649,13 +649,13 @@ def test_the_standin_imports_what_kaggles_package_imports():
 
 
 def test_the_wheelhouse_check_counts_kaggle_evaluations_imports():
-    from aimo_lib.wheelhouse import WheelhouseError, check_runtime, runtime_modules
+    from aimo_lib.kaggle.wheelhouse import WheelhouseError, check_runtime, runtime_modules
 
     assert REAL_KAGGLE_EVALUATION_IMPORTS <= set(runtime_modules())
     lock = ["vllm==0.33.0", "torch==2.14.0", "transformers==5.20.2"]
     check_runtime(lock)
     # an image that lacks pyarrow (named as not provided) is caught at build time
-    import aimo_lib.wheelhouse as wh
+    import aimo_lib.kaggle.wheelhouse as wh
 
     saved = wh.IMAGE_PROVIDES
     wh.IMAGE_PROVIDES = tuple(d for d in saved if d != "pyarrow")
@@ -671,14 +671,14 @@ def test_the_wheelhouse_check_counts_kaggle_evaluations_imports():
 def test_the_image_is_what_the_list_the_user_and_the_wheel_folder_say(tmp_path, monkeypatch):
     # A pyarrow wheel added to --image-wheels (and to its image.txt) was never installed: the
     # rehearsal installed IMAGE_PROVIDES by name and nothing else.
-    from aimo_lib import rehearsal
-    from aimo_lib.wheelhouse import image_names
+    from aimo_lib.kaggle import rehearsal
+    from aimo_lib.kaggle.wheelhouse import image_names
 
     (tmp_path / "image.txt").write_text("# the image\nnumpy==2.2.6\nscipy==1.15.0\n")
     (tmp_path / "pyarrow-26.0.1-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     (tmp_path / "regex-2025.1.1-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"")
     names = image_names(("sentencepiece",), str(tmp_path))
-    from aimo_lib.wheelhouse import IMAGE_PROVIDES
+    from aimo_lib.kaggle.wheelhouse import IMAGE_PROVIDES
 
     assert names[:len(IMAGE_PROVIDES)] == list(IMAGE_PROVIDES)  # the list first, then the rest
     assert {"pyarrow", "scipy", "regex", "sentencepiece", "polars"} <= set(names)
@@ -706,7 +706,7 @@ def test_a_missing_polars_on_the_host_names_the_extra(tmp_path, monkeypatch):
     # the submission broke: ModuleNotFoundError: No module named 'polars'".
     import importlib.util
 
-    from aimo_lib import rehearsal
+    from aimo_lib.kaggle import rehearsal
 
     real = importlib.util.find_spec
     monkeypatch.setattr(rehearsal.importlib.util, "find_spec",
@@ -726,7 +726,7 @@ def test_a_missing_polars_on_the_host_names_the_extra(tmp_path, monkeypatch):
 ])
 def test_rehearse_embedded_from_a_base_install_names_the_extras(tmp_path, monkeypatch, missing):
     from aimo_lib import models
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     def embedded():
         if isinstance(missing, FileNotFoundError):
@@ -753,7 +753,7 @@ def predict(id_, problem):  # a notebook's endpoint: a plain module-level functi
 def test_the_standin_relays_what_kaggles_relay_carries(tmp_path, monkeypatch):
     import importlib
 
-    from aimo_lib.rehearsal import _STANDINS
+    from aimo_lib.kaggle.rehearsal import _STANDINS
 
     monkeypatch.syspath_prepend(_STANDINS)
     monkeypatch.chdir(tmp_path)
@@ -780,7 +780,7 @@ def test_the_standin_relays_what_kaggles_relay_carries(tmp_path, monkeypatch):
 ])
 def test_aimo_kaggle_says_one_clear_line_for_a_bad_argument(tmp_path, argv, said):
     # Tracebacks before (ValueError from get_competition, WheelhouseError from Target).
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(tmp_path / "out")])
@@ -802,7 +802,7 @@ def test_a_username_kaggle_would_not_take_is_refused(user):
     import re
     import tempfile
 
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     good = re.fullmatch(r"[a-z0-9]+(?:[_-][a-z0-9]+)*", user) is not None
     with tempfile.TemporaryDirectory() as out:
@@ -838,7 +838,7 @@ def test_the_stopping_replay_takes_any_input_empty_included(traces, wave, kind):
 def test_a_negative_or_zero_limit_is_refused_where_it_is_applied(tmp_path):
     # load_problems(..., -1) served all but the last problem (a slice), 0 served them all.
     from aimo_lib.evaluation import load_eval_dataset
-    from aimo_lib.gateway import load_problems
+    from aimo_lib.kaggle.gateway import load_problems
 
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"id": f"p{i}", "problem": "q", "answer": i}) + "\n"
@@ -850,7 +850,7 @@ def test_a_negative_or_zero_limit_is_refused_where_it_is_applied(tmp_path):
             load_problems(str(path), bad)
         with pytest.raises(ValueError, match="a whole number >= 1"):
             load_eval_dataset(str(path), limit=bad)
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     with pytest.raises(SystemExit):  # argparse's one line: "--limit: '-1' is not a number..."
         main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path), "--limit", "-1"])

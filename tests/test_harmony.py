@@ -339,7 +339,7 @@ def test_preset_follows_the_attached_models_family(tmp_path):
 
 
 def test_notebook_serves_gpt_oss_in_harmony_when_preset_is_auto(tmp_path, sandbox, monkeypatch):
-    from aimo_lib import kaggle as kg
+    from aimo_lib.kaggle import serve as kg
 
     def fn(prompt, k):  # a gpt-oss that computes, then answers
         replies = tool_replies(prompt)

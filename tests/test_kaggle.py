@@ -1,5 +1,5 @@
 """The local gateway, the Kaggle API adapters (through stand-ins written from the documented
-contracts, shipped in aimo_lib/standins), the kernel metadata and the aimo-kaggle CLI."""
+contracts, shipped in aimo_lib/kaggle/standins), the kernel metadata and the aimo-kaggle CLI."""
 
 import csv
 import importlib
@@ -14,14 +14,14 @@ from types import SimpleNamespace
 import pytest
 
 from aimo_lib import Solver
-from aimo_lib import kaggle as kg
 from aimo_lib.competitions import InvalidAnswer, validate_answer
 from aimo_lib.config import RunConfig
-from aimo_lib.gateway import GatewayError, LocalGateway, Problem, load_problems
+from aimo_lib.kaggle import serve as kg
+from aimo_lib.kaggle.gateway import GatewayError, LocalGateway, Problem, load_problems
 from aimo_lib.run import Runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDINS = os.path.join(REPO, "aimo_lib", "standins")  # shipped for rehearsals
+STANDINS = os.path.join(REPO, "aimo_lib", "kaggle", "standins")  # shipped for rehearsals
 PROBLEMS = [Problem(f"p{i}", f"What is {i} + {i}?", 2 * i) for i in range(6)]
 
 
@@ -376,7 +376,7 @@ def test_kernel_metadata_for_aimo3_passes_the_kaggle_clis_checks(tmp_path, capsy
     pytest.importorskip("kaggle")
     from kaggle.api.kaggle_api_extended import KaggleApi
 
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     out = tmp_path / "aimo3"
     main(["kernel-metadata", "--competition", "aimo3", "--user", "me", "--out", str(out),
@@ -409,7 +409,7 @@ def test_requirements_pin_the_runtime():
 
 
 def test_aimo_kaggle_cli(tmp_path, capsys):
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     main(["wheelhouse", "--out", str(tmp_path / "wh"), "--dataset", "me/aimo-lib-wheels",
           "--no-download"])
@@ -435,7 +435,7 @@ def test_aimo_kaggle_cli(tmp_path, capsys):
     with pytest.raises(SystemExit, match="kernel-metadata.json not found"):
         main(["rehearse", "--dir", str(tmp_path), "--wheels", str(tmp_path / "wh"),
               "--image-wheels", str(tmp_path)])
-    help_text = subprocess.run([sys.executable, "-m", "aimo_lib.kaggle_cli", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "aimo_lib.kaggle.cli", "--help"],
                                capture_output=True, text=True).stdout
     assert "wheelhouse" in help_text and "push-kernel" in help_text
 
@@ -465,8 +465,9 @@ def test_notebook_runs_headless_end_to_end(tmp_path):
 def test_a_rehearsal_with_the_embedded_model_uses_its_cpu_preset(tmp_path, monkeypatch):
     """Attached as a folder, SmolLM2 reads as any llama checkpoint (preset default: N=16, 2048
     tokens a step, no problem answered in 9 minutes on CPU); a setting given still wins."""
-    from aimo_lib import models, rehearsal
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib import models
+    from aimo_lib.kaggle import rehearsal
+    from aimo_lib.kaggle.cli import main
 
     seen = []
 

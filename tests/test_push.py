@@ -13,12 +13,12 @@ import threading
 
 import pytest
 
-from aimo_lib import kaggle as kg
 from aimo_lib.config import RunConfig
-from aimo_lib.wheelhouse import IMAGE_PROVIDES, Target, WheelhouseError, check_runtime
+from aimo_lib.kaggle import serve as kg
+from aimo_lib.kaggle.wheelhouse import IMAGE_PROVIDES, Target, WheelhouseError, check_runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDINS = os.path.join(REPO, "aimo_lib", "standins")
+STANDINS = os.path.join(REPO, "aimo_lib", "kaggle", "standins")
 AIMO3_DIR = "ai-mathematical-olympiad-progress-prize-3"
 
 
@@ -123,7 +123,7 @@ def test_the_kernel_folder_for_aimo3_runs_as_aimo3_in_a_rerun(kaggle_input, tmp_
     runs it (here in-process, the gateway reaching its server over gRPC), serves AIMO 3 even
     with another competition's API importable (the bug: it served aimo1 and died on
     `import aimo`)."""
-    from aimo_lib.kaggle_cli import main
+    from aimo_lib.kaggle.cli import main
 
     main(["kernel-metadata", "--competition", "aimo3", "--out", str(tmp_path / "k")])
     comp = attach_competition(kaggle_input)
@@ -204,7 +204,7 @@ def test_the_wheelhouse_is_resolved_for_the_target_not_for_this_interpreter(tmp_
     """pip reads environment markers for the interpreter it runs on (a 3.12 wheelhouse built
     from 3.11 lacked `six`): the target's set is resolved by uv for that Python and glibc, and
     pip only downloads the pinned files, for every tag the image loads."""
-    from aimo_lib import wheelhouse
+    from aimo_lib.kaggle import wheelhouse
 
     commands = []
 
@@ -250,7 +250,7 @@ def test_aimo_kaggle_works_from_an_installed_wheel(tmp_path):
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     "--ignore-installed", *map(str, wheels.glob("aimo_lib-*.whl"))], check=True)
-    run = lambda *args: subprocess.run([py, "-m", "aimo_lib.kaggle_cli", *args],
+    run = lambda *args: subprocess.run([py, "-m", "aimo_lib.kaggle.cli", *args],
                                        cwd=tmp_path, capture_output=True, text=True)
     where = subprocess.run([py, "-c", "import aimo_lib; print(aimo_lib.__file__)"],
                            cwd=tmp_path, capture_output=True, text=True).stdout
@@ -265,7 +265,7 @@ def test_aimo_kaggle_works_from_an_installed_wheel(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(whl).namelist()
-    assert "aimo_lib/data/kaggle_notebook.ipynb" in names and "aimo_lib/kaggle.py" in names
+    assert "aimo_lib/data/kaggle_notebook.ipynb" in names and "aimo_lib/kaggle/serve.py" in names
 
 
 # ---------------------------------------------------------------- the dress rehearsal
@@ -278,8 +278,8 @@ def cpu_wheelhouse(tmp_path_factory):
     import hashlib
     import shutil
 
+    from aimo_lib.kaggle.wheelhouse import NATIVE, build, packaged
     from aimo_lib.models import cache_dir
-    from aimo_lib.wheelhouse import NATIVE, build, packaged
 
     pins = open(packaged("requirements-cpu.txt"), "rb").read()
     cached = os.path.join(cache_dir(), "wheelhouse", "cpu-py" + NATIVE.python + "-" +
@@ -298,7 +298,7 @@ def cpu_wheelhouse(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(out), REPO], check=True)
     image = os.path.join(cache_dir(), "wheelhouse", "image-py" + NATIVE.python)
-    from aimo_lib.rehearsal import prepare_image_wheels
+    from aimo_lib.kaggle.rehearsal import prepare_image_wheels
 
     return str(out), prepare_image_wheels(image)
 
@@ -312,8 +312,8 @@ def test_a_rehearsal_on_cpu_gives_a_complete_submission(cpu_wheelhouse, tmp_path
     network cut, Kaggle's gateway (the stand-in) in a process of its own over gRPC, the
     embedded model attached as a Dataset."""
     wheels, image = cpu_wheelhouse
-    from aimo_lib.kaggle_cli import main
-    from aimo_lib.rehearsal import Rehearsal
+    from aimo_lib.kaggle.cli import main
+    from aimo_lib.kaggle.rehearsal import Rehearsal
 
     main(["kernel-metadata", "--competition", competition, "--user", "me",
           "--out", str(tmp_path / "k")])

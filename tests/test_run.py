@@ -14,7 +14,6 @@ import pytest
 from fake_openai import FakeOpenAIServer  # tests/ is on sys.path (rootdir conftest)
 
 from aimo_lib import SolverConfig
-from aimo_lib import kaggle as kg
 from aimo_lib.config import SETTINGS, ConfigError, RunConfig
 from aimo_lib.engines import (
     Completion,
@@ -24,6 +23,7 @@ from aimo_lib.engines import (
     ScriptedEngine,
     is_context_error,
 )
+from aimo_lib.kaggle import serve as kg
 from aimo_lib.run import Job, Runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

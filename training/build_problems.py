@@ -1,8 +1,8 @@
 """problems.jsonl (id, problem, integer answer) from NuminaMath-CoT/TIR rows: the problems
 with checkable answers that KTO sampling and TIR data generation need.
 
-    python training/build_problems.py --source AI-MO/NuminaMath-TIR --out runs/problems-tir.jsonl
-    python training/build_problems.py --source rows.jsonl --out problems.jsonl \\
+    python -m training.build_problems --source AI-MO/NuminaMath-TIR --out runs/problems-tir.jsonl
+    python -m training.build_problems --source rows.jsonl --out problems.jsonl \\
         --exclude $AIMO_DATA_DIR/aime_2022_2024.jsonl --exclude $AIMO_DATA_DIR/aimo1_train.jsonl
 
 A row's reference answer is the last \\boxed{} of its solution (the assistant's turn of
@@ -20,10 +20,10 @@ import os
 import re
 from collections import Counter
 
-from common import load_dataset_any, write_json
-
 from aimo_lib.answers import extract_boxed
 from aimo_lib.records import read_rows
+
+from .common import load_dataset_any, write_json
 
 _INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?")
 

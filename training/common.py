@@ -12,12 +12,21 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from aimo_lib.prompts import NUMINA_CHAT_TEMPLATE
 
-from aimo_lib.prompts import NUMINA_CHAT_TEMPLATE  # noqa: E402 - after the path
+# The checkout this package is in: a child `python -m training.<module>` started in another
+# folder (quantize.py in its output folder) finds the package there.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def module_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) with the checkout first on PYTHONPATH, for a child
+    `python -m training.<module>` whose working directory need not be the checkout."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (CHECKOUT, env.get("PYTHONPATH")) if p)
+    return env
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """TIR training data with execution feedback (Numina's stage-2 data; their code was never
 released).
 
-    python training/generate_tir_data.py --problems problems.jsonl --out tir.jsonl \\
+    python -m training.generate_tir_data --problems problems.jsonl --out tir.jsonl \\
         --teacher-url https://api.openai.com/v1 --teacher-model gpt-4o --attempts 4
-    python training/generate_tir_data.py ... --teacher-url http://127.0.0.1:8000/v1 \\
+    python -m training.generate_tir_data ... --teacher-url http://127.0.0.1:8000/v1 \\
         --teacher-api completions --prompt-template chatml_tir     # a local vLLM server
 
 A teacher behind any OpenAI-compatible endpoint (chat completions by default, as GPT-4o was
@@ -21,8 +21,6 @@ are skipped.
 from __future__ import annotations
 
 import argparse
-
-import common  # noqa: F401 - puts aimo_lib on the path
 
 from aimo_lib import SolverConfig
 from aimo_lib.competitions import get_competition

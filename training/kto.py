@@ -1,8 +1,8 @@
 """On-policy KTO (Numina's blog: "+ a few points"; no code was released).
 
-    python training/kto.py --config training/recipes/deepseek-math-7b/kto.yaml
-    python training/kto.py --config ... --step sample        # on the inference machine
-    accelerate launch --config_file training/deepspeed_zero3.yaml training/kto.py \
+    python -m training.kto --config training/recipes/deepseek-math-7b/kto.yaml
+    python -m training.kto --config ... --step sample        # on the inference machine
+    accelerate launch --config_file training/deepspeed_zero3.yaml -m training.kto \
         --config ... --step train                              # ZeRO-3, like SFT
 
 The recipe's keys are KTOConfig and ModelConfig fields plus SamplingArguments and
@@ -29,22 +29,24 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from common import (
-    ChatArguments,
-    MachineDefaults,
-    load_tokenizer,
-    model_init_kwargs,
-    parse_recipe,
-    prepare_model,
-    recipe_dict,
-    write_json,
-)
 from trl import KTOConfig, ModelConfig
 
 from aimo_lib.competitions import get_competition
 from aimo_lib.config import RunConfig
 from aimo_lib.records import read_jsonl
 from aimo_lib.run import Job, Runner
+
+from .common import (
+    ChatArguments,
+    MachineDefaults,
+    load_tokenizer,
+    model_init_kwargs,
+    module_env,
+    parse_recipe,
+    prepare_model,
+    recipe_dict,
+    write_json,
+)
 
 
 @dataclass
@@ -173,8 +175,8 @@ def main(argv: list[str] | dict | None = None) -> dict | None:
         args = sys.argv[1:] if argv is None else argv
         if isinstance(args, dict):
             raise SystemExit("--step all runs from the command line; call main() per step")
-        subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--step", "sample"],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "training.kto", *args, "--step", "sample"],
+                       check=True, env=module_env())
     elif sampling.step == "sample":
         from aimo_lib.evaluation import load_eval_dataset
 

@@ -2,7 +2,7 @@
 load it), with gptqmodel (the maintained successor of the auto-gptq the seed used; auto-gptq
 no longer imports with current transformers).
 
-    python training/quantize.py --config training/recipes/deepseek-math-7b/quantize.yaml
+    python -m training.quantize --config training/recipes/deepseek-math-7b/quantize.yaml
 
 Calibration: `calibration_samples` rows of the TIR training data, shuffled with `seed` first
 (as Numina did), rendered through the chat template and tokenised without adding special
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from common import (
+from .common import (
     ChatArguments,
     load_dataset_any,
     load_tokenizer,

@@ -1,9 +1,9 @@
 """Stage-1 (CoT) and stage-2 (TIR) supervised fine-tuning with TRL's SFTTrainer.
 
-    python training/sft.py --config training/recipes/deepseek-math-7b/stage1-cot.yaml
-    accelerate launch --config_file training/deepspeed_zero3.yaml training/sft.py \\
+    python -m training.sft --config training/recipes/deepseek-math-7b/stage1-cot.yaml
+    accelerate launch --config_file training/deepspeed_zero3.yaml -m training.sft \\
         --config training/recipes/deepseek-math-7b/stage2-tir.yaml
-    python training/sft.py --config ... --max_steps 10 --output_dir runs/try
+    python -m training.sft --config ... --max_steps 10 --output_dir runs/try
 
 The recipe's keys are SFTConfig, ModelConfig and ScriptArguments fields (TRL's own names) plus
 DataArguments and ChatArguments below; `--help` lists them all, and an unknown key is an error.
@@ -23,7 +23,11 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from common import (
+from trl import ModelConfig, ScriptArguments, SFTConfig
+
+from aimo_lib.dialects import OUTPUT_FENCE
+
+from .common import (
     ChatArguments,
     MachineDefaults,
     load_dataset_any,
@@ -34,9 +38,6 @@ from common import (
     recipe_dict,
     write_json,
 )
-from trl import ModelConfig, ScriptArguments, SFTConfig
-
-from aimo_lib.dialects import OUTPUT_FENCE
 
 _OUTPUT_BLOCK = re.compile(re.escape(OUTPUT_FENCE) + r".*?```", re.DOTALL)
 

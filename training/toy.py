@@ -1,6 +1,6 @@
 """The whole training chain at toy size on CPU, in one command:
 
-    python training/toy.py [--out runs/toy] [--seeds 2]
+    python -m training.toy [--out runs/toy] [--seeds 2]
 
 1. synthetic REPL-style problems (arithmetic a 135M model cannot do in its head but can do
    with code) from SEEN templates for training; held out: new numbers of the seen templates,
@@ -36,13 +36,14 @@ import sys
 import time
 
 import sympy as sp
-from common import write_json
 
 from aimo_lib import SolverConfig
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine
 from aimo_lib.evaluation import EvalProblem, eval_runner, run_eval
 from aimo_lib.sandbox import Sandbox
+
+from .common import module_env, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECIPES = os.path.join(HERE, "recipes", "smollm2-135m")
@@ -171,8 +172,8 @@ def _gptq(out: str, model_dir: str, calibration: str) -> dict:
     done = os.path.join(out, "quantize_recipe.json")
     if not _finished(done):  # gptqmodel in its own process (it writes logs/ where it runs)
         os.makedirs(out, exist_ok=True)
-        env = {**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 2)}
-        subprocess.run([sys.executable, os.path.join(HERE, "quantize.py"), *_argv(
+        env = module_env({**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 2)})
+        subprocess.run([sys.executable, "-m", "training.quantize", *_argv(
             "toy-gptq.yaml", model_name_or_path=model_dir, output_dir=out,
             calibration_dataset=calibration)], check=True, cwd=out, env=env)
     return _finished(done)

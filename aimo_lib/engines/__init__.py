@@ -9,6 +9,9 @@
   llama.cpp), with bounded concurrency, retries with backoff and timeouts: scale-out.
 - replica.ReplicaEngine: several engines serving one model, each request to the least loaded.
 - scripted.ScriptedEngine: a deterministic test double driven by a Python function.
+- chaos.ChaosEngine: a simulated hostile engine, for fault injection (tests, bench/chaos.py).
+- server.VLLMServer: vLLM's OpenAI-compatible server as a child process; server.ServedVLLM,
+  an OpenAIEngine that owns one (EngineSpec kind "vllm_server").
 
 `factory.EngineSpec(kind, model, ...).build()` is the one place an engine is chosen and built.
 Back-ends import torch or vLLM only when one is built, so `import aimo_lib.engines` needs

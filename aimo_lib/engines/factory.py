@@ -73,7 +73,7 @@ class EngineSpec:
             return replicas[0] if len(replicas) == 1 else ReplicaEngine(replicas)
         if self.kind == "vllm_server":
             from ..models import as_checkpoint
-            from ..serving import ServedVLLM
+            from .server import ServedVLLM
 
             return ServedVLLM(as_checkpoint(self.model), max_concurrency=self.max_concurrency,
                               **vllm_kwargs)

@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
-from .competitions import COMPETITIONS, get_competition
+from ..competitions import COMPETITIONS, get_competition
 from .wheelhouse import image_names
 
 __all__ = ["Rehearsal", "RehearsalError", "Report", "prepare_image_wheels"]
@@ -113,7 +113,7 @@ class Rehearsal:
         meta, competition = self._metadata()
         paths = self._layout(meta, competition)
         self._venv(paths)
-        inner = [sys.executable, "-m", "aimo_lib.rehearsal", json.dumps(
+        inner = [sys.executable, "-m", "aimo_lib.kaggle.rehearsal", json.dumps(
             {"rehearsal": asdict(self), "paths": paths, "competition": competition})]
         cut = _network_cut() if self.cut_network else None
         if self.cut_network and cut is None:
@@ -427,8 +427,8 @@ def model_counts(results: str, ids: list[str]) -> tuple[int, dict[str, int]]:
     others got the fallback (results.fallback_cause), most frequent first."""
     from collections import Counter
 
-    from .records import read_jsonl
-    from .results import fallback_cause
+    from ..records import read_jsonl
+    from ..results import fallback_cause
 
     latest = {}
     for row in read_jsonl(results) if os.path.exists(results) else []:

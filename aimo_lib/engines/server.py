@@ -24,11 +24,12 @@ import tempfile
 import time
 import urllib.request
 
-from .engines import EngineError, OpenAIEngine
-from .engines.cpu import cpu_dtype, cpu_kv_cache_bytes, vllm_cpu_env
-from .engines.settings import engine_flags, gpu_capability, kv_cache_dtype_for
-from .engines.vllm import check_cpu_quantization
-from .reaper import Reaper, descendants
+from ..reaper import Reaper, descendants
+from .base import EngineError
+from .cpu import cpu_dtype, cpu_kv_cache_bytes, vllm_cpu_env
+from .openai import OpenAIEngine
+from .settings import engine_flags, gpu_capability, kv_cache_dtype_for
+from .vllm import check_cpu_quantization
 
 __all__ = ["ServedVLLM", "VLLMServer", "free_port"]
 

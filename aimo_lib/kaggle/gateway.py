@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .competitions import InvalidAnswer, get_competition, validate_answer
-from .records import append_jsonl, read_jsonl, read_rows
+from ..competitions import InvalidAnswer, get_competition, validate_answer
+from ..records import append_jsonl, read_jsonl, read_rows
 
 __all__ = ["GatewayError", "LocalGateway", "Problem", "Report", "check_limit", "load_problems"]
 

@@ -8,7 +8,7 @@
 - AIMO 2 and 3 (`kaggle_evaluation`): an inference server around the module-level `predict`
   below, called from a gRPC worker thread; in a rerun `serve()`, else the local gateway of
   `kaggle_evaluation` over the competition's test.csv.
-- Anywhere else: `aimo_lib.gateway.LocalGateway` over a problem file (default: the sample
+- Anywhere else: `aimo_lib.kaggle.gateway.LocalGateway` over a problem file (default: the sample
   problems shipped with aimo_lib), with a score when answers are known.
 
 Every path answers through `aimo_lib.run.Runner`: a solve that fails, for any reason, submits
@@ -32,14 +32,14 @@ import os
 import sys
 from dataclasses import replace
 
-from .competitions import COMPETITIONS, get_competition
-from .config import ConfigError, RunConfig, replace_engine
-from .engines.settings import gpu_capability
+from ..competitions import COMPETITIONS, get_competition
+from ..config import ConfigError, RunConfig, replace_engine
+from ..engines.settings import gpu_capability
+from ..models import ModelNotFoundError
+from ..presets import ENGINE_DEFAULTS
+from ..records import log, read_rows
+from ..run import Runner
 from .gateway import LocalGateway, Report, load_problems
-from .models import ModelNotFoundError
-from .presets import ENGINE_DEFAULTS
-from .records import log, read_rows
-from .run import Runner
 
 _DETECT = object()  # resolve(gpu=...) not given: detected
 
@@ -236,7 +236,7 @@ def make_runner(config: RunConfig, engine=None, **kwargs) -> Runner:
     """The run's Runner: the competition's TimeBudget (TOTAL_HOURS, start-up and reserve
     kept), results.jsonl in OUT_DIR, config.json beside it. Nothing heavy happens until the
     first problem (so an AIMO 2/3 server starts within Kaggle's 15 minutes)."""
-    from .budget import TimeBudget
+    from ..budget import TimeBudget
 
     os.makedirs(config.out_dir, exist_ok=True)
     budget = None if config.time_limit_s is not None else TimeBudget.for_run(
@@ -278,7 +278,7 @@ def predict(id_, problem, *rest):
     import polars as pl
 
     if _runner is None:
-        raise RuntimeError("aimo_lib.kaggle.serve() must be called before predict()")
+        raise RuntimeError("aimo_lib.kaggle.serve.serve() must be called before predict()")
     try:
         problem_id, text = str(_scalar(id_)), str(_scalar(problem))
     except Exception:  # noqa: BLE001 - malformed input: still answer the row

@@ -116,7 +116,7 @@ def _notebook_for(competition: str, source: str, out: str) -> None:
 def kernel_metadata(args) -> None:
     """A folder to push for a competition: the notebook (COMPETITION set), and the metadata
     with that competition's data source, machine and the model given."""
-    from .competitions import get_competition
+    from ..competitions import get_competition
 
     try:
         competition = get_competition(args.competition)
@@ -161,7 +161,7 @@ def rehearse(args) -> None:
         settings[name.strip().upper()] = value
     model = args.model
     if model == "embedded":
-        from .models import ModelNotFoundError, embedded_checkpoint
+        from ..models import ModelNotFoundError, embedded_checkpoint
 
         try:
             model = embedded_checkpoint()

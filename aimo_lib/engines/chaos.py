@@ -22,7 +22,8 @@ import hashlib
 import random
 from concurrent.futures import Future
 
-from .engines import Completion, ContextLengthError, EngineError, ScriptedEngine
+from .base import Completion, ContextLengthError, EngineError
+from .scripted import ScriptedEngine
 
 __all__ = ["DEGENERATE", "FRAGMENTS", "HARMONY_FRAGMENTS", "HOSTILE_ENTROPIES", "ChaosEngine"]
 
