@@ -17,6 +17,7 @@ import os
 import sys
 
 from .config import ConfigError, RunConfig, add_arguments
+from .resolve import machine_probe, resolve
 
 
 def _add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -27,10 +28,8 @@ def _add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> Non
 
 
 def _config(args: argparse.Namespace, prog: str) -> RunConfig:
-    from .kaggle.serve import resolve
-
     try:
-        return resolve(RunConfig.load(cli=vars(args)))
+        return resolve(RunConfig.load(cli=vars(args)), machine_probe())
     except (ConfigError, ValueError) as exc:
         sys.exit(f"{prog}: {exc}")
 

@@ -84,6 +84,8 @@ class RunConfig:
     engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="auto"))
     # SolverConfig fields given by name, each checked at load (the rest are the preset's)
     solver: Mapping[str, Any] = field(default_factory=dict)
+    # The run's SolverConfig, set by aimo_lib.resolve.resolve (None: not resolved yet)
+    resolved: SolverConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -144,7 +146,7 @@ class RunConfig:
         concrete preset or model is checked now; with both on auto, the settings must make a
         valid config with at least one preset that auto can choose (resolve checks the one)."""
         if self.model != "auto" or self.preset != "auto":
-            self.solver_config()
+            self.build_solver()
             return
         errors = []
         for preset in AUTO_PRESETS:
@@ -173,18 +175,25 @@ class RunConfig:
         return out
 
     def solver_config(self, seed: int | None = None) -> SolverConfig:
-        """The SolverConfig of this run: the preset (auto: chosen for the model), then the
-        solver settings given. Needs a concrete model and competition (see kaggle.resolve)."""
+        """The run's SolverConfig (with `seed` instead of the run's, if given); the config
+        must have been resolved (aimo_lib.resolve.resolve)."""
+        if self.resolved is None:
+            raise ConfigError("this RunConfig is not resolved: pass it through "
+                              "aimo_lib.resolve.resolve(config, machine_probe()) first")
+        return self.resolved if seed is None else replace(self.resolved, seed=seed)
+
+    def build_solver(self) -> SolverConfig:
+        """The preset (auto: chosen for the model) with the solver settings given over it:
+        what resolve() makes the run's SolverConfig once the model and competition are known."""
         competition = "aimo1" if self.competition == "auto" else self.competition
         preset = config_for_run(self.preset, self.model, served=self.engine.kind == "openai",
-                                competition=competition,
-                                seed=self.seed if seed is None else seed)
+                                competition=competition, seed=self.seed)
         return replace(preset, **self.solver)  # None given is None (EARLY_STOP=off)
 
     def to_dict(self) -> dict:
         """For config.json beside a run's results."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("engine", "solver")}
+               if f.name not in ("engine", "solver", "resolved")}
         out["engine"] = dataclasses.asdict(self.engine)
         out["solver"] = {k: _jsonable(v) for k, v in self.solver.items()}
         return out
@@ -211,8 +220,8 @@ _SHARED = ("competition", "seed")
 def _settings() -> dict[str, Setting]:
     table: dict[str, Setting] = {}
     engine_defaults = RunConfig().engine
-    for section, cls, skip in (("run", RunConfig, ("engine", "solver")),
-                               ("engine", EngineSpec, ("vllm",)),
+    for section, cls, skip in (("run", RunConfig, ("engine", "solver", "resolved")),
+                               ("engine", EngineSpec, ("vllm", "fallback_hf")),
                                ("vllm", VLLMSettings, ()),
                                ("solver", SolverConfig, ("name", *_SHARED))):
         hints = typing.get_type_hints(cls)

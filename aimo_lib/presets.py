@@ -211,7 +211,7 @@ PRESETS = {
 
 
 # The vLLM engine each preset's model family runs best with, where that differs from vLLM's
-# defaults. Applied on a GPU under the user's own engine settings (kaggle.resolve); a CPU keeps
+# defaults. Applied on a GPU under the user's own engine settings (aimo_lib.resolve); a CPU keeps
 # aimo_lib's CPU defaults (30% of RAM for the KV cache, eager), as these sizes are an H100's.
 ENGINE_DEFAULTS = {
     # The AIMO 3 reference notebook (gpt-oss-120b on one H100, 41.5/50 private; the teams at

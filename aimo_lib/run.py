@@ -51,6 +51,7 @@ from .pools import in_daemon_thread
 from .presets import SolverConfig
 from .reaper import Reaper
 from .records import Records, log
+from .resolve import machine_probe, resolve
 from .results import Sample, SolveResult
 
 __all__ = ["Job", "Outcome", "Runner", "log", "probe"]
@@ -111,7 +112,7 @@ def probe(engine: Engine, timeout_s: float = 30.0) -> str | None:
 class Runner:
     """Solves a run's problems on one engine that it keeps alive; see the module docstring.
 
-    config: the run's RunConfig (its model and competition concrete: kaggle.resolve).
+    config: the run's RunConfig (resolved here with machine_probe() if it is not yet).
     engine: None (built from config.engine, and rebuilt when it dies), a function building
     one (called again to rebuild), or an engine (never rebuilt: waited for and probed).
     budget: the run's TimeBudget, or None (config.time_limit_s per problem, if set).
@@ -130,8 +131,9 @@ class Runner:
                  solve_fn: Callable[[str, str, float | None], Any] | None = None,
                  probe_timeout_s: float = 30.0, restart_backoff_s: float = 5.0,
                  remote_wait_s: float = 300.0, close_timeout_s: float = _CLOSE_TIMEOUT_S):
+        config = resolve(config, machine_probe())  # a resolved config comes back as it is
         self.config, self.budget = config, budget
-        self.competition = "aimo1" if config.competition == "auto" else config.competition
+        self.competition = config.competition
         self.rules = get_competition(self.competition).rules
         self.records = Records(records)
         self.solve_fn, self.solver_config = solve_fn, solver

@@ -8,8 +8,8 @@ from aimo_lib.budget import POLICIES, simulate
 from aimo_lib.competitions import get_competition
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import ScriptedEngine
-from aimo_lib.kaggle.serve import resolve
 from aimo_lib.presets import SolverConfig
+from aimo_lib.resolve import Probe, resolve
 from aimo_lib.results import Sample
 from aimo_lib.solver import Solver
 
@@ -43,7 +43,7 @@ def test_the_reserve_scheme_gives_hard_problems_more_than_the_banked_one():
 
 def test_time_policy_auto_is_the_aimo3_scheme_for_aimo3_only():
     for competition, policy in (("aimo3", "reserve"), ("aimo1", "banked"), ("aimo2", "banked")):
-        config = resolve(RunConfig.load(env={}, values={"competition": competition}), gpu=None)
+        config = resolve(RunConfig.load(env={}, values={"competition": competition}), Probe())
         assert config.time_policy == policy
 
 

@@ -17,6 +17,7 @@ import yaml
 from aimo_lib.config import ConfigError, RunConfig, add_arguments
 from aimo_lib.engines.settings import VLLMSettings, engine_arg_names
 from aimo_lib.kaggle import serve as kg
+from aimo_lib.resolve import Probe, resolve
 
 GIVEN = {"max_model_len": 8192, "gpu_memory_utilization": 0.5, "kv_cache_dtype": "fp8_e4m3",
          "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "bfloat16",
@@ -125,15 +126,15 @@ def test_aimo3_engine_defaults_apply_on_a_gpu_under_the_users(tmp_path):
 
     config = RunConfig.load(env={}, values={"preset": "aimo3_gpt_oss", "max_num_seqs": 64,
                                             "competition": "aimo3"})
-    on_gpu = kg.resolve(config, gpu=(9, 0)).engine.vllm
+    on_gpu = resolve(config, Probe(gpu=(9, 0), vllm=True)).engine.vllm
     assert (on_gpu.kv_cache_dtype, on_gpu.max_model_len, on_gpu.gpu_memory_utilization,
             on_gpu.async_scheduling, on_gpu.enable_prefix_caching) == (
         "fp8_e4m3", 65536, 0.96, True, True)
     assert on_gpu.max_num_seqs == 64  # the user's, over the preset's 256
     assert ENGINE_DEFAULTS["aimo3_gpt_oss"].max_num_seqs == 256
-    on_cpu = kg.resolve(config, gpu=None).engine.vllm
+    on_cpu = resolve(config, Probe()).engine.vllm
     assert on_cpu == VLLMSettings(max_num_seqs=64)  # an H100's sizes are no CPU's
-    resolved = kg.resolve(RunConfig.load(env={}, values={"out_dir": str(tmp_path)}), gpu=None)
+    resolved = resolve(RunConfig.load(env={}, values={"out_dir": str(tmp_path)}), Probe())
     assert resolved.preset == "embedded_cpu" and resolved.engine.vllm == VLLMSettings()
 
 
@@ -144,8 +145,8 @@ def test_config_json_records_what_the_engine_reports(tmp_path):
     class Reporting(ScriptedEngine):
         settings = {"max_model_len": 2048, "kv_cache_dtype": "auto"}
 
-    config = kg.resolve(RunConfig.load(env={}, values={
-        "out_dir": str(tmp_path), "kv_cache_dtype": "fp8_e4m3", "num_samples": 1}), gpu=None)
+    config = resolve(RunConfig.load(env={}, values={
+        "out_dir": str(tmp_path), "kv_cache_dtype": "fp8_e4m3", "num_samples": 1}), Probe())
     runner = kg.make_runner(config, engine=lambda: Reporting(lambda p, k: "\\boxed{5}"))
     with runner:
         assert runner.solve("What is 2 + 3?", "p0").answer == 5

@@ -37,7 +37,7 @@ def fn_runner(fn, competition: str = "aimo1", **kwargs) -> Runner:
 
 def run_config(**settings) -> RunConfig:
     """A notebook's config with these settings, nothing from the environment."""
-    return kg.resolve(RunConfig.load(values=settings, env={}))
+    return kg.kaggle_resolve(RunConfig.load(values=settings, env={}))
 
 
 # ---------------------------------------------------------------- the local gateway

@@ -16,6 +16,7 @@ import pytest
 from aimo_lib.config import RunConfig
 from aimo_lib.kaggle import serve as kg
 from aimo_lib.kaggle.wheelhouse import IMAGE_PROVIDES, Target, WheelhouseError, check_runtime
+from aimo_lib.resolve import NoModelAttached
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDINS = os.path.join(REPO, "aimo_lib", "kaggle", "standins")
@@ -69,13 +70,13 @@ def fake_checkpoint(folder):
 def test_the_competition_is_found_from_what_is_attached(kaggle_input, monkeypatch):
     monkeypatch.setattr(kg, "_api_present", lambda name: False)  # none importable here
     assert kg.find_competition() is None
-    assert kg.resolve(RunConfig.load(env={}, values={"model": "x"})).competition == "aimo1"
+    assert kg.kaggle_resolve(RunConfig.load(env={}, values={"model": "x"})).competition == "aimo1"
     (kaggle_input / "ai-mathematical-olympiad-progress-prize-2").mkdir()
     assert kg.find_competition() == "aimo2"
     (kaggle_input / AIMO3_DIR).mkdir()
     assert kg.find_competition() == "aimo3"  # the newest attached
-    assert kg.resolve(RunConfig.load(env={}, values={"model": "x"})).competition == "aimo3"
-    assert kg.resolve(RunConfig.load(env={}, values={"competition": "aimo2", "model": "x"})
+    assert kg.kaggle_resolve(RunConfig.load(env={}, values={"model": "x"})).competition == "aimo3"
+    assert kg.kaggle_resolve(RunConfig.load(env={}, values={"competition": "aimo2", "model": "x"})
                       ).competition == "aimo2"  # said explicitly: kept
 
 
@@ -88,14 +89,14 @@ def test_a_model_is_found_in_either_layout(kaggle_input, layout):
              "dataset-flat": "my-model", "dataset-nested": "my-model/runs/stage2/final"}[layout]
     fake_checkpoint(kaggle_input / where)
     assert kg.find_model() == str(kaggle_input / where)
-    config = kg.resolve(RunConfig.load(env={}))
+    config = kg.kaggle_resolve(RunConfig.load(env={}))
     assert config.model == str(kaggle_input / where) and config.competition == "aimo3"
 
 
 def test_with_no_model_attached_an_interactive_run_stops_and_says_what_to_attach(kaggle_input):
     (kaggle_input / "aimo-lib-wheels").mkdir()
-    with pytest.raises(kg.NoModelAttached, match="attach your model to the notebook"):
-        kg.resolve(RunConfig.load(env={}))
+    with pytest.raises(NoModelAttached, match="attach your model to the notebook"):
+        kg.kaggle_resolve(RunConfig.load(env={}))
 
 
 def test_with_no_model_attached_a_rerun_answers_every_problem_with_the_reason(
@@ -105,7 +106,7 @@ def test_with_no_model_attached_a_rerun_answers_every_problem_with_the_reason(
     monkeypatch.setenv("KAGGLE_STANDIN_HOST", "localhost")
     comp = attach_competition(kaggle_input)
     monkeypatch.syspath_prepend(str(comp))  # the gateway's own copy (serve finds it itself)
-    config = kg.resolve(RunConfig.load(env={}, values={"out_dir": str(kaggle_input.parent /
+    config = kg.kaggle_resolve(RunConfig.load(env={}, values={"out_dir": str(kaggle_input.parent /
                                                                       "out")}))
     runner = kg.make_runner(config)
     threading.Thread(target=kg.serve, args=(runner,), daemon=True).start()
@@ -160,7 +161,7 @@ def test_a_rerun_serves_the_api_that_is_present_loudly(kaggle_input, monkeypatch
     monkeypatch.setenv("KAGGLE_STANDIN_HOST", "localhost")
     comp = attach_competition(kaggle_input)
     monkeypatch.syspath_prepend(str(comp))  # the gateway's own copy (serve finds it itself)
-    runner = kg.make_runner(kg.resolve(RunConfig.load(env={}, values={
+    runner = kg.make_runner(kg.kaggle_resolve(RunConfig.load(env={}, values={
         "competition": "aimo1", "model": "none", "out_dir": str(kaggle_input.parent / "o")})),
         solve_fn=lambda p, i, limit: 54321)
     threading.Thread(target=kg.serve, args=(runner,), daemon=True).start()

@@ -24,6 +24,7 @@ from aimo_lib.engines import (
     is_context_error,
 )
 from aimo_lib.kaggle import serve as kg
+from aimo_lib.resolve import Probe, resolve
 from aimo_lib.run import Job, Runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -314,7 +315,7 @@ def test_the_budget_is_sized_for_the_problems_served(tmp_path):
     for _ in range(89):
         budget.record(0.0)
     assert budget.next_limit_s() > 0
-    config = kg.resolve(RunConfig.load(values=dict(competition="aimo1", total_hours=1.0,
+    config = kg.kaggle_resolve(RunConfig.load(values=dict(competition="aimo1", total_hours=1.0,
                                                    problems="samples", out_dir=str(tmp_path)),
                                        env={}))
     r = kg.make_runner(config, solve_fn=lambda p, i, limit: 1)
@@ -355,21 +356,22 @@ def test_settings_from_every_source_with_types():
     env = {"AIMO_TEMPERATURE": "0.5", "AIMO_NUM_SAMPLES": "3", "AIMO_EARLY_STOP": "4/8",
            "AIMO_STOP_AT_BOXED": "false", "AIMO_MAX_TOOL_CALLS": "none"}
     c = RunConfig.load(env=env, values={"model": None})
-    cfg = c.solver_config()
+    cfg = resolve(c, Probe()).solver_config()
     assert (cfg.temperature, cfg.num_samples, cfg.stop_at_boxed, cfg.max_tool_calls) == (
         0.5, 3, False, None)
     assert cfg.early_stop.table == ((4, 8),)
     # a notebook's UPPERCASE names win over the environment; None is "not given"
     nb = RunConfig.load(env=env, notebook={"TEMPERATURE": 0.25, "NUM_SAMPLES": None,
                                            "MODEL": None, "In": [], "_x": 1})
-    assert nb.solver_config().temperature == 0.25 and nb.solver_config().num_samples == 3
+    nb = resolve(nb, Probe()).solver_config()
+    assert nb.temperature == 0.25 and nb.num_samples == 3
     # flags as argparse gives them
     cli = RunConfig.load(env={}, cli={"temperature": "0.75", "openai_url": ["http://a/v1"],
                                       "engine": "openai", "model": None, "dataset": "x"})
     assert cli.solver["temperature"] == 0.75 and cli.engine.openai_urls == ("http://a/v1",)
     assert RunConfig.load(env={"AIMO_TIME_LIMIT_S": "90"}).time_limit_s == 90.0
     # a setting given as none is None, not "the preset's" (early stop off, no fallback cap)
-    off = RunConfig.load(env={"AIMO_EARLY_STOP": "off"}).solver_config()
+    off = resolve(RunConfig.load(env={"AIMO_EARLY_STOP": "off"}), Probe()).solver_config()
     assert off.early_stop is None and SolverConfig().early_stop is not None
 
 
@@ -378,7 +380,7 @@ def test_a_yaml_file_of_settings(tmp_path):
     path.write_text("temperature: 0.3\nnum_samples: 5\nearly_stop: {table: [[3, 5]]}\n")
     c = RunConfig.load(env={"AIMO_CONFIG": str(path), "AIMO_NUM_SAMPLES": "7"},
                        values={"model": None})
-    cfg = c.solver_config()
+    cfg = resolve(c, Probe()).solver_config()
     assert (cfg.temperature, cfg.num_samples, cfg.early_stop.table) == (0.3, 7, ((3, 5),))
     path.write_text("temprature: 0.3\n")
     with pytest.raises(ConfigError, match="'temprature'.*did you mean temperature"):

@@ -34,9 +34,9 @@ def _answer(prompt: str, k: int) -> str:
 def _load(source: str, name: str, value) -> RunConfig:
     """kg.load_config as the notebook runs it, with `value` for `name` from one source."""
     if source == "notebook":
-        return kg.resolve(RunConfig.load(env={}, notebook={name.upper(): value}))
+        return kg.kaggle_resolve(RunConfig.load(env={}, notebook={name.upper(): value}))
     if source == "env":
-        return kg.resolve(RunConfig.load(env={f"AIMO_{name.upper()}": str(value)}))
+        return kg.kaggle_resolve(RunConfig.load(env={f"AIMO_{name.upper()}": str(value)}))
     if source == "cli":
         parser = argparse.ArgumentParser()
         add_arguments(parser)
@@ -46,11 +46,11 @@ def _load(source: str, name: str, value) -> RunConfig:
             args = parser.parse_args([x for v in values for x in (flag, str(v))])
         except SystemExit:  # argparse refused it: refused at load
             raise ConfigError(f"argparse refused {flag}") from None
-        return kg.resolve(RunConfig.load(env={}, cli=vars(args)))
+        return kg.kaggle_resolve(RunConfig.load(env={}, cli=vars(args)))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump({name: value}, f)
     try:
-        return kg.resolve(RunConfig.load(env={}, values={"config": f.name}))
+        return kg.kaggle_resolve(RunConfig.load(env={}, values={"config": f.name}))
     finally:
         os.unlink(f.name)
 
@@ -101,7 +101,7 @@ def test_with_model_on_auto_a_bad_value_is_refused_at_load(given, says):
     """MODEL and PRESET on auto (the notebook's defaults): the values round 3 found loading
     fine and failing every problem are refused, naming the setting and what it takes."""
     with pytest.raises(ConfigError, match=says):
-        kg.resolve(RunConfig.load(env={}, notebook={"MODEL": None, **given}))
+        kg.kaggle_resolve(RunConfig.load(env={}, notebook={"MODEL": None, **given}))
 
 
 def test_a_yaml_early_stop_table_of_strings_is_read_as_pairs(tmp_path):

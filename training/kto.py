@@ -34,6 +34,7 @@ from trl import KTOConfig, ModelConfig
 from aimo_lib.competitions import get_competition
 from aimo_lib.config import RunConfig
 from aimo_lib.records import read_jsonl
+from aimo_lib.resolve import machine_probe, resolve
 from aimo_lib.run import Job, Runner
 
 from .common import (
@@ -97,7 +98,7 @@ def sampling_config(sampling: SamplingArguments, model_path: str) -> RunConfig:
     served = sampling.run.get("engine") == "openai"
     defaults = {"model": None if served else model_path, "preset": "default",
                 "num_samples": 4, "early_stop": "off", "competition": "aimo3"}
-    return RunConfig.load(values={**defaults, **sampling.run})
+    return resolve(RunConfig.load(values={**defaults, **sampling.run}), machine_probe())
 
 
 def sample_completions(sampling: SamplingArguments, model_path: str, problems, out_path: str

