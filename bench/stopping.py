@@ -107,7 +107,7 @@ def record(args) -> None:
 
 
 def resolve_model(name: str | None) -> str:
-    from presets import resolve_model as resolve
+    from .presets import resolve_model as resolve
 
     return resolve(name)
 

@@ -142,14 +142,14 @@ def _finished(report: str) -> dict | None:
 
 
 def _sft(recipe: str, **overrides) -> dict:
-    import sft
+    from . import sft
 
     done = _finished(os.path.join(overrides["output_dir"], "train_report.json"))
     return done or sft.main(_argv(recipe, **overrides))
 
 
 def _kto(out: str, model_dir: str, problems, args) -> dict:
-    import kto
+    from . import kto
 
     done = os.path.join(out, "kto_report.json")
     if (report := _finished(done)) is not None:
@@ -228,7 +228,7 @@ def stage1_cot(out: str, train: list[tuple[EvalProblem, str]], seed: int = 42,
 
 def tir_data(out: str, train: list[tuple[EvalProblem, str]]) -> tuple[str, dict]:
     """The programmatic teacher's TIR data through the real generation path: (path, counts)."""
-    from generate_tir_data import generate
+    from .generate_tir_data import generate
 
     tir = os.path.join(out, "tir.jsonl")
     teacher_cfg = SolverConfig.preset("default", num_samples=1, early_stop=None,
