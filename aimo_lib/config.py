@@ -34,7 +34,8 @@ from .fields import check_fields, check_value, help_of, setting
 from .presets import AUTO_PRESETS, PRESETS, SolverConfig, config_for_run
 from .stopping import RULES, StopRule
 
-__all__ = ["SETTINGS", "ConfigError", "RunConfig", "Setting", "add_arguments", "parse_value"]
+__all__ = ["SETTINGS", "ConfigError", "RunConfig", "Setting", "add_arguments", "parse_value",
+           "shown_default"]
 
 ENV_PREFIX = "AIMO_"
 # AIMO_* variables that are not run settings: where aimo_lib keeps its cache, finds Numina's
@@ -398,7 +399,7 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------- command-line flags
 
 
-_SHORT = {"num_samples": "-n", "max_rounds": "-m"}
+SHORT_FLAGS = {"num_samples": "-n", "max_rounds": "-m"}
 
 
 def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", "solver"),
@@ -412,10 +413,10 @@ def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", 
         for s in SETTINGS.values():
             if s.section != section or s.name in skip:
                 continue
-            flags = [f"--{s.name.replace('_', '-')}"] + ([_SHORT[s.name]] if s.name in _SHORT
+            flags = [f"--{s.name.replace('_', '-')}"] + ([SHORT_FLAGS[s.name]] if s.name in SHORT_FLAGS
                                                           else [])
             repeat = typing.get_origin(s.type) is tuple
-            shown = _shown_default(s.default)
+            shown = shown_default(s.default)
             help_ = (s.help or s.name).replace("%", "%%")
             if section not in ("solver", "vllm"):
                 help_ += f" (default: {shown})"
@@ -429,35 +430,7 @@ def replace_engine(config: RunConfig, **changes) -> RunConfig:
     return replace(config, engine=replace(config.engine, **changes))
 
 
-# ---------------------------------------------------------------- the README's settings table
-
-
-README_MARKERS = ("<!-- settings:start -->", "<!-- settings:end -->")
-
-
-def settings_markdown() -> str:
-    """Every setting as a Markdown table (README.md's, between README_MARKERS): its name (the
-    YAML key), its notebook, environment and flag spellings, its default and its help, all
-    from the fields' own metadata (aimo_lib.fields.setting). Rows are grouped by section, in
-    the order SETTINGS first lists each section."""
-    sections: dict[str, list[Setting]] = {}
-    for s in SETTINGS.values():
-        sections.setdefault(s.section, []).append(s)
-    lines = ["| setting | notebook · environment · flag | default | what it sets |",
-             "|---|---|---|---|"]
-    for section, rows in sections.items():
-        lines.append(f"| **{section}** | | | |")
-        for s in rows:
-            flags = [f"--{s.name.replace('_', '-')}"] + (
-                [_SHORT[s.name]] if s.name in _SHORT else [])
-            spellings = " · ".join(f"`{x}`" for x in (s.name.upper(), ENV_PREFIX + s.name.upper(),
-                                                       *flags))
-            lines.append(f"| `{s.name}` | {spellings} | `{_shown_default(s.default)}` | "
-                         f"{_cell(s.help)} |")
-    return "\n".join(lines) + "\n"
-
-
-def _shown_default(value: Any) -> str:
+def shown_default(value: Any) -> str:
     if isinstance(value, StopRule):
         return f"on ({value.label})"
     if value is None or value == ():
@@ -465,41 +438,3 @@ def _shown_default(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
-
-
-def _cell(text: str) -> str:
-    """Help text as one table cell: one line, its pipes and backticks shown as written."""
-    return " ".join(text.split()).replace("|", "\\|").replace("`", "\\`")
-
-
-def write_settings(path: str) -> bool:
-    """Replace the table between README_MARKERS in `path` with settings_markdown(); whether
-    the file changed."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start, end = README_MARKERS
-    head, found, rest = text.partition(start)
-    _, found_end, tail = rest.partition(end)
-    if not found or not found_end:
-        raise SystemExit(f"{path} has no {start} ... {end} markers")
-    new = f"{head}{start}\n{settings_markdown()}{end}{tail}"
-    if new != text:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(new)
-    return new != text
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m aimo_lib.config",
-        description="print every setting as a Markdown table (README.md's settings table)")
-    parser.add_argument("--write", metavar="README", default=None,
-                        help="replace the table between the markers in this file instead")
-    args = parser.parse_args()
-    if args.write:
-        changed = write_settings(args.write)
-        print(f"{args.write}: settings table {'updated' if changed else 'already current'}")
-    else:
-        print(settings_markdown(), end="")

@@ -82,16 +82,16 @@ REPO = os.path.dirname(ROOT)
 
 
 def test_readme_settings_table_is_generated_from_the_fields():
-    """README.md's settings table is what `python -m aimo_lib.config` prints from the fields'
-    own declarations (regenerate it with `python -m aimo_lib.config --write README.md`)."""
-    from aimo_lib.config import README_MARKERS, settings_markdown
+    """README.md's settings table is what `python -m aimo_lib.settings_table` prints from the
+    fields' own declarations (regenerate: `python -m aimo_lib.settings_table --write README.md`)."""
+    from aimo_lib.settings_table import README_MARKERS, settings_markdown
 
     text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     start, end = README_MARKERS
     assert text.count(start) == 1 and text.count(end) == 1, "README.md lacks the table's markers"
     table = text.split(start, 1)[1].split(end, 1)[0]
     assert table.strip() == settings_markdown().strip(), (
-        "README.md's settings table is stale: python -m aimo_lib.config --write README.md")
+        "README.md's settings table is stale: python -m aimo_lib.settings_table --write README.md")
 
 
 def _project_files() -> list[str]:
