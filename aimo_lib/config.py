@@ -399,7 +399,7 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------- command-line flags
 
 
-SHORT_FLAGS = {"num_samples": "-n", "max_rounds": "-m"}
+SHORT_FLAGS = {"num_samples": ("-n",), "max_rounds": ("-m",)}
 
 
 def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", "solver"),
@@ -413,8 +413,7 @@ def add_arguments(parser, sections: tuple[str, ...] = ("run", "engine", "vllm", 
         for s in SETTINGS.values():
             if s.section != section or s.name in skip:
                 continue
-            flags = [f"--{s.name.replace('_', '-')}"] + ([SHORT_FLAGS[s.name]] if s.name in SHORT_FLAGS
-                                                          else [])
+            flags = [f"--{s.name.replace('_', '-')}", *SHORT_FLAGS.get(s.name, ())]
             repeat = typing.get_origin(s.type) is tuple
             shown = shown_default(s.default)
             help_ = (s.help or s.name).replace("%", "%%")

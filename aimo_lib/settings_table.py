@@ -23,8 +23,7 @@ def settings_markdown() -> str:
     for section, rows in sections.items():
         lines.append(f"| **{section}** | | | |")
         for s in rows:
-            flags = [f"--{s.name.replace('_', '-')}"] + (
-                [SHORT_FLAGS[s.name]] if s.name in SHORT_FLAGS else [])
+            flags = [f"--{s.name.replace('_', '-')}", *SHORT_FLAGS.get(s.name, ())]
             spellings = " · ".join(f"`{x}`" for x in (s.name.upper(), ENV_PREFIX + s.name.upper(),
                                                        *flags))
             lines.append(f"| `{s.name}` | {spellings} | `{shown_default(s.default)}` | "
