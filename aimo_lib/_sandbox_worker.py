@@ -18,227 +18,35 @@ A session is the same tree whose child loops over cells, keeping its globals.
 
 from __future__ import annotations
 
-import ast
-import ctypes
 import fcntl
 import json
-import linecache
 import math
 import os
 import resource
 import select
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import time
-import traceback
 
-from aimo_lib.sandbox import truncation_marker
-
-CELL = "<cell>"  # filename of model code in tracebacks, so line numbers are the model's own
-
-# Linux constants (linux/sched.h, linux/mount.h, linux/prctl.h).
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE, MNT_DETACH = 2, 4, 0x4000, 1 << 18, 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _sys(name: str, *args) -> None:
-    """Call a libc function, raising OSError on failure (or if this libc lacks it)."""
-    fn = getattr(_libc, name, None)
-    if fn is None:
-        raise OSError(0, f"{name} is not available on this platform")
-    if fn(*args) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-
-
-# ---------------------------------------------------------------- framing
-
-
-def send(fd: int, obj: dict) -> None:
-    data = json.dumps(obj).encode()
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def recv(fd: int) -> dict | None:
-    """Blocking read of one frame; None at end of file."""
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    body = _read_exact(fd, struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body)
-
-
-class _Frames:
-    """Frames arriving on a non-blocking pipe, parsed as bytes come in."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[dict]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= 4:
-            n = struct.unpack(">I", self.buf[:4])[0]
-            if len(self.buf) < 4 + n:
-                break
-            out.append(json.loads(self.buf[4 : 4 + n]))
-            self.buf = self.buf[4 + n :]
-        return out
-
-
-# ---------------------------------------------------------------- running a cell
-
-
-def execute(code: str, namespace: dict, display: bool = True,
-            stderr_on_success: bool = True) -> str:
-    """Run one cell in `namespace` (REPL-style if display); returns "ok" or "error".
-    stderr_on_success=False holds back what the cell writes to sys.stderr (warnings) unless
-    it fails: the seed notebook showed a successful run's stdout only."""
-    if stderr_on_success:
-        return _execute(code, namespace, display)
-    import io
-
-    real, sys.stderr = sys.stderr, io.StringIO()
-    try:
-        status = _execute(code, namespace, display)
-    finally:
-        held, sys.stderr = sys.stderr, real
-    if status != "ok":
-        real.write(held.getvalue())
-        real.flush()
-    return status
-
-
-def _execute(code: str, namespace: dict, display: bool) -> str:
-    linecache.cache[CELL] = (len(code), None, code.splitlines(True), CELL)
-    try:
-        tree = ast.parse(code, CELL, "exec")
-    except (SyntaxError, ValueError) as exc:
-        sys.stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
-        return "error"
-    # A bare expression as the last statement is displayed, like the REPL; assignments and
-    # compound statements (whose last line is indented) are not.
-    bare = display and tree.body and isinstance(tree.body[-1], ast.Expr)
-    last = tree.body.pop() if bare else None
-    try:
-        exec(compile(tree, CELL, "exec", dont_inherit=True), namespace)
-        if last is not None:
-            expr = ast.Expression(last.value)
-            value = eval(compile(expr, CELL, "eval", dont_inherit=True), namespace)
-            if value is not None:
-                print(repr(value))
-        return "ok"
-    except SystemExit as exc:
-        if exc.code in (None, 0):
-            return "ok"
-        sys.stderr.write(f"SystemExit: {exc.code}\n")
-        return "error"
-    except BaseException as exc:  # noqa: BLE001 - model code may raise anything
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != CELL:
-            tb = tb.tb_next  # hide this module's frames: the model sees only its own code
-        traceback.print_exception(type(exc), exc, tb)
-        return "error"
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-
-
-# ---------------------------------------------------------------- isolation set-up
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _probe(fn) -> bool:
-    """Run fn in a forked child; True if it returned without raising."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fn()
-            os._exit(0)
-        except BaseException:  # noqa: BLE001
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
-def setup_isolation(cfg: dict) -> dict:
-    """Enter the strongest isolation this platform permits; describe what is in force."""
-    iso = dict(level="process", pid_namespace=False, net_namespace=False, private_mounts=False,
-               chroot=False, uid_drop=False, user_namespace=False, warnings=[])
-    want = cfg["isolation"]
-    if want == "process" or not sys.platform.startswith("linux"):
-        why = "requested" if want == "process" else f"{sys.platform} has no namespaces"
-        iso["warnings"].append(f"process-level isolation only ({why}): model code runs as this "
-                               "user, can read its files and reach the network")
-        return iso
-    root = os.geteuid() == 0
-    uid, gid = os.geteuid(), os.getegid()
-    try:
-        if want == "chroot-uid":  # as in a container without CAP_SYS_ADMIN (Docker, Kaggle)
-            raise OSError(0, "not requested")
-        if root:
-            _sys("unshare", CLONE_NEWNS | CLONE_NEWNET)
-        else:  # an unprivileged user may still own a user namespace, where it has capabilities
-            _sys("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET)
-            _write("/proc/self/setgroups", "deny")
-            _write("/proc/self/uid_map", f"0 {uid} 1")
-            _write("/proc/self/gid_map", f"0 {gid} 1")
-            iso["user_namespace"] = True
-        iso["net_namespace"] = True
-        _sys("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
-        iso["private_mounts"] = True
-    except OSError as exc:
-        iso["warnings"].append(f"namespaces unavailable ({exc.strerror}): no network isolation")
-    iso["pid_namespace"] = want != "chroot-uid" and _probe(lambda: _sys("unshare",
-                                                                       CLONE_NEWPID))
-    if not iso["pid_namespace"]:
-        iso["warnings"].append("no PID namespace: leftover processes are killed by uid or group")
-    can_chroot = root or iso["user_namespace"]
-    iso["chroot"] = can_chroot and _probe(lambda: os.chroot("/"))
-    if root:
-        iso["uid_drop"] = _probe(lambda: os.setresuid(cfg["uid_base"], cfg["uid_base"], 0))
-    if not iso["chroot"]:
-        iso["warnings"].append("no chroot: code can read files the worker's user can read")
-    if not (iso["uid_drop"] or iso["user_namespace"]):
-        iso["warnings"].append("code runs as the host user: it can signal that user's processes")
-    strong = iso["pid_namespace"] and iso["net_namespace"] and iso["chroot"]
-    iso["level"] = "namespaces" if strong else ("chroot-uid" if iso["chroot"] else "process")
-    return iso
-
-
-def _drop_capabilities() -> None:
-    """Leave a user namespace's root with no capabilities (so no chroot escape)."""
-    for cap in range(64):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            break
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    data = (ctypes.c_uint32 * 6)()  # two zeroed {effective, permitted, inheritable} sets
-    _sys("capset", ctypes.byref(Header(0x20080522, 0)), data)
-
+from aimo_lib._sandbox_cell import execute
+from aimo_lib._sandbox_io import Capture, Frames, read_some, recv, send
+from aimo_lib._sandbox_isolation import (
+    CLONE_NEWPID,
+    LIBC,
+    MNT_DETACH,
+    MS_NODEV,
+    MS_NOSUID,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+    count_processes,
+    drop_capabilities,
+    kill_uid,
+    libc_call,
+    setup_isolation,
+)
 
 # ---------------------------------------------------------------- the server
 
@@ -250,7 +58,7 @@ class Child:
         self.holder, self.uid, self.scratch = holder, uid, scratch
         self.out_r, self.st_r, self.cmd_w = out_r, st_r, cmd_w
         self.pid = 0  # the child's pid as seen here, reported by the holder
-        self.frames = _Frames()
+        self.frames = Frames()
         self.exit: int | None = None
 
 
@@ -276,7 +84,7 @@ class Server:
         self.iso = setup_isolation(cfg)
         if sys.platform.startswith("linux"):
             # Orphans of executions are reparented here (and reaped), never to the host's init.
-            _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.base = tempfile.mkdtemp(prefix="aimo-sandbox-")
         os.chmod(self.base, 0o711)
         send(self.proto_out, {"ready": True, "isolation": self.iso, "scratch": self.base})
@@ -295,7 +103,8 @@ class Server:
         os.mkdir(path, 0o700)
         if self.iso["private_mounts"]:
             opts = f"size={self.cfg['scratch_mb']}m,nr_inodes=4096,mode=0700"
-            _sys("mount", b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
+            libc_call("mount", b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                      opts.encode())
         os.mkdir(os.path.join(path, "tmp"), 0o700)
         if self.iso["uid_drop"]:
             for p in (path, os.path.join(path, "tmp")):
@@ -305,7 +114,7 @@ class Server:
     def _remove_scratch(self, path: str) -> None:
         if self.iso["private_mounts"]:
             try:
-                _sys("umount2", path.encode(), MNT_DETACH)
+                libc_call("umount2", path.encode(), MNT_DETACH)
             except OSError:
                 pass
         shutil.rmtree(path, ignore_errors=True)
@@ -332,9 +141,9 @@ class Server:
         return Child(holder, uid, scratch, out_r, st_r, cmd_w)
 
     def _holder(self, code, opts, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if self.iso["pid_namespace"]:
-            _sys("unshare", CLONE_NEWPID)
+            libc_call("unshare", CLONE_NEWPID)
         target = [0]
 
         def stop(*_):  # the worker's SIGTERM: kill the child (and its group), then report
@@ -364,7 +173,7 @@ class Server:
     def _child(self, code, opts, cpu_s, uid, scratch, out_w, st_w, cmd_r) -> None:
         cfg, iso = self.cfg, self.iso
         if sys.platform.startswith("linux"):
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.setsid()  # own process group: the fallback kills it as a group
         os.dup2(self.devnull, 0)  # stdin closed: input() fails at once with EOFError
         os.dup2(out_w, 1)
@@ -387,7 +196,7 @@ class Server:
         elif iso["user_namespace"]:  # counted per user namespace: this worker's tree only
             limits[resource.RLIMIT_NPROC] = cfg["max_procs"] + 2 * len(self.sessions) + 8
         elif sys.platform.startswith("linux"):
-            limits[resource.RLIMIT_NPROC] = cfg["max_procs"] + _count_processes(os.getuid())
+            limits[resource.RLIMIT_NPROC] = cfg["max_procs"] + count_processes(os.getuid())
         for kind, value in limits.items():
             soft, hard = resource.getrlimit(kind)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -402,11 +211,11 @@ class Server:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)  # also clears every capability
         elif iso["user_namespace"]:
-            _drop_capabilities()
+            drop_capabilities()
         if sys.platform.startswith("linux"):
-            _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
             # Set after the uid change, which clears it: die with the holder.
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         tmp = "/tmp" if iso["chroot"] else os.path.join(scratch, "tmp")
         os.environ.clear()  # the worker's environment was scrubbed already; trim it further
         os.environ.update(PATH="/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8")
@@ -450,7 +259,7 @@ class Server:
     # -- collecting
     def collect(self, child: Child, timeout: float, limit: int | None = None) -> dict:
         limit = min(limit or self.cfg["max_output_chars"], self.cfg["max_output_chars"])
-        cap = _Capture(limit)
+        cap = Capture(limit)
         hard_cap = max(64 * limit, 1 << 20)
         start = time.monotonic()
         deadline = start + timeout
@@ -463,7 +272,7 @@ class Server:
                 break
             ready, _, _ = select.select(fds, [], [], remaining)
             if child.out_r in ready:
-                data = _read_some(child.out_r)
+                data = read_some(child.out_r)
                 if data is None:
                     fds.remove(child.out_r)
                 else:
@@ -471,7 +280,7 @@ class Server:
                     if cap.total > hard_cap:
                         status, note = "error", "\n[output limit exceeded: execution stopped]"
             if child.st_r in ready:
-                data = _read_some(child.st_r)
+                data = read_some(child.st_r)
                 if data is None:
                     fds.remove(child.st_r)
                     if status is None:
@@ -485,7 +294,7 @@ class Server:
                     if "status" in frame:
                         status = frame["status"]
         # Everything the cell wrote before reporting is already in the pipe: drain it.
-        while child.out_r in fds and (data := _read_some(child.out_r)):
+        while child.out_r in fds and (data := read_some(child.out_r)):
             cap.add(data)
         text, truncated = cap.text()
         if not text:
@@ -508,7 +317,7 @@ class Server:
             # No namespace to tear down: kill what is left by uid (when uids are dropped), then
             # every orphan reparented to this subreaper, waiting for each to be gone.
             if self.iso["uid_drop"]:
-                _kill_uid(child.uid)
+                kill_uid(child.uid)
             self._sweep()
         self._release(child)
         self._reap()
@@ -596,42 +405,6 @@ class Server:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-class _Capture:
-    """Keeps the head and the tail of a stream, never more than 2 x limit bytes."""
-
-    def __init__(self, limit: int):
-        self.limit, self.total = limit, 0
-        self.head, self.tail = bytearray(), bytearray()
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.limit - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            del self.tail[: -self.limit]
-
-    def text(self) -> tuple[str, bool]:
-        if self.total <= self.limit:
-            return (self.head + self.tail).decode("utf-8", "replace"), False
-        half = self.limit // 2
-        kept = self.head + self.tail
-        head, tail = kept[:half], kept[-half:]
-        cut = self.total - len(head) - len(tail)
-        return (head.decode("utf-8", "replace") + truncation_marker(cut)
-                + tail.decode("utf-8", "replace")), True
-
-
-def _read_some(fd: int) -> bytes | None:
-    """Non-blocking read: bytes, b"" if nothing now, None at end of file."""
-    try:
-        return os.read(fd, 1 << 16) or None
-    except BlockingIOError:
-        return b""
-
-
 def _describe_exit(status: int | None) -> str:
     if status is None:
         return "\n[process crashed]"
@@ -640,30 +413,6 @@ def _describe_exit(status: int | None) -> str:
         hint = " (out of memory or CPU time?)" if name in ("SIGKILL", "SIGXCPU") else ""
         return f"\n[process crashed: killed by {name}{hint}]"
     return f"\n[process exited with code {os.WEXITSTATUS(status)} before finishing]"
-
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process of `uid`: a killer with that uid sends kill(-1) until none is left."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setresuid(uid, uid, uid)
-            for _ in range(1000):
-                os.kill(-1, signal.SIGKILL)  # never signals the caller itself
-        except BaseException:  # noqa: BLE001 - ProcessLookupError: none left
-            pass
-        os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def _count_processes(uid: int) -> int:
-    count = 0
-    for entry in os.listdir("/proc"):
-        try:
-            count += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
-        except OSError:
-            pass
-    return count
 
 
 def _children() -> set[int]:

@@ -80,7 +80,7 @@ def test_stdout_and_stderr_in_order_and_traceback_lines_are_the_models(sandbox):
     assert r.status == "error"
     assert r.output.startswith("one\ntwo\nthree\nTraceback (most recent call last):\n")
     assert 'File "<cell>", line 5' in r.output and "ZeroDivisionError" in r.output
-    assert "_sandbox_worker" not in r.output and "exec(" not in r.output
+    assert "_sandbox_" not in r.output and "exec(" not in r.output
 
 
 def test_error_inside_a_function_keeps_every_model_frame(sandbox):

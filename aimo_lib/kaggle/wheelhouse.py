@@ -82,11 +82,9 @@ def image_names(extra=(), folder: str | None = None) -> list[str]:
             seen.add(_canonical(name))
             out.append(name)
     return out
-# The modules of aimo_lib that a notebook run imports (its serving path), as paths under
-# aimo_lib/: a module (.py added) or a folder (every module in it).
-_SERVING = ("kaggle/serve", "kaggle/gateway", "run", "config", "solver", "presets", "results",
-            "records", "budget", "competitions", "answers", "dialects", "prompts", "sandbox",
-            "_sandbox_worker", "models", "reaper", "engines")
+# Where a notebook run enters aimo_lib (its serving path): runtime_modules follows every
+# aimo_lib import from these, and the sandbox's worker, which runs as a module of its own.
+_SERVING = ("kaggle/serve.py", "solver.py", "_sandbox_worker.py")
 
 
 class WheelhouseError(RuntimeError):
@@ -283,18 +281,22 @@ def runtime_modules() -> dict[str, str]:
     from ..sandbox import DEFAULT_MODULES
 
     root = _PACKAGE
-    files = []
-    for name in _SERVING:
-        path = os.path.join(root, name)
-        files += ([os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".py")]
-                  if os.path.isdir(path) else [path + ".py"])
     found: dict[str, str] = {}
     stdlib = set(sys.stdlib_module_names)
-    for path in files:
+    todo, seen = [os.path.join(root, name) for name in _SERVING], set()
+    while todo:
+        path = todo.pop(0)
+        if path in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
         for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(
+                    "aimo_lib")):  # ours: follow it, and each name that may be a module
+                todo += _our_modules(root, path, node)
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             else:
                 continue
@@ -308,6 +310,22 @@ def runtime_modules() -> dict[str, str]:
     for module in KAGGLE_EVALUATION_IMPORTS:
         found.setdefault(module, "kaggle_evaluation (the competition's API)")
     return found
+
+
+def _our_modules(root: str, path: str, node: ast.ImportFrom) -> list[str]:
+    """The aimo_lib files an import names: its module (a file, or a package's __init__) and
+    each imported name that is a module of that package."""
+    if node.level:
+        base = os.path.dirname(path)
+        for _ in range(node.level - 1):
+            base = os.path.dirname(base)
+    else:
+        base = os.path.dirname(root)
+    target = os.path.join(base, *(node.module or "").split(".")) if node.module else base
+    out = [target + ".py", os.path.join(target, "__init__.py")]
+    out += [os.path.join(target, a.name + ".py") for a in node.names]
+    out += [os.path.join(target, a.name, "__init__.py") for a in node.names]
+    return out
 
 
 def _canonical(name: str) -> str:
