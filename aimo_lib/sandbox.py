@@ -15,13 +15,8 @@ Everything here is thread-safe and uses no signals in the calling thread.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import select
-import shutil
-import struct
-import subprocess
 import sys
 import threading
 import time
@@ -29,19 +24,15 @@ import warnings
 import weakref
 from dataclasses import dataclass
 
+from ._sandbox_io import SandboxError, Worker, WorkerDied, shutdown_workers, truncation_marker
 from .pools import prestarted_pool
 
 __all__ = ["DEFAULT_PRELOAD", "ExecutionResult", "Isolation", "Sandbox", "SandboxError", "Session",
-           "clip_middle", "truncation_marker"]
+           "clip_middle"]
 
 # The names every execution starts with; also the seed notebook's prelude, which it prepended
 # to every block (dialects.ToRASeed).
 DEFAULT_PRELOAD = "import math\nimport numpy as np\nimport sympy as sp\n"
-
-
-def truncation_marker(cut: int) -> str:
-    """What stands in for the `cut` characters taken out of the middle of a long output."""
-    return f"\n... [{cut} characters truncated] ...\n"
 
 
 def clip_middle(text: str, limit: int) -> str:
@@ -87,10 +78,6 @@ def _uid_block(workers: int, span: int) -> int:
     return _UID_FLOOR + random.SystemRandom().randrange((_UID_CEIL - _UID_FLOOR) // size) * size
 
 
-class SandboxError(RuntimeError):
-    """The sandbox could not be started or used (not an error in the executed code)."""
-
-
 @dataclass
 class ExecutionResult:
     """What one execution produced.
@@ -121,92 +108,6 @@ class Isolation:
     uid_drop: bool
     user_namespace: bool
     warnings: tuple[str, ...] = ()
-
-
-class _WorkerDied(Exception):
-    pass
-
-
-class _Worker:
-    """A warm fork-server process and the pipe pair we talk to it over."""
-
-    def __init__(self, cfg: dict, python: str, env: dict):
-        self.proc = subprocess.Popen(
-            [python, "-m", "aimo_lib._sandbox_worker", json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-            start_new_session=True,  # a Ctrl-C in the caller's terminal is not theirs
-        )
-        self.ready: dict | None = None
-
-    def wait_ready(self, timeout: float) -> dict:
-        try:
-            msg = self._recv(time.monotonic() + timeout)
-        except _WorkerDied as exc:
-            raise SandboxError(f"sandbox worker failed to start: {exc}") from None
-        if not msg.get("ready"):
-            self.kill()
-            raise SandboxError(f"sandbox worker failed to start: {msg.get('error')}")
-        self.ready = msg
-        return msg
-
-    def request(self, msg: dict, wait_s: float) -> dict:
-        try:
-            data = json.dumps(msg).encode()
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise _WorkerDied(f"cannot write to worker: {exc}") from None
-        reply = self._recv(time.monotonic() + wait_s)
-        if "error" in reply:
-            raise SandboxError(f"sandbox worker error: {reply['error']}")
-        return reply
-
-    def _recv(self, deadline: float) -> dict:
-        head = self._read(4, deadline)
-        return json.loads(self._read(struct.unpack(">I", head)[0], deadline))
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        fd, buf = self.proc.stdout.fileno(), b""
-        while len(buf) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                self.kill()
-                raise _WorkerDied("worker stopped responding")
-            chunk = os.read(fd, n - len(buf))
-            if not chunk:
-                self.kill()
-                raise _WorkerDied(f"worker exited (code {self.proc.wait()})")
-            buf += chunk
-        return buf
-
-    def close(self) -> None:
-        try:
-            data = json.dumps({"op": "exit"}).encode()
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
-
-    def kill(self) -> None:
-        # Killing the worker kills every holder and child (parent-death signals, namespaces).
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-        if self.ready:
-            shutil.rmtree(self.ready["scratch"], ignore_errors=True)
-
-
-def _shutdown(workers: list) -> None:
-    for w in workers:
-        if w is not None:
-            w.close()
 
 
 class Sandbox:
@@ -270,9 +171,9 @@ class Sandbox:
         self._idle = set(range(n))
         self._generation = [0] * n
         self._sessions_on = [0] * n
-        self._workers: list[_Worker | None] = [None] * n
+        self._workers: list[Worker | None] = [None] * n
         self._closed = False
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, shutdown_workers, self._workers)
         self._pool = prestarted_pool(n, "sandbox")
         for i in range(n):
             self._workers[i] = self._start_worker(i, wait=False)
@@ -293,15 +194,15 @@ class Sandbox:
 
     # ------------------------------------------------------------ workers
 
-    def _start_worker(self, i: int, wait: bool = True) -> _Worker:
+    def _start_worker(self, i: int, wait: bool = True) -> Worker:
         # Each worker gets its own uid range so concurrent executions never share a uid.
         cfg = {**self._cfg, "uid_base": self._cfg["uid_base"] + i * self._cfg["uid_span"]}
-        w = _Worker(cfg, self._python, self._env)
+        w = Worker(cfg, self._python, self._env)
         if wait:
             self._wait_ready(w, timeout=120.0)
         return w
 
-    def _wait_ready(self, w: _Worker, timeout: float) -> None:
+    def _wait_ready(self, w: Worker, timeout: float) -> None:
         try:
             w.wait_ready(timeout)
         except SandboxError:
@@ -355,7 +256,7 @@ class Sandbox:
             gen = self._generation[i]
             try:
                 return i, gen, self._workers[i].request(msg, wait_s)
-            except _WorkerDied as exc:
+            except WorkerDied as exc:
                 self._workers[i].kill()
                 self._workers[i] = self._start_worker(i)
                 self._generation[i] += 1
