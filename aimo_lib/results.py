@@ -108,7 +108,7 @@ class SolveResult:
     @property
     def nothing_back(self) -> bool:
         """The deadline passed with no request completed: a hung engine, or steps longer
-        than the time limit (run.probe tells which)."""
+        than the time limit (engine_health.probe tells which)."""
         return self.timed_out and self.tokens_generated == 0
 
     def to_dict(self) -> dict:

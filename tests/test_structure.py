@@ -71,7 +71,7 @@ def test_one_home_for_the_shared_pieces():
     sources = {m: open(p, encoding="utf-8").read() for m, p in _modules().items()}
     preload = "import math\\nimport numpy as np\\nimport sympy as sp"
     for text, home in [(preload, "aimo_lib.sandbox"),
-                       ("characters truncated]", "aimo_lib.sandbox"),
+                       ("characters truncated]", "aimo_lib._sandbox_io"),
                        ('"### Problem: "', "aimo_lib.prompts"),
                        ("ALLOWANCE_S = ", "aimo_lib.budget")]:
         where = sorted(m for m, s in sources.items() if text in s)
