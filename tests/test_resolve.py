@@ -11,9 +11,10 @@ from aimo_lib.config import RunConfig
 from aimo_lib.presets import PRESETS, SolverConfig
 from aimo_lib.resolve import Probe, resolve
 
-# "auto"s that are not the run's to decide: the model's own chat template (known once its
-# tokenizer is loaded or its server asked) and vLLM's own values, resolved by vLLM itself.
-PASSED_THROUGH = {"prompt_template", "dtype", "kv_cache_dtype"}
+# "auto"s that belong to the engine actually running: the model's own chat template (known once
+# its tokenizer is loaded or its server asked), the pipeline (async where the engine object can
+# submit; a caller may hand one over ready-made) and vLLM's own values, resolved by vLLM.
+PASSED_THROUGH = {"prompt_template", "pipeline", "dtype", "kv_cache_dtype"}
 
 
 def autos(obj, path=""):
@@ -60,13 +61,11 @@ def test_no_auto_is_left_in_a_resolved_config(competition, preset, engine, time_
         assert resolved.model == probe.model
 
 
-def test_the_engine_and_pipeline_follow_what_the_machine_offers():
+def test_the_engine_follows_what_the_machine_offers():
     config = RunConfig.load(env={}, values={"model": "/m"})
     with_vllm = resolve(config, Probe(vllm=True))
     assert (with_vllm.engine.kind, with_vllm.engine.fallback_hf) == ("vllm", True)
-    assert with_vllm.solver_config().pipeline == "async"
-    without = resolve(config, Probe(vllm=False))
-    assert without.engine.kind == "hf" and without.solver_config().pipeline == "rounds"
+    assert resolve(config, Probe(vllm=False)).engine.kind == "hf"
     chosen = resolve(config.with_settings(engine="vllm"), Probe(vllm=True))
     assert chosen.engine.fallback_hf is False  # a vLLM asked for by name fails loudly
 
