@@ -23,5 +23,6 @@ for v in "${versions[@]}"; do
   ".venv-py$v/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
       tests/test_answers.py tests/test_sandbox.py tests/test_solver.py tests/test_pipeline.py \
       tests/test_never_lose.py tests/test_chaos.py tests/test_kaggle.py tests/test_evaluation.py \
-      tests/test_engines.py tests/test_hostile.py tests/test_harmony.py tests/test_resolve.py
+      tests/test_engines.py tests/test_hostile.py tests/test_harmony.py tests/test_resolve.py \
+      tests/test_page_cache.py
 done
