@@ -284,8 +284,12 @@ class Harmony(Dialect):
     name = "harmony"
     skip_special_tokens = False
 
-    def __init__(self, reasoning_effort: str = "high", instruction: str = HARMONY_INSTRUCTION):
+    def __init__(self, reasoning_effort: str = "high", instruction: str = HARMONY_INSTRUCTION,
+                 cut_at_boxed: bool = False):
         self.reasoning_effort, self.instruction = reasoning_effort, instruction
+        # stop_at_boxed: a sample whose stream was cut right after its first complete
+        # \boxed{} (the stop string) is read as answered, whatever channel it was in
+        self.cut_at_boxed = cut_at_boxed
 
     def prompt(self, template: str, problem: str, engine: object) -> str:
         if template not in ("auto", "harmony"):
@@ -302,11 +306,23 @@ class Harmony(Dialect):
                 f"{START}user{MESSAGE}{problem}{END}{START}assistant")
 
     def stops(self, at_boxed: bool, at_code_end: bool) -> tuple[str, ...]:
-        return (CALL, RETURN)
+        # at_boxed: the AIMO 3 public notebooks' stream cut, a sample ends at its first
+        # \boxed{} in any channel (what the model writes after it is not read)
+        return (CALL, RETURN) + ((BOXED,) if at_boxed else ())
 
     def after(self, text: str, finish_reason: str | None, kind: str, stops: tuple[str, ...]
               ) -> tuple[str, str]:
         last = harmony_messages(text)[-1]
+        if BOXED in stops and last.to_python and text.endswith(BOXED):
+            return "", "resume"  # "\\boxed{" in code is code, not an answer
+        if BOXED in stops and last.end is None and not last.to_python:
+            if kind == "answer":  # the rest of the box, up to a "}"
+                tail = text[text.rfind(BOXED):]
+                if _closing(tail, len(BOXED) - 1) is None:
+                    return "", "answer_unclosed"  # "}" closed an inner group
+                return "", "" if extract_boxed(tail) is not None else "resume"  # empty: no answer
+            if text.endswith(BOXED) and finish_reason == "stop":
+                return "", "answer"
         if last.end is not None:
             return "", ""
         if finish_reason in ("stop", "eos"):
@@ -323,6 +339,9 @@ class Harmony(Dialect):
 
     def read(self, prompt: str, text: str) -> Reading:
         messages = harmony_messages(text)
+        last = messages[-1]
+        if self.cut_at_boxed and last.end is None and not last.to_python and _ends_with_box(text):
+            return Reading("answer", extract_boxed(text[text.rfind(BOXED):]))  # the cut
         for m in reversed(messages):
             if m.is_final and m.end is not None:  # one still open was cut: no answer yet
                 raw = _final_answer(m.body)
@@ -350,6 +369,15 @@ class Harmony(Dialect):
         return bool(step.strip()) and "<|" not in step
 
 
+def _ends_with_box(text: str) -> bool:
+    """The text was cut right after a complete, non-empty \\boxed{...} (stop_at_boxed)."""
+    start = text.rfind(BOXED)
+    if start < 0:
+        return False
+    tail = text[start:]
+    return _closing(tail, len(BOXED) - 1) == len(tail) - 1 and extract_boxed(tail) is not None
+
+
 def _pending_call(text: str, last: _Message) -> bool:
     """The text ends with a complete call to python (nothing after its <|call|>)."""
     return last.to_python and last.end == CALL and text.endswith(last.body + CALL)
@@ -370,12 +398,14 @@ def _final_answer(body: str) -> str | None:
 DIALECTS: dict[str, Dialect] = {"tora": ToRA(), "tora_seed": ToRASeed(), "harmony": Harmony()}
 
 
-def get_dialect(name: str, reasoning_effort: str | None = None) -> Dialect:
-    """The dialect by name; harmony with the reasoning effort its system message states."""
+def get_dialect(name: str, reasoning_effort: str | None = None, stop_at_boxed: bool = False
+                ) -> Dialect:
+    """The dialect by name; harmony with the reasoning effort its system message states, and
+    reading a stream cut at its first \\boxed{} as an answer if `stop_at_boxed`."""
     if name not in DIALECTS:
         raise ValueError(f"unknown dialect {name!r}; choose from {sorted(DIALECTS)}")
-    if name == "harmony" and reasoning_effort is not None:
-        return Harmony(reasoning_effort=reasoning_effort)
+    if name == "harmony" and (reasoning_effort is not None or stop_at_boxed):
+        return Harmony(reasoning_effort=reasoning_effort or "high", cut_at_boxed=stop_at_boxed)
     return DIALECTS[name]
 
 

@@ -198,7 +198,8 @@ PRESETS = {
     # last 256 tokens: a confident minority never beats a majority), the answer range and a
     # check-before-boxing list in the prompt (the 2nd place's "highest-leverage change"), and
     # a second wave of 8 with the candidates when the first has no consensus; its engine:
-    # ENGINE_DEFAULTS. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines), nor
+    # ENGINE_DEFAULTS. The notebooks' stream cut at the first \boxed{} (STOP_AT_BOXED) is off
+    # until measured. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines), nor
     # measured on a harmony benchmark model.
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
@@ -206,7 +207,7 @@ PRESETS = {
         code_timeout_s=10.0, max_output_chars=2000, prompt_template="auto",
         early_stop=StopRule(table=((4, 8),)), competition="aimo3", logprobs_top_k=20,
         vote_weights="share_tail_tiebreak", entropy_tail_tokens=256, retry_samples=8,
-        state_answer_rules=True, check_before_boxing=True),
+        state_answer_rules=True, check_before_boxing=True, stop_at_boxed=False),
 }
 
 

@@ -58,9 +58,10 @@ class Solver:
         # Code runs happen on this pool; blocking generate calls on daemon threads of their
         # own (a call that never returns must not hold up the interpreter's exit).
         self.pool = prestarted_pool(max(8, self.config.num_samples), "solver")
-        dialect = get_dialect(self.config.dialect, self.config.reasoning_effort)
         # Extra stop strings need an engine that says which stop string it hit.
         names = self.engine.names_stop_strings
+        dialect = get_dialect(self.config.dialect, self.config.reasoning_effort,
+                              self.config.stop_at_boxed and names)
         stops = dialect.stops(self.config.stop_at_boxed and names,
                               self.config.stop_at_code_end and names)
         self.steps = Steps(self.config, dialect, self.engine, stops, self._close_session)

@@ -36,6 +36,7 @@ def final(text: str) -> str:
 
 def harmony(n=1, **kw):
     kw.setdefault("competition", "aimo3")  # gpt-oss's competition: answers 0..99999
+    kw.setdefault("stop_at_boxed", False)  # as aimo3_gpt_oss: a sample ends at <|return|>
     return SolverConfig.preset("default", num_samples=n, dialect="harmony", **kw)
 
 
@@ -282,6 +283,48 @@ def test_an_empty_tool_output_asks_for_print_and_replies_go_on_the_calls_channel
 @functools.cache
 def _harmony_encoding(oh):
     return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)  # ~1 GB a load
+
+
+def test_stop_at_boxed_cuts_the_stream_at_the_first_box_in_any_channel(sandbox):
+    """The AIMO 3 public notebooks' cut: the first complete \\boxed{} ends the sample, in the
+    analysis channel too; what the model would write after it is never generated."""
+    after_box = "...and so on for many more tokens<|end|>" + final("\\boxed{7}")
+
+    def fn(prompt, k):
+        if "\\boxed{" in prompt.split("<|start|>user")[-1]:  # the answer request: the box's rest
+            return "42} " + after_box
+        return "<|channel|>analysis<|message|>So it is \\boxed{42} " + after_box
+
+    engine = Recorder(fn)
+    s = Solver(engine, sandbox, harmony(stop_at_boxed=True)).solve("q").samples[0]
+    assert (s.answer, s.status) == (42, "answered")
+    assert s.text.endswith("So it is \\boxed{42}") and "many more" not in s.text
+    assert "\\boxed{" in engine.params[0].stop and engine.params[1].stop == ("}",)
+    # off (aimo3_gpt_oss): the same model is read to its final message
+    s = Solver(Recorder(fn), sandbox, harmony()).solve("q").samples[0]
+    assert s.answer == 7 and "many more" in s.text
+
+
+def test_a_box_in_code_or_an_empty_box_is_no_cut(sandbox):
+    code = 'print("\\\\boxed{" + "1}")'
+
+    def fn(prompt, k):  # what the model writes next, by how its text so far ends
+        if prompt.endswith('print("\\\\boxed{'):
+            return '" + "1}")<|call|>'  # resumed: that stop string was code
+        if not tool_replies(prompt):
+            return THINK + call(code)
+        if prompt.endswith("Put it in \\boxed{"):
+            return "}, then"  # the answer request: an empty box, the instruction echoed
+        if prompt.endswith("\\boxed{}"):
+            return ", then.<|end|>" + final("\\boxed{5}")  # resumed: no answer in it
+        if prompt.endswith("final<|message|>\\boxed{"):
+            return "5}<|return|>"
+        return "<|channel|>analysis<|message|>Put it in \\boxed{}, then."
+
+    s = Solver(ScriptedEngine(fn), sandbox, harmony(stop_at_boxed=True, max_rounds=3)
+               ).solve("q").samples[0]
+    assert [c.code for c in s.code_calls] == [code] and s.code_calls[0].output == "\\boxed{1}"
+    assert (s.answer, s.status) == (5, "answered")
 
 
 def _official_renderer():
