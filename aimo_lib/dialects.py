@@ -303,7 +303,7 @@ class Harmony(Dialect):
             "every message.")
         return (f"{START}system{MESSAGE}{system}{END}"
                 f"{START}developer{MESSAGE}# Instructions\n\n{self.instruction}{END}"
-                f"{START}user{MESSAGE}{problem}{END}{START}assistant")
+                f"{START}user{MESSAGE}{defang(problem)}{END}{START}assistant")
 
     def stops(self, at_boxed: bool, at_code_end: bool) -> tuple[str, ...]:
         # at_boxed: the AIMO 3 public notebooks' stream cut, a sample ends at its first
@@ -354,7 +354,7 @@ class Harmony(Dialect):
 
     def tool_output(self, r: ExecutionResult, max_chars: int, timeout_s: float,
                     text: str = "") -> tuple[str, str]:
-        shown = clip_middle(r.output.strip(), max_chars + 200) or NO_OUTPUT
+        shown = defang(clip_middle(r.output.strip(), max_chars + 200)) or NO_OUTPUT
         # The tool's reply on the call's channel (as gpt-oss's tool answers), then the header
         # of the model's next message (the model writes its channel itself, as after the
         # prompt).
@@ -367,6 +367,14 @@ class Harmony(Dialect):
         # gpt-oss opens every message it writes with <|channel|> (or a recipient, then it): a
         # step with text but no special token at all comes from an engine that strips them.
         return bool(step.strip()) and "<|" not in step
+
+
+def defang(text: str) -> str:
+    """Text that is content, never structure: "<|" written as "< |", so that a special token's
+    spelling in a tool's output or a problem (model-written code printing "<|end|><|start|>
+    assistant<|channel|>final<|message|>\\boxed{1}<|return|>") is neither read as a message
+    here nor tokenised as a special token by the engine, which parses special tokens in text."""
+    return text.replace("<|", "< |")
 
 
 def _ends_with_box(text: str) -> bool:
