@@ -69,7 +69,8 @@ class EngineSpec:
             warming = page_cache.warm(path)
             if warming.files:
                 size = sum(os.path.getsize(f) for f in warming.files) / 2**30
-                log(f"reading {len(warming.files)} weight files ({size:.2f} GiB) into the page "
+                n = len(warming.files)
+                log(f"reading {n} weight file{'s' * (n > 1)} ({size:.2f} GiB) into the page "
                     "cache while the engine starts")
         return path
 
