@@ -105,6 +105,16 @@ class Dialect:
         return normalize_answer(raw, rules)
 
 
+def _rest_of_box(text: str) -> str:
+    """After an answer request (the rest of the last \\boxed{, up to a "}"): "" when the box is
+    closed and holds an answer, "answer_unclosed" when that "}" closed an inner group,
+    "resume" when the box is empty (the instruction echoed: no answer)."""
+    tail = text[text.rfind(BOXED):]
+    if _closing(tail, len(BOXED) - 1) is None:
+        return "answer_unclosed"
+    return "" if extract_boxed(tail) is not None else "resume"
+
+
 class ToRA(Dialect):
     """```python blocks, their ```output after them, the answer in \\boxed{} (or "the answer
     is N") anywhere in the text; real tracebacks and REPL display."""
@@ -128,12 +138,7 @@ class ToRA(Dialect):
             # "\boxed{" inside a code block is code, not an answer
             return "", "resume" if text.count("```") % 2 == 1 else "answer"
         if kind == "answer":
-            tail = text[text.rfind(BOXED):]
-            closed = _closing(tail, len(BOXED) - 1) is not None
-            if not closed:
-                return "", "answer_unclosed"  # nested braces: "}" closed an inner group
-            if extract_boxed(tail) is None:
-                return "", "resume"  # an empty box (the instruction echoed) is no answer
+            return "", _rest_of_box(text)
         return "", ""
 
     def read(self, prompt: str, text: str) -> Reading:
@@ -317,10 +322,7 @@ class Harmony(Dialect):
             return "", "resume"  # "\\boxed{" in code is code, not an answer
         if BOXED in stops and last.end is None and not last.to_python:
             if kind == "answer":  # the rest of the box, up to a "}"
-                tail = text[text.rfind(BOXED):]
-                if _closing(tail, len(BOXED) - 1) is None:
-                    return "", "answer_unclosed"  # "}" closed an inner group
-                return "", "" if extract_boxed(tail) is not None else "resume"  # empty: no answer
+                return "", _rest_of_box(text)
             if text.endswith(BOXED) and finish_reason == "stop":
                 return "", "answer"
         if last.end is not None:

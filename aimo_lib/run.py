@@ -108,7 +108,8 @@ class Runner(EngineHealth):
                  solve_fn: Callable[[str, str, float | None], Any] | None = None,
                  probe_timeout_s: float = 30.0, restart_backoff_s: float = 5.0,
                  remote_wait_s: float = 300.0, close_timeout_s: float = CLOSE_TIMEOUT_S):
-        config = resolve(config, machine_probe())  # a resolved config comes back as it is
+        if config.resolved is None:  # probing the machine costs a torch import: only if needed
+            config = resolve(config, machine_probe())
         self.config, self.budget = config, budget
         self.competition = config.competition
         self.rules = get_competition(self.competition).rules

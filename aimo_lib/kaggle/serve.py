@@ -196,7 +196,10 @@ def load_config(notebook: dict | None = None, **values) -> RunConfig:
 
 
 def kaggle_resolve(config: RunConfig) -> RunConfig:
-    """`config` resolved with what this machine offers, Kaggle's attached inputs included."""
+    """`config` resolved with what this machine offers, Kaggle's attached inputs included (a
+    resolved config as it is: the probe scans the input folder and logs what it finds)."""
+    if config.resolved is not None:
+        return config
     return resolve(config, kaggle_probe(model=config.model == "auto"))
 
 
