@@ -284,7 +284,15 @@ class Harmony(Dialect):
     `analysis` channel, calls the python tool with a message to `python` ended by <|call|>,
     reads the tool's reply as a message from `python`, and answers in the `final` channel
     (\\boxed{} inside it, or a bare integer). The engine must keep special tokens in its
-    text (skip_special_tokens=False, which the solver asks for)."""
+    text (skip_special_tokens=False, which the solver asks for).
+
+    Written here rather than through openai_harmony (the library that defines the format),
+    for measured reasons: its prompts are token-identical to openai_harmony's on the real
+    vocabulary (tests/test_harmony.py diffs them), and its reader must take whatever a model
+    writes, where openai_harmony's parser (oss-harmony 0.0.11) raises HarmonyError on a
+    header cut by max_tokens or text before a call, and does not say whether a message was
+    ended or cut. openai_harmony is not a runtime dependency (the CPU demo and a bare Kaggle
+    image have no use for it); the harmony benchmark model's teacher renders with it."""
 
     name = "harmony"
     skip_special_tokens = False

@@ -416,6 +416,49 @@ def test_every_prompt_is_token_identical_to_openai_harmony(problem, thought, cod
             reply.author, reply.recipient, reply.channel, reply.content)
 
 
+@functools.cache
+def _built_tokenizer():
+    """The o200k_harmony tokenizer.json bench/harmony_tokenizer.py builds (seconds; cached)."""
+    transformers = pytest.importorskip("transformers")
+    from bench import harmony_tokenizer
+
+    try:
+        path = harmony_tokenizer.build()
+    except harmony_tokenizer.TokenizerUnavailable as exc:
+        pytest.skip(str(exc))
+    return transformers.AutoTokenizer.from_pretrained(path)
+
+
+_HARMONY_TEXT = st.lists(st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40),
+    st.sampled_from(["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|call|>",
+                     "<|return|>", "<|constrain|>", " to=python", "analysis", "final",
+                     "\\boxed{", "12345", "  \n\n", "don't", "ÄÖÜ數學"])), max_size=12).map("".join)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(text=_HARMONY_TEXT)
+def test_the_built_tokenizer_is_openai_harmony_s_token_for_token(text):
+    """The tokenizer.json vLLM and transformers load for the harmony benchmark model encodes
+    any text (special tokens included) to exactly openai_harmony's ids, and decodes them back:
+    the real vocabulary, not a look-alike."""
+    _, enc = _official_renderer()
+    tok = _built_tokenizer()
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids == enc.encode(text, allowed_special="all")
+    assert tok.decode(ids) == text
+
+
+def test_the_built_tokenizer_has_gpt_oss_s_special_tokens_at_their_ids():
+    tok = _built_tokenizer()
+    assert tok.convert_tokens_to_ids(["<|return|>", "<|constrain|>", "<|channel|>", "<|start|>",
+                                      "<|end|>", "<|message|>", "<|call|>"]) == [
+        200002, 200003, 200005, 200006, 200007, 200008, 200012]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<|startoftext|>", "<|return|>", "<|endoftext|>")
+    assert len(tok) == 201088
+
+
 # ---------------------------------------------------------------- the AIMO 3 preset
 
 
