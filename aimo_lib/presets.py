@@ -247,6 +247,13 @@ def config_for_run(preset: str, model: str | None, *, served: bool = False,
     """A run's solver config (the notebook's and `aimo`'s): the preset, "auto" choosing one
     for the model (a served model with no name given is not the embedded one: "default"),
     then the settings the user gave; a setting of None was not given and keeps the preset's."""
-    if preset == "auto":
-        preset = "default" if served and model is None else preset_for_model(model)
-    return SolverConfig.preset(preset, **{k: v for k, v in settings.items() if v is not None})
+    return SolverConfig.preset(preset_name(preset, model, served=served),
+                               **{k: v for k, v in settings.items() if v is not None})
+
+
+def preset_name(preset: str, model: str | None, *, served: bool = False) -> str:
+    """The preset a run uses: `preset`, or for "auto" the one for the model (a served model
+    with no name given is not the embedded one: "default")."""
+    if preset != "auto":
+        return preset
+    return "default" if served and model is None else preset_for_model(model)

@@ -6,7 +6,8 @@
 A `Probe` says what the machine offers; the Kaggle side supplies one that also reads the
 attached competition data and model. `resolve` decides from the probe and the settings:
 
-- competition: the attached one, else aimo1;
+- competition: the attached one, else the preset's own (aimo3 for aimo3_gpt_oss, the
+  competition it was made for), else aimo1;
 - model: the attached checkpoint, else None (the embedded SmolLM2);
 - problems: the competition's attached CSV, else "samples" (those shipped with aimo_lib);
 - time_policy: reserve for aimo3, else banked;
@@ -33,7 +34,7 @@ from .config import ConfigError, RunConfig, replace_engine
 from .engines.factory import vllm_available
 from .engines.settings import gpu_capability
 from .models import ModelNotFoundError
-from .presets import ENGINE_DEFAULTS
+from .presets import ENGINE_DEFAULTS, PRESETS, preset_name
 from .records import log
 
 __all__ = ["NoModelAttached", "Probe", "machine_probe", "resolve"]
@@ -67,10 +68,6 @@ def resolve(config: RunConfig, probe: Probe) -> RunConfig:
     NoModelAttached on Kaggle (not in a rerun) when no model is attached and none was set."""
     if config.resolved is not None:
         return config
-    competition = config.competition
-    if competition == "auto":
-        competition = probe.competition or "aimo1"
-    get_competition(competition)
     engine = config.engine
     if engine.model == "auto":
         if probe.model is None and probe.inputs is not None and engine.kind != "openai":
@@ -84,6 +81,12 @@ def resolve(config: RunConfig, probe: Probe) -> RunConfig:
     if engine.kind == "auto":
         engine = replace(engine, kind="vllm", fallback_hf=True) if probe.vllm else replace(
             engine, kind="hf")
+    competition = config.competition
+    if competition == "auto":  # the preset's own (aimo3 for aimo3_gpt_oss), else aimo1
+        preset = preset_name(config.preset, engine.model, served=engine.kind == "openai")
+        competition = probe.competition or (
+            PRESETS[preset].competition if preset in PRESETS else "aimo1")
+    get_competition(competition)
     time_policy = config.time_policy
     if time_policy == "auto":
         time_policy = "reserve" if competition == "aimo3" else "banked"

@@ -55,8 +55,9 @@ def test_no_auto_is_left_in_a_resolved_config(competition, preset, engine, time_
     assert isinstance(resolved.resolved, SolverConfig) and resolved.solver_config().name == (
         resolved.preset)
     assert resolve(resolved, Probe(competition="aimo2", model="/elsewhere")) is resolved  # once
-    if competition == "auto":
-        assert resolved.competition == (probe.competition or "aimo1")
+    if competition == "auto":  # the attached one, else the one the preset was made for
+        assert resolved.competition == (probe.competition or PRESETS[resolved.preset].competition)
+    assert resolved.solver_config().competition == resolved.competition
     if model == "auto":
         assert resolved.model == probe.model
 
