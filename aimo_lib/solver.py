@@ -30,7 +30,7 @@ import time
 import traceback
 
 from .competitions import get_competition
-from .dialects import get_dialect
+from .dialects import Dialect, get_dialect
 from .drivers import run_async, run_rounds
 from .engines import GenerationParams, as_engine
 from .pools import prestarted_pool
@@ -46,6 +46,17 @@ __all__ = ["Solver"]
 # A time limit longer than this is no limit: waits cannot take one past threading.TIMEOUT_MAX
 # (an OverflowError), and `--time-limit inf` means none.
 _NO_LIMIT_S = 365 * 86400.0
+
+
+
+def first_prompt(cfg: SolverConfig, dialect: Dialect, problem: str, engine: object) -> str:
+    """The prompt every sample of a problem starts from: the problem with the competition's
+    answer rules (and the check-before-boxing list) as the config states them, in the dialect's
+    format (training data rendered for a model must use this too)."""
+    stated = problem_statement(
+        problem, get_competition(cfg.competition).answer_instruction
+        if cfg.state_answer_rules else None, cfg.check_before_boxing)
+    return dialect.prompt(cfg.prompt_template, stated, engine)
 
 
 class Solver:
@@ -113,10 +124,7 @@ class Solver:
     def _drive(self, run: Run, problem: str) -> None:
         """Render the prompt and generate the run's samples to the end."""
         cfg = self.config
-        stated = problem_statement(
-            problem, get_competition(cfg.competition).answer_instruction
-            if cfg.state_answer_rules else None, cfg.check_before_boxing)
-        run.prompt = self.steps.dialect.prompt(cfg.prompt_template, stated, self.engine)
+        run.prompt = first_prompt(cfg, self.steps.dialect, problem, self.engine)
         if self.config.continue_from_ids and self.engine.accepts_token_ids:
             run.prompt_ids = list(self.engine.tokenize(run.prompt, special=True))
             for s in run.samples:

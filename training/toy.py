@@ -92,14 +92,34 @@ def cot_row(p: EvalProblem, code: str) -> dict:
                                          f"$\\boxed{{{p.answer}}}$."}]}
 
 
+def _programs() -> list[tuple[re.Pattern, str]]:
+    """(problem pattern, expression) for every template: how a teacher reads a problem."""
+    out = []
+    for problem, expr in TEMPLATES:
+        pattern = re.escape(problem).replace(r"\{", "{").replace(r"\}", "}")
+        out.append((re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>\\d+)", pattern)), expr))
+    return out
+
+
+def _program(programs, problem: str, wrong_rate: float, seed: int, k: int) -> str | None:
+    """The program that solves `problem` (None: no template matches); wrong (off by one) for
+    a `wrong_rate` share of attempts, drawn from (seed, problem, attempt), not a shared
+    stream, so the data do not depend on the order in which concurrent problems ask."""
+    for pattern, expr in programs:
+        m = pattern.match(problem)
+        if m:
+            code = expr.format(**m.groupdict())
+            if random.Random(f"{seed}:{problem}:{k}").random() < wrong_rate:
+                code += " + 1"
+            return code
+    return None
+
+
 def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
     """Writes the ToRA-format solution of a synthetic problem: a program, then (after seeing
     its real output) a boxed answer. Sometimes it writes a wrong program, so answers are
     checked and re-sampled as for a real teacher."""
-    by_text = {}
-    for problem, expr in TEMPLATES:
-        pattern = re.escape(problem).replace(r"\{", "{").replace(r"\}", "}")
-        by_text[re.sub(r"\{(\w+)\}", r"(?P<\1>\\d+)", pattern)] = expr
+    programs = _programs()
 
     def fn(prompt: str, k: int) -> str:
         if "```output\n" in prompt:
@@ -108,16 +128,44 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
                 return f"{value}}}$."
             return f"\nThe answer is $\\boxed{{{value}}}$."
         problem = prompt.split("<|im_start|>user\n")[-1].split("\n\n")[0]
-        for pattern, expr in by_text.items():
-            m = re.match(pattern, problem)
-            if m:
-                code = expr.format(**m.groupdict())
-                # Drawn from (seed, problem, attempt), not a shared stream: the data do not
-                # depend on the order in which concurrent problems ask.
-                if random.Random(f"{seed}:{problem}:{k}").random() < wrong_rate:
-                    code += " + 1"
-                return f"Let me compute it with Python.\n```python\nprint({code})\n```\n```output\n"
-        return "I cannot solve this."
+        code = _program(programs, problem, wrong_rate, seed, k)
+        if code is None:
+            return "I cannot solve this."
+        return f"Let me compute it with Python.\n```python\nprint({code})\n```\n```output\n"
+
+    return ScriptedEngine(fn)
+
+
+def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
+    """The same teacher in gpt-oss's harmony format, its messages rendered by openai_harmony
+    (the library that defines the format): a thought on the analysis channel, a call to the
+    python tool, and after the tool's real reply a final message with the boxed answer."""
+    import openai_harmony as oh
+
+    from bench.harmony_tokenizer import harmony_encoding
+
+    enc, programs = harmony_encoding(), _programs()
+    assistant = lambda text, channel: oh.Message.from_role_and_content(  # noqa: E731
+        oh.Role.ASSISTANT, text).with_channel(channel)
+
+    def render(*messages) -> str:
+        # the first message's "<|start|>assistant" is the prompt's (or the tool reply's) end
+        text = "".join(enc.decode(enc.render(m)) for m in messages)
+        return text.removeprefix("<|start|>assistant")
+
+    def fn(prompt: str, k: int) -> str:
+        if "<|start|>python to=assistant" in prompt:
+            value = prompt.rsplit("<|message|>", 1)[1].split("<|end|>")[0].strip()
+            return render(assistant(f"\\boxed{{{value}}}", "final")).replace(
+                "<|end|>", "<|return|>")
+        problem = prompt.split("<|start|>user<|message|>")[-1].split("\n")[0].split("<|end|>")[0]
+        code = _program(programs, problem, wrong_rate, seed, k)
+        if code is None:
+            return render(assistant("I cannot solve this.", "final")).replace(
+                "<|end|>", "<|return|>")
+        call = (assistant(f"print({code})", "analysis").with_recipient("python")
+                .with_content_type("code"))
+        return render(assistant("Compute it with python.", "analysis"), call)
 
     return ScriptedEngine(fn)
 
