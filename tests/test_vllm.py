@@ -282,6 +282,18 @@ class TestServer:
     def test_cpu_settings_reach_the_server_and_its_engine(self, server):
         _assert_cpu_settings_reached({server.proc.pid} | descendants(server.proc.pid))
 
+    def test_token_id_prompts_get_the_ids_generated_back(self, server):
+        """A local model behind vLLM's server takes token-id prompts and gives back the ids
+        it generated (return_token_ids): the same continuation as the text prompt's."""
+        engine = OpenAIEngine(server.url)
+        assert engine.accepts_token_ids
+        p = GenerationParams(max_tokens=16, temperature=0.0, seed=0)
+        (by_ids,) = engine.generate([engine.tokenize(CODE, special=True)], p)
+        (by_text,) = engine.generate([CODE], p)
+        assert by_ids.text == by_text.text and by_ids.token_ids
+        assert engine._local_tokenizer().decode(by_ids.token_ids) == by_ids.text
+        engine.close()
+
     @pytest.mark.timeout(900)  # the server's start-up and three solves of up to 120 s
     def test_openai_engine_against_vllm_serve(self, server, sandbox):
         engine = OpenAIEngine(server.url, max_concurrency=8)

@@ -21,6 +21,7 @@ from .base import (
     GenerationParams,
     PoolEngine,
     Request,
+    align_token_ids,
     cut_at_stop,
     is_context_error,
     per_prompt,
@@ -127,6 +128,20 @@ class OpenAIEngine(PoolEngine):
         return self._tokenizer or None
 
     @property
+    def accepts_token_ids(self) -> bool:
+        """Token-id prompts where the served model's tokenizer is readable here (vLLM serving
+        a local folder): the completions API takes a list of ids, and vLLM gives back the ids
+        it generated (return_token_ids), so a sample's context is the model's own tokens, not
+        its text tokenised again."""
+        return self.api == "completions" and self._local_tokenizer() is not None
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        tok = self._local_tokenizer()
+        if tok is None or self.api != "completions":
+            return super().tokenize(text, special)
+        return tok(text, add_special_tokens=special)["input_ids"]
+
+    @property
     def has_chat_template(self) -> bool:
         if self.api == "chat":
             return True
@@ -145,7 +160,7 @@ class OpenAIEngine(PoolEngine):
         return "".join(f"{_TURN}{m['role']}\n{m['content']}{_END}" for m in messages
                        ) + f"{_TURN}assistant\n"
 
-    def _complete(self, prompt: str, p: GenerationParams) -> Completion:
+    def _complete(self, prompt: str | list[int], p: GenerationParams) -> Completion:
         body = {"model": self.model, "max_tokens": p.max_tokens,
                 "temperature": p.temperature, "top_p": p.top_p, "n": 1,
                 "stop": list(p.stop) or None,
@@ -166,7 +181,8 @@ class OpenAIEngine(PoolEngine):
             choice = reply["choices"][0]
             raw = (choice.get("message") or {}).get("content") or ""
         else:
-            body["prompt"] = prompt
+            body["prompt"] = prompt  # text, or token ids (accepts_token_ids)
+            body["return_token_ids"] = True  # vLLM's extension, as above
             reply = self._request("POST", "/completions", body)
             choice = reply["choices"][0]
             raw = choice.get("text") or ""
@@ -189,7 +205,13 @@ class OpenAIEngine(PoolEngine):
             else:
                 reason = "eos"
         usage = reply.get("usage") or {}
+        ids, tok = choice.get("token_ids"), self._local_tokenizer()
+        if tok is None or not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+            ids = None  # not given (or no tokenizer to check them): the caller tokenises
+        else:  # as VLLMEngine: the ids of exactly the text (a stop string cut mid-token, EOS)
+            ids = align_token_ids(text, ids, tok.decode, self.tokenize)
         return Completion(text, reason, usage.get("completion_tokens") or len(text.split()),
+                          token_ids=ids,
                           entropies=_openai_entropies(choice.get("logprobs")) if p.logprobs > 0
                           else None)
 
@@ -197,7 +219,7 @@ class OpenAIEngine(PoolEngine):
         params = per_prompt(prompts, params)
         return list(self._pool.map(self._complete, prompts, params))
 
-    def submit(self, prompt: str, params: GenerationParams) -> Request:
+    def submit(self, prompt: str | list[int], params: GenerationParams) -> Request:
         return Request(self._schedule(self._complete, prompt, params))
 
 
