@@ -97,3 +97,47 @@ class FakeOpenAIServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class ForcingProxy:
+    """A real server's stand-in that overrides request fields before passing them on (e.g.
+    skip_special_tokens=True: a server configured to strip special tokens whatever the
+    request asks). Everything else goes through unchanged."""
+
+    def __init__(self, upstream: str, force: dict):
+        import urllib.request
+
+        upstream = upstream.rstrip("/").removesuffix("/v1")
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _relay(self, data=None):
+                req = urllib.request.Request(upstream + self.path, data=data,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=600) as r:
+                        code, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    code, out = e.code, e.read()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def do_GET(self):
+                self._relay()
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self._relay(json.dumps({**body, **force}).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
