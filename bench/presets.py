@@ -38,6 +38,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 from aimo_lib import SolverConfig
 from aimo_lib.config import RunConfig
@@ -50,6 +51,11 @@ from .plots import plot_presets
 
 ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
 BASELINE = "numina_aimo1"
+# On the harmony benchmark model (--model harmony): the AIMO 3 preset, scaled for CPU, against
+# the default preset in the same dialect and prompt, and the preset with the public notebooks'
+# stream cut at the first \boxed{}.
+HARMONY_ARMS = ("default", "aimo3_gpt_oss", "aimo3_stop_at_boxed")
+HARMONY_BASELINE = "default"
 
 
 def arm_configs(n: int, m: int, tokens: int, temperature: float,
@@ -74,6 +80,32 @@ def arm_configs(n: int, m: int, tokens: int, temperature: float,
     return out
 
 
+def harmony_arm_configs(n: int, tokens: int, arms: tuple[str, ...] = HARMONY_ARMS
+                        ) -> dict[str, SolverConfig]:
+    """The harmony arms: `aimo3_gpt_oss` at CPU scale (bench/harmony_model.py: the prompt the
+    model was trained on) with N and tokens per step given; `default` the default preset's
+    decoding (its temperature, early stop, votes, no tool-call cap) in the same dialect and
+    prompt, so that only the decoding differs."""
+    from . import harmony_model
+
+    scaled = harmony_model.cpu_config(num_samples=n, max_new_tokens=tokens)
+    out = {}
+    for arm in arms:
+        if arm == "default":
+            out[arm] = SolverConfig.preset(
+                "default", num_samples=n, max_new_tokens=tokens, dialect="harmony",
+                competition=scaled.competition, reasoning_effort=scaled.reasoning_effort,
+                state_answer_rules=True, check_before_boxing=True, stop_at_boxed=False,
+                sample_max_tokens=scaled.sample_max_tokens)
+        elif arm == "aimo3_stop_at_boxed":
+            out[arm] = replace(scaled, stop_at_boxed=True)
+        elif arm == "aimo3_gpt_oss":
+            out[arm] = scaled
+        else:
+            raise SystemExit(f"unknown harmony arm {arm!r}; choose from {HARMONY_ARMS}")
+    return out
+
+
 def resolve_model(name: str | None) -> str:
     """The model's folder: the benchmark model (built if missing), "embedded" (SmolLM2,
     written once as a checkpoint), or a checkpoint folder as given."""
@@ -81,6 +113,10 @@ def resolve_model(name: str | None) -> str:
         from aimo_lib.models import embedded_checkpoint
 
         return embedded_checkpoint()
+    if name == "harmony":
+        from . import harmony_model
+
+        return harmony_model.build()  # the cached one, or built (about 20 min; once)
     if name:
         return name
     try:
@@ -95,16 +131,22 @@ def run(args) -> dict:
     problems = bench_model.load_heldout(limit=args.problems)
     seeds = list(range(args.seeds))
     model = resolve_model(args.model)
-    configs = arm_configs(args.num_samples, args.max_rounds, args.max_new_tokens,
-                          args.temperature, tuple(args.arms.split(",")))
-    if BASELINE not in configs or "default" not in configs:
-        raise SystemExit(f"--arms must include {BASELINE} and default (the speed-up's pair)")
+    if args.model == "harmony":
+        configs = harmony_arm_configs(args.num_samples, args.max_new_tokens,
+                                      tuple(args.arms.split(",")))
+    else:
+        configs = arm_configs(args.num_samples, args.max_rounds, args.max_new_tokens,
+                              args.temperature, tuple(args.arms.split(",")))
+    baseline, pair = _pair(args)
+    if baseline not in configs or pair not in configs:
+        raise SystemExit(f"--arms must include {baseline} and {pair} (the speed-up's pair)")
+    competition = configs[baseline].competition
     if os.path.exists(args.out) and not args.resume:
         shutil.rmtree(args.out)  # one run, one machine state: no figures mixed across runs
     os.makedirs(args.out, exist_ok=True)
     run_config = RunConfig.load(values=dict(model=model, engine=args.engine,
-                                            competition="aimo1"))
-    meta = {"dataset": "toy_heldout", "model": model,
+                                            competition=competition))
+    meta = {"dataset": "toy_heldout", "model": model, "competition": competition,
             "problems": len(problems), "seeds": seeds, "machine": machine(),
             "load_before": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "arms": {a: c.to_dict() for a, c in configs.items()}}
@@ -134,18 +176,22 @@ def run(args) -> dict:
                         "solver": configs[arm].to_dict()}
             summaries[arm] = run_eval(problems, runner, seeds, os.path.join(args.out, arm),
                                       arm_meta, progress=False)
-        meta["engine_profile"] = engine_profile(engine)
+        meta["engine_profile"] = engine_profile(engine, configs[baseline])
     with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, default=str)
     return report(args, meta, problems, seeds, summaries)
 
 
-def engine_profile(engine, tokens: int = 30) -> dict[int, list[float]]:
+def engine_profile(engine, config: SolverConfig, tokens: int = 30) -> dict[int, list[float]]:
     """k -> [seconds, mean tokens generated] for k requests of up to `tokens` tokens at once
-    (k = 1, 4, 8, 16; the best of 3): what a sample that the vote does not need costs."""
+    (k = 1, 4, 8, 16; the best of 3), the prompt as `config` renders it: what a sample that
+    the vote does not need costs."""
+    from aimo_lib.dialects import get_dialect
     from aimo_lib.engines import GenerationParams
+    from aimo_lib.solver import first_prompt
 
-    prompt = engine.apply_chat_template([{"role": "user", "content": "What is 19 * 23?"}])
+    dialect = get_dialect(config.dialect, config.reasoning_effort)
+    prompt = first_prompt(config, dialect, "What is 19 * 23?", engine)
     out = {}
     for k in (1, 4, 8, 16):
         best = [float("inf"), 0.0]
@@ -170,15 +216,15 @@ def warm_up(engine, sandbox, configs: dict) -> None:
         Solver(engine, sandbox, config).solve("What is 12 * 34?")
 
 
-def per_problem(summary_dir: str, problems) -> dict[str, dict[str, float]]:
-    """problem id -> that problem's accuracy, seconds, tokens and code executions (mean over
-    seeds), read back from the arm's records."""
+def per_problem(summary_dir: str, problems, rules) -> dict[str, dict[str, float]]:
+    """problem id -> that problem's accuracy (answers as the competition's `rules` take them),
+    seconds, tokens and code executions (mean over seeds), read back from the arm's records."""
     from aimo_lib.evaluation import load_records
 
     by_id: dict[str, list[dict]] = {}
     for r in load_records(summary_dir):
         by_id.setdefault(r["id"], []).append(r)
-    truth = {p.id: p.answer % 1000 for p in problems}
+    truth = {p.id: rules.apply(p.answer) for p in problems}
     out = {}
     for pid, rs in by_id.items():
         res = [r["result"] for r in rs]
@@ -199,9 +245,13 @@ def per_problem(summary_dir: str, problems) -> dict[str, dict[str, float]]:
 
 
 def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
+    from aimo_lib.competitions import get_competition
+
     ids = [p.id for p in problems]
-    rows = {a: per_problem(os.path.join(args.out, a), problems) for a in summaries}
-    base = rows[BASELINE]
+    baseline, pair = _pair(args)
+    rules = get_competition(meta.get("competition", "aimo1")).rules
+    rows = {a: per_problem(os.path.join(args.out, a), problems, rules) for a in summaries}
+    base = rows[baseline]
     table = []
     for arm, per in rows.items():
         col = lambda key, per=per: [per[i][key] for i in ids]  # noqa: E731
@@ -222,18 +272,18 @@ def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
             "speedup": base_secs / secs,
             "speedup_ci": list(ratio_ci([base[i]["seconds"] for i in ids], col("seconds"))),
             "token_ratio": statistics.mean(base[i]["tokens"] for i in ids) / max(tokens, 1e-9)})
-    base_cfg = meta["arms"][BASELINE]
+    base_cfg = meta["arms"][baseline]
     n, m = base_cfg["num_samples"], base_cfg["max_rounds"]
     print(f"\n## presets: {len(ids)} held-out toy problems (bench/data/toy_heldout.jsonl) x "
           f"seeds {seeds}, N={n}, M={m}, {base_cfg['max_new_tokens']} tokens per step, "
           f"T={base_cfg['temperature']}; {meta['model']} on {meta.get('engine')}; "
           f"{meta['machine']}; started {meta['started']}, load {meta['load_before']:.2f} "
           f"before, {meta.get('load_after', float('nan')):.2f} after; {meta.get('seconds')} s")
-    print(f"{'arm':<14}{'maj@N':>7}{'95% CI':>14}{'vs seed':>9}{'95% CI':>16}{'s/problem':>11}"
+    print(f"{'arm':<20}{'maj@N':>7}{'95% CI':>14}{'vs base':>9}{'95% CI':>16}{'s/problem':>11}"
           f"{'tokens':>8}{'longest':>9}{'code':>6}{'early':>7}{'retry':>7}{'speedup':>9}"
           f"{'95% CI':>14}")
     for r in table:
-        print(f"{r['arm']:<14}{r['accuracy']:>6.1f}%{_ci(r['accuracy_ci']):>14}"
+        print(f"{r['arm']:<20}{r['accuracy']:>6.1f}%{_ci(r['accuracy_ci']):>14}"
               f"{r['delta_vs_baseline']:>+8.1f}{_ci(r['delta_ci']):>16}{r['seconds']:>11.2f}"
               f"{r['tokens']:>8.0f}{r['longest_sample_tokens']:>9.1f}{r['code_executions']:>6.1f}"
               f"{r['stopped_early']:>6.0f}%{r['retried']:>6.0f}%{r['speedup']:>8.2f}x"
@@ -252,8 +302,8 @@ def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
                  os.path.join(args.out, "presets.png"),
                  f"presets: toy held-out ({len(ids)} x {len(seeds)} seeds), "
                  f"{os.path.basename(str(meta['model']).rstrip('/'))}, N={n}, M={m}")
-    d = next(r for r in table if r["arm"] == "default")
-    b = next(r for r in table if r["arm"] == BASELINE)
+    d = next(r for r in table if r["arm"] == pair)
+    b = next(r for r in table if r["arm"] == baseline)
     print(f"results: {args.out}/presets.json, presets.png, one aimo eval folder per arm")
     print(f"speedup {d['speedup']:.2f}x at accuracy {d['accuracy']:.1f}% vs {b['accuracy']:.1f}%")
     return result
@@ -261,6 +311,13 @@ def report(args, meta: dict, problems, seeds, summaries: dict) -> dict:
 
 def _ci(ci, unit: str = "") -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if not unit else f"[{ci[0]:.2f}, {ci[1]:.2f}]{unit}"
+
+
+def _pair(args) -> tuple[str, str]:
+    """(baseline, the arm whose speed-up over it the last line gives)."""
+    if args.model == "harmony":
+        return HARMONY_BASELINE, "aimo3_gpt_oss"
+    return BASELINE, "default"
 
 
 def machine() -> str:
@@ -280,9 +337,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-rounds", type=int, default=3, help="M, every arm")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="tokens per step")
     ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {ARMS}")
-    ap.add_argument("--model", default=None, help="a checkpoint folder, or 'embedded' "
-                    "(SmolLM2); default: the benchmark model (bench/model.py)")
+    ap.add_argument("--arms", default=None, help=f"comma-separated, from {ARMS} (default: "
+                    f"all), or with --model harmony from {HARMONY_ARMS}")
+    ap.add_argument("--model", default=None, help="a checkpoint folder, 'embedded' "
+                    "(SmolLM2), or 'harmony' (the tiny gpt-oss of bench/harmony_model.py, "
+                    "in harmony, AIMO 3 rules; N and tokens per step apply, M and the "
+                    "temperature are the presets'); default: the benchmark model "
+                    "(bench/model.py)")
     ap.add_argument("--engine", default="vllm", choices=("vllm", "hf"),
                     help="vllm: vLLM (the CPU build here); hf: transformers")
     ap.add_argument("--out", default="runs/bench-presets")
@@ -291,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--report-only", action="store_true",
                     help="print the table of what --out holds (solves nothing)")
     args = ap.parse_args(argv)
+    args.arms = args.arms or ",".join(HARMONY_ARMS if args.model == "harmony" else ARMS)
     if args.quick:
         args.problems = args.problems or 4
         args.seeds, args.num_samples = 1, 4

@@ -147,3 +147,26 @@ def test_presets_bench_quick_runs_on_one_engine(tiny_model, tmp_path):
     assert [row["arm"] for row in result["table"]] == arms
     for arm in arms:  # each arm an aimo eval folder
         assert (out / arm / "summary.json").exists() and (out / arm / "config.json").exists()
+
+
+def test_the_harmony_arms_differ_in_decoding_only():
+    """bench.presets --model harmony: every arm sends the prompt the harmony model was trained
+    on (so the comparison is of decoding, not of prompts), at the N and tokens given, under
+    AIMO 3's rules; the stop_at_boxed arm is the AIMO 3 preset with the stream cut alone."""
+    from dataclasses import replace
+
+    from aimo_lib.dialects import get_dialect
+    from aimo_lib.solver import first_prompt
+    from bench import harmony_model, presets
+
+    arms = presets.harmony_arm_configs(8, 96)
+    assert list(arms) == list(presets.HARMONY_ARMS)
+    trained_on = harmony_model.cpu_config()
+    expected = first_prompt(trained_on, get_dialect("harmony", "low"), "What is 6 * 7?", None)
+    for cfg in arms.values():
+        assert (cfg.num_samples, cfg.max_new_tokens, cfg.competition) == (8, 96, "aimo3")
+        prompt = first_prompt(cfg, get_dialect(cfg.dialect, cfg.reasoning_effort),
+                              "What is 6 * 7?", None)
+        assert prompt == expected
+    assert arms["aimo3_stop_at_boxed"] == replace(arms["aimo3_gpt_oss"], stop_at_boxed=True)
+    assert arms["default"].vote_weights != arms["aimo3_gpt_oss"].vote_weights
