@@ -142,9 +142,8 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
     python tool, and after the tool's real reply a final message with the boxed answer."""
     import openai_harmony as oh
 
-    from bench.harmony_tokenizer import harmony_encoding
-
-    enc, programs = harmony_encoding(), _programs()
+    enc = oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
+    programs = _programs()
     assistant = lambda text, channel: oh.Message.from_role_and_content(  # noqa: E731
         oh.Role.ASSISTANT, text).with_channel(channel)
 
