@@ -22,12 +22,10 @@ The held-out set is bench/data/toy_heldout.jsonl, as for the ToRA benchmark mode
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import re
-import shutil
 import time
 import uuid
 
@@ -37,6 +35,7 @@ from aimo_lib import SolverConfig
 from aimo_lib.models import models_dir
 from aimo_lib.solver import first_prompt
 from bench import harmony_tokenizer
+from bench._cache import publish, sha256_file
 from bench.model import TRAIN_SEED, heldout_problems
 from training import toy
 
@@ -211,14 +210,6 @@ def train(examples, recipe: dict, out: str, space: int, log=print) -> dict:
     return {"steps": total, "losses": losses, "seconds": round(time.time() - start)}
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build(force: bool = False, recipe_path: str = RECIPE) -> str:
     """Build the model (or return the built one): tokenizer, harmony TIR data, training."""
     from transformers import AutoTokenizer
@@ -246,14 +237,9 @@ def build(force: bool = False, recipe_path: str = RECIPE) -> str:
         "tokens": sum(len(ids) for ids, _ in examples),
         "trained_tokens": sum(sum(m) for _, m in examples),
         "tir_data": {"kept": len(examples), "this_run": counts}, "train": report,
-        "sha256": {"tir-harmony.jsonl": _sha256(data),
-                   "model.safetensors": _sha256(os.path.join(tmp, "model.safetensors"))}}
-    with open(os.path.join(tmp, "build.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.rename(tmp, out)
-    return out
+        "sha256": {"tir-harmony.jsonl": sha256_file(data),
+                   "model.safetensors": sha256_file(os.path.join(tmp, "model.safetensors"))}}
+    return publish(tmp, out, manifest)
 
 
 def run_notebook(model: str, out: str, limit: int | None, extra: list[str]) -> int:

@@ -11,7 +11,7 @@ publishes for that file, so they are the real vocabulary or nothing. The harmony
 $AIMO_CACHE/models/o200k_harmony/:
 
 - o200k_base.tiktoken: what upstream openai-harmony and tiktoken load offline
-  (`TIKTOKEN_ENCODINGS_BASE=<that folder>`; see `harmony_env`);
+  (`TIKTOKEN_ENCODINGS_BASE=<that folder>`);
 - tokenizer.json (+ tokenizer_config.json): the same tokenizer for transformers and vLLM,
   converted by transformers' TikTokenConverter with o200k's split pattern (tiktoken's), bos
   `<|startoftext|>`, eos `<|return|>`, pad `<|endoftext|>` as gpt-oss's own checkpoint has them.
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
-import shutil
 import uuid
 
 from aimo_lib.models import models_dir
+
+from ._cache import publish
 
 # OpenAI's published file and its sha256 (tiktoken_ext.openai_public checks the same hash)
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -51,12 +51,6 @@ def harmony_encoding():
     import openai_harmony as oh
 
     return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
-
-
-def harmony_env(path: str | None = None) -> dict[str, str]:
-    """Environment that lets upstream openai-harmony (and tiktoken) load the vocabulary
-    offline from the built folder."""
-    return {"TIKTOKEN_ENCODINGS_BASE": path or tokenizer_dir()}
 
 
 def _ranks_file(enc) -> bytes:
@@ -124,14 +118,9 @@ def build(out: str | None = None, force: bool = False) -> str:
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS,
                                   pad_token=PAD, model_max_length=131072)
     tok.save_pretrained(tmp)
-    with open(os.path.join(tmp, "build.json"), "w", encoding="utf-8") as f:
-        json.dump({"source": "oss-harmony (openai_harmony) o200k_harmony encoding",
-                   "o200k_base.tiktoken sha256": digest, "vocab_size": VOCAB_SIZE,
-                   "special_tokens": len(specials)}, f, indent=2)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.rename(tmp, out)
-    return out
+    return publish(tmp, out, {"source": "oss-harmony (openai_harmony) o200k_harmony encoding",
+                              "o200k_base.tiktoken sha256": digest, "vocab_size": VOCAB_SIZE,
+                              "special_tokens": len(specials)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,6 @@ solve uses this model and this set (bench/presets.py, bench/stopping.py).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,8 @@ import uuid
 from aimo_lib.evaluation import EvalProblem
 from aimo_lib.models import embedded_checkpoint, models_dir
 from training import toy  # the chain's own stages
+
+from ._cache import publish, sha256_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELDOUT = os.path.join(HERE, "data", "toy_heldout.jsonl")
@@ -108,14 +109,6 @@ def template_of(path: str = HELDOUT) -> dict[str, str]:
         return {r["id"]: r["template"] for r in map(json.loads, filter(str.strip, f))}
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _lines(path: str) -> int:
     if not os.path.exists(path):
         return 0
@@ -161,15 +154,10 @@ def build(train: int = 120, seed: int = 42, *, max_steps: int | None = None,
                      "problems_without_a_kept_solution": _lines(tir + ".rejected.jsonl"),
                      "this_run": counts},
         "stage1": _stage(r1), "stage2": _stage(r2),
-        "sha256": {"cot.jsonl": _sha256(os.path.join(work, "cot.jsonl")),
-                   "tir.jsonl": _sha256(tir),
-                   "model.safetensors": _sha256(os.path.join(tmp, "model.safetensors"))}}
-    with open(os.path.join(tmp, "build.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.rename(tmp, out)
-    return out
+        "sha256": {"cot.jsonl": sha256_file(os.path.join(work, "cot.jsonl")),
+                   "tir.jsonl": sha256_file(tir),
+                   "model.safetensors": sha256_file(os.path.join(tmp, "model.safetensors"))}}
+    return publish(tmp, out, manifest)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -152,16 +152,17 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
         text = "".join(enc.decode(enc.render(m)) for m in messages)
         return text.removeprefix("<|start|>assistant")
 
+    def final(text: str) -> str:  # the model's last message ends the sample: <|return|>
+        return render(assistant(text, "final")).removesuffix("<|end|>") + "<|return|>"
+
     def fn(prompt: str, k: int) -> str:
         if "<|start|>python to=assistant" in prompt:
             value = prompt.rsplit("<|message|>", 1)[1].split("<|end|>")[0].strip()
-            return render(assistant(f"\\boxed{{{value}}}", "final")).replace(
-                "<|end|>", "<|return|>")
+            return final(f"\\boxed{{{value}}}")
         problem = prompt.split("<|start|>user<|message|>")[-1].split("\n")[0].split("<|end|>")[0]
         code = _program(programs, problem, wrong_rate, seed, k)
         if code is None:
-            return render(assistant("I cannot solve this.", "final")).replace(
-                "<|end|>", "<|return|>")
+            return final("I cannot solve this.")
         call = (assistant(f"print({code})", "analysis").with_recipient("python")
                 .with_content_type("code"))
         return render(assistant("Compute it with python.", "analysis"), call)
