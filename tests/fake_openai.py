@@ -43,18 +43,24 @@ class FakeOpenAIServer:
                     fail = server.fail_left > 0
                     server.fail_left -= fail
                 try:
-                    time.sleep(server.delay_s)
-                    if fail:
-                        return self._send(503, {"error": "overloaded"})
-                    refused = server.reject(body) if server.reject else None
-                    if refused:
-                        return self._send(refused[0], {"error": {"message": refused[1]}})
-                    if body.get("max_tokens", 1) < 1:
-                        return self._send(400, {"error": "max_tokens must be >= 1"})
-                    self._send(200, server.complete(body))
+                    code, reply = self._answer(body, fail)
                 finally:
+                    # counted out before the reply is written: once the client holds the reply it
+                    # may send its next request, which must not find this one still counted
                     with server.lock:
                         server.in_flight -= 1
+                self._send(code, reply)
+
+            def _answer(self, body, fail):
+                time.sleep(server.delay_s)
+                if fail:
+                    return 503, {"error": "overloaded"}
+                refused = server.reject(body) if server.reject else None
+                if refused:
+                    return refused[0], {"error": {"message": refused[1]}}
+                if body.get("max_tokens", 1) < 1:
+                    return 400, {"error": "max_tokens must be >= 1"}
+                return 200, server.complete(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
