@@ -1,12 +1,12 @@
 """The harmony benchmark model: a tiny gpt-oss that speaks harmony, built once, seeded, cached.
 
-    python -m bench.harmony_model              # build it (about 25 min on 2 cores), or say where
+    python -m bench.harmony_model              # build it (about 17 min on 2 cores), or say where
     python -m bench.harmony_model --notebook   # then run the notebook with it (AIMO 3 path, CPU)
 
 The AIMO 3 path (the `aimo3_gpt_oss` preset: harmony, python tool calls, final channel) needs a
 model that really speaks harmony to be tested and measured on a CPU. This is transformers'
 `GptOssForCausalLM` (MoE, alternating sliding-window and full attention with sinks, YaRN RoPE)
-at toy sizes (training/recipes/gpt-oss-tiny/toy-harmony.yaml), with gpt-oss's real o200k_harmony
+at toy sizes (bench/recipes/gpt-oss-tiny-harmony.yaml), with gpt-oss's real o200k_harmony
 tokenizer (bench/harmony_tokenizer.py), trained from scratch on the toy TIR problems
 (training/toy.py's templates) written in harmony: the harmony teacher's solutions (analysis
 channel, a call to python, the tool's real reply as the dialect renders it, a final message with
@@ -40,10 +40,11 @@ from bench.model import TRAIN_SEED, heldout_problems
 from training import toy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RECIPE = os.path.join(HERE, "..", "training", "recipes", "gpt-oss-tiny", "toy-harmony.yaml")
+RECIPE = os.path.join(HERE, "recipes", "gpt-oss-tiny-harmony.yaml")
 # gpt-oss's generation config: it ends at <|return|>, <|endoftext|> and <|call|>
 GENERATION_CONFIG = {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012],
                      "pad_token_id": 199999}
+PAD = GENERATION_CONFIG["pad_token_id"]
 # What the tool writes between two of the model's messages: not the model's, so not trained on.
 _TOOL_TURN = re.compile(r"<\|start\|>python to=assistant.*?<\|end\|><\|start\|>assistant",
                         re.DOTALL)
@@ -85,7 +86,7 @@ def harmony_model() -> str:
     path = model_path()
     if not os.path.exists(os.path.join(path, "build.json")):
         raise ModelNotBuiltError(f"the harmony benchmark model is not built: run `python -m "
-                                 f"bench.harmony_model` (about 20 min on 2 cores; it lands in "
+                                 f"bench.harmony_model` (about 17 min on 2 cores; it lands in "
                                  f"{path}; AIMO_CACHE moves the cache)")
     return path
 
@@ -113,41 +114,83 @@ def _examples(path: str, tok, cfg: SolverConfig) -> list[tuple[list[int], list[b
     dialect = get_dialect("harmony", cfg.reasoning_effort)
     out = []
     with open(path, encoding="utf-8") as f:
-        for row in map(json.loads, filter(str.strip, f)):
-            problem, text = row["messages"][0]["content"], row["messages"][1]["content"]
-            ids = tok.encode(first_prompt(cfg, dialect, problem, None), add_special_tokens=False)
-            mask = [False] * len(ids)
-            pos = 0
-            for m in [*_TOOL_TURN.finditer(text), None]:
-                own = text[pos:m.start() if m else len(text)]
-                piece = tok.encode(own, add_special_tokens=False)
-                ids, mask = ids + piece, mask + [True] * len(piece)
-                if m:
-                    piece = tok.encode(m.group(0), add_special_tokens=False)
-                    ids, mask, pos = ids + piece, mask + [False] * len(piece), m.end()
-            out.append((ids, mask))
+        rows = [json.loads(line) for line in f if line.strip()]
+    # in problem order, not the order the generation finished them: training is order-sensitive
+    rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+    for row in rows:
+        problem, text = row["messages"][0]["content"], row["messages"][1]["content"]
+        ids = tok.encode(first_prompt(cfg, dialect, problem, None), add_special_tokens=False)
+        mask = [False] * len(ids)
+        pos = 0
+        for m in [*_TOOL_TURN.finditer(text), None]:
+            own = text[pos:m.start() if m else len(text)]
+            piece = tok.encode(own, add_special_tokens=False)
+            ids, mask = ids + piece, mask + [True] * len(piece)
+            if m:
+                piece = tok.encode(m.group(0), add_special_tokens=False)
+                ids, mask, pos = ids + piece, mask + [False] * len(piece), m.end()
+        out.append((ids, mask))
     return out
 
 
-def _batch(examples):
-    """(ids, attention mask, trained-on mask) of examples, right-padded."""
+class Compact:
+    """The data's tokens as a small vocabulary, plus one row for all the others.
+
+    Training on the 201,088-row vocabulary spent most of each step on the output head and the
+    optimizer's update of rows no example uses. The model is trained instead over the K tokens
+    the data holds plus one "other" row whose logit is raised by log(201,088 - K), and expanded
+    when saved: every unused token gets the "other" row. The expanded model's softmax over the
+    full vocabulary is then exactly the one trained (K logits, and 201,088 - K equal ones whose
+    mass is the "other" class's), not an approximation.
+    """
+
+    def __init__(self, examples, full_vocab: int):
+        self.ids = sorted({t for ids, _ in examples for t in ids} | {PAD})
+        self.index = {t: i for i, t in enumerate(self.ids)}
+        self.other, self.full_vocab = len(self.ids), full_vocab
+        self.other_bias = math.log(full_vocab - len(self.ids))
+
+    def encode(self, ids: list[int]) -> list[int]:
+        return [self.index.get(t, self.other) for t in ids]
+
+    def expand(self, weight):
+        """A (K + 1, d) matrix as the full vocabulary's (full_vocab, d)."""
+        import torch
+
+        full = weight[self.other].repeat(self.full_vocab, 1)
+        full[torch.tensor(self.ids)] = weight[:self.other]
+        return full
+
+
+def _prefix_len(examples) -> int:
+    """Tokens every example starts with (the system and developer messages)."""
+    first = examples[0][0]
+    n = min(len(ids) for ids, _ in examples)
+    for ids, _ in examples:
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return n
+
+
+def _batch(examples, pad: int, skip: int = 0):
+    """(ids, attention mask, trained-on mask) of examples from token `skip` on, right-padded."""
     import torch
 
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), GENERATION_CONFIG["pad_token_id"])
+    width = max(len(ids) for ids, _ in examples) - skip
+    ids = torch.full((len(examples), width), pad)
     att = torch.zeros((len(examples), width), dtype=torch.long)
     own = torch.zeros((len(examples), width), dtype=torch.bool)
     for i, (x, m) in enumerate(examples):
+        x, m = x[skip:], m[skip:]
         ids[i, :len(x)], att[i, :len(x)], own[i, :len(m)] = torch.tensor(x), 1, torch.tensor(m)
     return ids, att, own
 
 
-def _induction(vocab, space: int, n: int, length: int, gen):
-    """n sequences of `length` random tokens of `vocab`, every other one a space, repeated;
-    trained on the repeat: (ids, attention mask, trained-on mask)."""
+def _induction(vocab: int, space: int, n: int, length: int, gen):
+    """n sequences of `length` random tokens (ids below `vocab`), every other one a space,
+    repeated; trained on the repeat: (ids, attention mask, trained-on mask)."""
     import torch
 
-    seq = vocab[torch.randint(len(vocab), (n, length), generator=gen)]
+    seq = torch.randint(vocab, (n, length), generator=gen)
     seq[:, ::2] = space
     ids = torch.cat([seq, seq], 1)
     own = torch.zeros_like(ids, dtype=torch.bool)
@@ -155,28 +198,74 @@ def _induction(vocab, space: int, n: int, length: int, gen):
     return ids, torch.ones_like(ids), own
 
 
-def _loss(model, ids, att, own):
-    """Cross-entropy over the full vocabulary where `own` (position t predicts token t+1),
-    with the head's logits computed only there."""
+def _logits(model, ids, att, own, prefix=None):
+    """(logits where `own`, their targets): position t predicts token t+1. With `prefix` (one
+    row of ids every row starts with), the prefix is computed once and its keys and values
+    shared by the batch, as a server's prefix cache does; the loss is the same."""
     import torch
 
-    hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state
-    where = own[:, 1:]
-    return torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1][where]),
-                                             ids[:, 1:][where])
+    cache = None
+    if prefix is not None:
+        out = model.model(input_ids=prefix, use_cache=True)
+        cache, last = out.past_key_values, out.last_hidden_state[:, -1:]
+        cache.batch_repeat_interleave(ids.shape[0])
+        att = torch.cat([torch.ones((ids.shape[0], prefix.shape[1]), dtype=att.dtype), att], 1)
+    hidden = model.model(input_ids=ids, attention_mask=att, past_key_values=cache,
+                         use_cache=prefix is not None).last_hidden_state
+    if prefix is None:
+        hidden, target, where = hidden[:, :-1], ids[:, 1:], own[:, 1:]
+    else:  # the prefix's last position predicts the rows' first token
+        hidden = torch.cat([last.expand(ids.shape[0], 1, -1), hidden[:, :-1]], 1)
+        target, where = ids, own
+    logits = model.lm_head(hidden[where])
+    logits[:, -1] += model.other_bias
+    return logits, target[where]
 
 
-def train(examples, recipe: dict, out: str, space: int, log=print) -> dict:
+def _loss(model, *batch, prefix=None):
+    import torch
+
+    return torch.nn.functional.cross_entropy(*_logits(model, *batch, prefix=prefix))
+
+
+def _number_accuracy(model, examples, numbers, pad: int, prefix_len: int) -> float:
+    """Share of the number tokens the model writes (copied from the problem into the code and
+    from the tool's reply into the box) that it predicts first: what a model of this size
+    learns last."""
+    import torch
+
+    hit = total = 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), 16):
+            part = examples[i:i + 16]
+            prefix = torch.tensor([part[0][0][:prefix_len]])
+            logits, target = _logits(model, *_batch(part, pad, prefix_len), prefix=prefix)
+            is_num = numbers[target]
+            hit += (logits.argmax(-1) == target)[is_num].sum().item()
+            total += is_num.sum().item()
+    model.train()
+    return round(hit / max(1, total), 4)
+
+
+def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=print) -> dict:
     """Train a fresh tiny GptOssForCausalLM on the examples (the recipe's induction
-    pretraining first, then fine-tuning with induction sequences mixed in)."""
+    pretraining first, then fine-tuning with induction sequences mixed in), over the data's
+    own tokens (Compact), and save it with gpt-oss's full vocabulary."""
     import torch
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(recipe["seed"])
     torch.set_num_threads(os.cpu_count() or 1)
-    model = GptOssForCausalLM(GptOssConfig(**recipe["model"], **GENERATION_CONFIG,
-                                           dtype="float32"))
+    compact = Compact(examples, recipe["model"]["vocab_size"])
+    data = [(compact.encode(ids), mask) for ids, mask in examples]
+    held, data = data[:recipe["eval_examples"]], data[recipe["eval_examples"]:]
+    pad, k = compact.index[PAD], compact.other + 1
+    is_number = torch.tensor([t in numbers for t in compact.ids] + [False])
+    model = GptOssForCausalLM(GptOssConfig(**{**recipe["model"], "vocab_size": k},
+                                           pad_token_id=pad, dtype="float32"))
     model.lm_head.weight = model.model.embed_tokens.weight  # tied while training
+    model.other_bias = compact.other_bias
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"],
                             weight_decay=recipe["weight_decay"])
     ind, steps, bs = recipe["induction"], recipe["steps"], recipe["batch_size"]
@@ -185,29 +274,39 @@ def train(examples, recipe: dict, out: str, space: int, log=print) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, total - warm)))))
     gen = torch.Generator().manual_seed(recipe["seed"])
-    vocab = torch.tensor(sorted({t for ids, _ in examples for t in ids}))
-    losses, start = [], time.time()
+    n_prefix = _prefix_len(data)
+    prefix = torch.tensor([data[0][0][:n_prefix]])
+    space = compact.index[space]
+    losses, accuracy, start = [], [], time.time()
     model.train()
     for step in range(1, total + 1):
-        if step <= ind["pretrain_steps"]:
-            loss = _loss(model, *_induction(vocab, space, ind["batch_size"], ind["length"], gen))
-        else:
-            pick = torch.randint(len(examples), (bs,), generator=gen).tolist()
-            loss = _loss(model, *_batch([examples[i] for i in pick])) + _loss(
-                model, *_induction(vocab, space, ind["mix_batch_size"], ind["length"], gen))
+        loss = _loss(model, *_induction(compact.other, space, ind["batch_size"] if step <= ind[
+            "pretrain_steps"] else ind["mix_batch_size"], ind["length"], gen))
+        if step > ind["pretrain_steps"]:
+            pick = torch.randint(len(data), (bs,), generator=gen).tolist()
+            loss = loss + _loss(model, *_batch([data[i] for i in pick], pad, n_prefix),
+                                prefix=prefix)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == total:
+        if step % 50 == 0 or step == total:
             losses.append(round(loss.item(), 4))
-            phase = "induction" if step <= ind["pretrain_steps"] else "solutions+induction"
-            log(f"[harmony-model] step {step}/{total} ({phase}) loss {loss.item():.4f} "
-                f"({time.time() - start:.0f} s)", flush=True)
-    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
-    model.save_pretrained(out)
-    return {"steps": total, "losses": losses, "seconds": round(time.time() - start)}
+            line = f"[harmony-model] step {step}/{total} loss {loss.item():.4f}"
+            if step > ind["pretrain_steps"] and (step % 500 == 0 or step == total):
+                accuracy.append((step, _number_accuracy(model, held, is_number, pad, n_prefix)))
+                line += f", numbers right on {len(held)} unseen solutions {accuracy[-1][1]:.1%}"
+            log(f"{line} ({time.time() - start:.0f} s)", flush=True)
+    full = GptOssForCausalLM(GptOssConfig(**recipe["model"], **GENERATION_CONFIG,
+                                          dtype="float32"))
+    state = model.state_dict()
+    weight = compact.expand(state["model.embed_tokens.weight"])
+    state["model.embed_tokens.weight"], state["lm_head.weight"] = weight, weight.clone()
+    full.load_state_dict(state)  # untied, as gpt-oss's are
+    full.save_pretrained(out)
+    return {"steps": total, "losses": losses, "number_accuracy": accuracy,
+            "vocabulary": compact.other, "seconds": round(time.time() - start)}
 
 
 def build(force: bool = False, recipe_path: str = RECIPE) -> str:
@@ -226,7 +325,8 @@ def build(force: bool = False, recipe_path: str = RECIPE) -> str:
     data, counts = tir_data(work, recipe["train_problems"])
     examples = _examples(data, tok, cpu_config())
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-    report = train(examples, recipe, tmp, tok.encode(" ", add_special_tokens=False)[0])
+    numbers = {i for t, i in tok.get_vocab().items() if t.isascii() and t.isdigit()}
+    report = train(examples, recipe, tmp, tok.encode(" ", add_special_tokens=False)[0], numbers)
     tok.save_pretrained(tmp)
     with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
         json.dump(GENERATION_CONFIG, f, indent=2)

@@ -170,3 +170,41 @@ def test_the_harmony_arms_differ_in_decoding_only():
         assert prompt == expected
     assert arms["aimo3_stop_at_boxed"] == replace(arms["aimo3_gpt_oss"], stop_at_boxed=True)
     assert arms["default"].vote_weights != arms["aimo3_gpt_oss"].vote_weights
+
+
+def test_the_harmony_model_trains_exactly_what_it_saves():
+    """The harmony model is trained over the data's tokens plus one "other" row (Compact) and
+    with the shared system prompt computed once a step: the saved full-vocabulary model's
+    softmax is the trained one, and the shared prefix changes no loss."""
+    torch = pytest.importorskip("torch")
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    from bench import harmony_model as hm
+
+    examples = [([5, 9, 2, 7, hm.PAD], [False, False, True, True, True]), ([5, 9, 3], [0, 0, 1])]
+    compact = hm.Compact(examples, full_vocab=200_000)
+    weight = torch.randn(compact.other + 1, 8, dtype=torch.float64)
+    hidden = torch.randn(4, 8, dtype=torch.float64)
+    trained = torch.log_softmax(hidden @ weight.T + torch.nn.functional.pad(
+        torch.zeros(compact.other, dtype=torch.float64), (0, 1), value=compact.other_bias), -1)
+    full = torch.log_softmax(hidden @ compact.expand(weight).T, -1)
+    assert torch.allclose(full[:, compact.ids], trained[:, :-1], atol=1e-9)
+    unused = torch.ones(200_000, dtype=torch.bool)
+    unused[compact.ids] = False
+    assert torch.allclose(full[:, unused].logsumexp(-1), trained[:, -1], atol=1e-9)
+
+    torch.manual_seed(0)
+    model = GptOssForCausalLM(GptOssConfig(
+        vocab_size=40, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=2,
+        num_experts_per_tok=1, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0)).eval()
+    model.other_bias = 3.0
+    rows = [([1] * 7 + [int(x) for x in torch.randint(2, 39, (n,))], [False] * 7 + [True] * n)
+            for n in (3, 6, 5)]
+    n = hm._prefix_len(rows)
+    assert n == 7
+    with torch.no_grad():
+        whole = hm._loss(model, *hm._batch(rows, pad=0))
+        shared = hm._loss(model, *hm._batch(rows, pad=0, skip=n), prefix=torch.tensor([[1] * n]))
+    assert torch.allclose(whole, shared, atol=1e-5)
