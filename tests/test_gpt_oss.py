@@ -101,7 +101,10 @@ def test_the_notebook_runs_the_aimo3_path_on_a_harmony_model(gpt_oss, tmp_path):
     records = {x["id"]: x for x in map(json.loads, filter(str.strip, lines))}
     assert set(records) == {row["id"] for row in rows}
     samples = [s for x in records.values() for s in x["result"]["samples"]]
-    assert all("<|channel|>" in s["text"] for s in samples), "special tokens were stripped"
+    # a sample cancelled by the early stop before its first token has no text to look at
+    wrote = [s for s in samples if s["text"]]
+    assert len(wrote) > len(samples) / 2
+    assert all("<|channel|>" in s["text"] for s in wrote), "special tokens were stripped"
     assert sum(map(_tool_calls_ran, samples)) > len(samples) / 2
     answered = [s for s in samples if s["answer"] is not None]
     assert len(answered) > len(samples) / 2
@@ -182,6 +185,6 @@ def test_the_offline_engine_runs_it_in_rounds(gpt_oss, sandbox):
     finally:
         engine.close()
     samples = [s for r in results for s in r.samples]
-    assert all("<|channel|>" in s.text for s in samples)
+    assert all("<|channel|>" in s.text for s in samples if s.text)
     assert sum(any(c.status == "ok" for c in s.code_calls) for s in samples) > len(samples) / 2
     assert sum(s.answer is not None for s in samples) > len(samples) / 2
