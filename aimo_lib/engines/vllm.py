@@ -262,9 +262,10 @@ class VLLMEngine(Engine):
         return Request(asyncio.run_coroutine_threadsafe(run(), self._loop), request_id)
 
     def abort(self, request: Request) -> None:
-        if self.async_mode and not request.future.done() and self.engine is not None:
+        running = self.async_mode and not request.future.done() and self.engine is not None
+        super().abort(request)  # first: vLLM's abort would end the request as a completion
+        if running:
             asyncio.run_coroutine_threadsafe(self.engine.abort(request.id), self._loop)
-        super().abort(request)
 
 
 def check_cpu_quantization(model: str) -> None:
