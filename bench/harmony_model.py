@@ -228,7 +228,7 @@ def _loss(model, *batch, prefix=None):
     return torch.nn.functional.cross_entropy(*_logits(model, *batch, prefix=prefix))
 
 
-def _number_accuracy(model, examples, numbers, pad: int, prefix_len: int) -> float:
+def _number_accuracy(model, examples, numbers, pad: int, prefix) -> float:
     """Share of the number tokens the model writes (copied from the problem into the code and
     from the tool's reply into the box) that it predicts first: what a model of this size
     learns last."""
@@ -238,9 +238,8 @@ def _number_accuracy(model, examples, numbers, pad: int, prefix_len: int) -> flo
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), 16):
-            part = examples[i:i + 16]
-            prefix = torch.tensor([part[0][0][:prefix_len]])
-            logits, target = _logits(model, *_batch(part, pad, prefix_len), prefix=prefix)
+            batch = _batch(examples[i:i + 16], pad, prefix.shape[1])
+            logits, target = _logits(model, *batch, prefix=prefix)
             is_num = numbers[target]
             hit += (logits.argmax(-1) == target)[is_num].sum().item()
             total += is_num.sum().item()
@@ -280,9 +279,10 @@ def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=p
     losses, accuracy, start = [], [], time.time()
     model.train()
     for step in range(1, total + 1):
-        loss = _loss(model, *_induction(compact.other, space, ind["batch_size"] if step <= ind[
-            "pretrain_steps"] else ind["mix_batch_size"], ind["length"], gen))
-        if step > ind["pretrain_steps"]:
+        pretraining = step <= ind["pretrain_steps"]
+        n = ind["batch_size"] if pretraining else ind["mix_batch_size"]
+        loss = _loss(model, *_induction(compact.other, space, n, ind["length"], gen))
+        if not pretraining:
             pick = torch.randint(len(data), (bs,), generator=gen).tolist()
             loss = loss + _loss(model, *_batch([data[i] for i in pick], pad, n_prefix),
                                 prefix=prefix)
@@ -294,9 +294,9 @@ def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=p
         if step % 50 == 0 or step == total:
             losses.append(round(loss.item(), 4))
             line = f"[harmony-model] step {step}/{total} loss {loss.item():.4f}"
-            if step > ind["pretrain_steps"] and (step % 500 == 0 or step == total):
-                accuracy.append((step, _number_accuracy(model, held, is_number, pad, n_prefix)))
-                line += f", numbers right on {len(held)} unseen solutions {accuracy[-1][1]:.1%}"
+            if not pretraining and (step % 500 == 0 or step == total):
+                accuracy.append((step, _number_accuracy(model, held, is_number, pad, prefix)))
+                line += f", numbers right on {len(held)} held-out solutions {accuracy[-1][1]:.1%}"
             log(f"{line} ({time.time() - start:.0f} s)", flush=True)
     full = GptOssForCausalLM(GptOssConfig(**recipe["model"], **GENERATION_CONFIG,
                                           dtype="float32"))

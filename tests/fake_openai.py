@@ -8,7 +8,35 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class FakeOpenAIServer:
+class _JSONHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send_bytes(self, code: int, data: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send(self, code: int, obj) -> None:
+        self._send_bytes(code, json.dumps(obj).encode())
+
+
+class _LocalServer:
+    """Serves `handler` on a free localhost port in a daemon thread until close()."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FakeOpenAIServer(_LocalServer):
     """A real OpenAI-compatible HTTP server on localhost, with a scripted model and faults."""
 
     def __init__(self, style="vllm", fail_first=0, delay_s=0.0, reject=None):
@@ -18,18 +46,7 @@ class FakeOpenAIServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(_JSONHandler):
             def do_GET(self):
                 self._send(200, {"data": [{"id": "scripted-model"}]})
 
@@ -62,9 +79,7 @@ class FakeOpenAIServer:
                     return 400, {"error": "max_tokens must be >= 1"}
                 return 200, server.complete(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
     def complete(self, body):
         # chat: a tool result arrives as the last (user) turn; a partial turn is continued
@@ -100,12 +115,8 @@ class FakeOpenAIServer:
                 "tokens": words, "top_logprobs": [pair for _ in words]}
         return {"choices": [choice], "usage": {"completion_tokens": len(text.split())}}
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
-
-class ForcingProxy:
+class ForcingProxy(_LocalServer):
     """A real server's stand-in that overrides request fields before passing them on (e.g.
     skip_special_tokens=True: a server configured to strip special tokens whatever the
     request asks). Everything else goes through unchanged."""
@@ -115,10 +126,7 @@ class ForcingProxy:
 
         upstream = upstream.rstrip("/").removesuffix("/v1")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(_JSONHandler):
             def _relay(self, data=None):
                 req = urllib.request.Request(upstream + self.path, data=data,
                                              headers={"Content-Type": "application/json"})
@@ -127,11 +135,7 @@ class ForcingProxy:
                         code, out = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     code, out = e.code, e.read()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self._send_bytes(code, out)
 
             def do_GET(self):
                 self._relay()
@@ -140,10 +144,4 @@ class ForcingProxy:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 self._relay(json.dumps({**body, **force}).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
