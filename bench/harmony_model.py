@@ -71,9 +71,64 @@ class ModelNotBuiltError(FileNotFoundError):
     """The harmony benchmark model is not in the cache yet."""
 
 
+# Every recipe key: its type and what a usable value is (checked when the recipe is read, so
+# a typo or a hostile value stops the build before 20 minutes of work, never midway).
+_RECIPE = {
+    "model": (dict, lambda v: v.get("vocab_size") == 201088, "gpt-oss's sizes, vocab_size "
+              "201088 (the o200k_harmony tokenizer's)"),
+    "train_problems": (int, lambda v: v > 0, "> 0"),
+    "steps": (int, lambda v: v > 0, "> 0"),
+    "batch_size": (int, lambda v: v > 0, "> 0"),
+    "learning_rate": (float, lambda v: 0 < v < 1, "in (0, 1)"),
+    "warmup": (float, lambda v: 0 <= v < 1, "a share of the steps, in [0, 1)"),
+    "weight_decay": (float, lambda v: v >= 0, ">= 0"),
+    "grad_clip": (float, lambda v: v > 0, "> 0"),
+    "seed": (int, lambda v: v >= 0, ">= 0"),
+    "eval_examples": (int, lambda v: v > 0, "> 0, fewer than train_problems"),
+    "induction": (dict, lambda v: True, ""),
+}
+_INDUCTION = {"pretrain_steps": (int, lambda v: v >= 0, ">= 0"),
+              "batch_size": (int, lambda v: v > 0, "> 0"),
+              "mix_batch_size": (int, lambda v: v >= 0, ">= 0"),
+              "length": (int, lambda v: v > 1, "> 1")}
+
+
+def _check(values, spec: dict, where: str) -> list[str]:
+    if not isinstance(values, dict):
+        return [f"{where or 'the recipe'} must be a mapping of {sorted(spec)}"]
+    errors = [f"unknown key {where}{k} (known: {', '.join(sorted(spec))})"
+              for k in values if k not in spec]
+    errors += [f"missing key {where}{k}" for k in spec if k not in values]
+    for k, (kind, ok, want) in spec.items():
+        v = values.get(k)
+        if k not in values:
+            continue
+        typed = isinstance(v, kind) and not isinstance(v, bool) or (
+            kind is float and isinstance(v, int) and not isinstance(v, bool))
+        if not typed or not ok(v):
+            errors.append(f"{where}{k} = {v!r}: must be {kind.__name__} {want}".rstrip())
+    return errors
+
+
 def _recipe(path: str = RECIPE) -> dict:
+    """The recipe at `path`, every key checked; a ValueError lists what is wrong."""
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        r = yaml.safe_load(f)
+    errors = _check(r, _RECIPE, "")
+    if not errors:
+        from transformers import GptOssConfig
+
+        known = set(GptOssConfig().to_dict())
+        errors = [f"unknown key model.{k}: not a GptOssConfig field" for k in r["model"]
+                  if k not in known]
+        errors += _check(r["induction"], _INDUCTION, "induction.")
+        if r["eval_examples"] >= r["train_problems"]:
+            errors.append(f"eval_examples = {r['eval_examples']}: must be fewer than "
+                          f"train_problems ({r['train_problems']})")
+    if errors:
+        raise ValueError(f"{path}: " + "; ".join(errors) + ". Fix the recipe (its comments "
+                         "say what each key does).")
+    return r
 
 
 def model_path(recipe: dict | None = None) -> str:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench import _stats
 from bench import model as bench_model
@@ -208,3 +210,45 @@ def test_the_harmony_model_trains_exactly_what_it_saves():
         whole = hm._loss(model, *hm._batch(rows, pad=0))
         shared = hm._loss(model, *hm._batch(rows, pad=0, skip=n), prefix=torch.tensor([[1] * n]))
     assert torch.allclose(whole, shared, atol=1e-5)
+
+
+_HOSTILE = [None, "x", [], {}, -1, float("nan"), True]
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None)
+def test_a_hostile_harmony_recipe_stops_at_load_naming_the_key(tmp_path_factory, data):
+    """Any key of the harmony model's recipe set to a value no key accepts, misspelled or
+    missing: the recipe is refused when read, naming the key, before any build work."""
+    import yaml
+
+    from bench import harmony_model as hm
+
+    recipe = hm._recipe()
+    section = data.draw(st.sampled_from(["", "induction."]))
+    values = recipe if not section else recipe["induction"]
+    key = data.draw(st.sampled_from(sorted(values)))
+    fault = data.draw(st.sampled_from(["hostile", "misspelled", "missing"]))
+    if fault == "hostile":
+        values[key] = data.draw(st.sampled_from(_HOSTILE))
+    else:
+        value = values.pop(key)
+        if fault == "misspelled":
+            values[key + "s"] = value
+    path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match=re.escape(f"{section}{key}")):
+        hm._recipe(str(path))
+
+
+def test_the_shipped_harmony_recipe_loads_and_an_unknown_model_key_does_not(tmp_path):
+    import yaml
+
+    from bench import harmony_model as hm
+
+    recipe = hm._recipe()
+    recipe["model"]["hiden_size"] = 64
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match="model.hiden_size"):
+        hm._recipe(str(path))
