@@ -22,6 +22,7 @@ The held-out set is bench/data/toy_heldout.jsonl, as for the ToRA benchmark mode
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -90,7 +91,8 @@ _RECIPE = {
 _INDUCTION = {"pretrain_steps": (int, lambda v: v >= 0, ">= 0"),
               "batch_size": (int, lambda v: v > 0, "> 0"),
               "mix_batch_size": (int, lambda v: v >= 0, ">= 0"),
-              "length": (int, lambda v: v > 1, "> 1")}
+              "length": (int, lambda v: v > 1, "> 1"),
+              "max_gap": (int, lambda v: v >= 0, ">= 0")}
 
 
 def _check(values, spec: dict, where: str) -> list[str]:
@@ -132,8 +134,12 @@ def _recipe(path: str = RECIPE) -> dict:
 
 
 def model_path(recipe: dict | None = None) -> str:
+    """The build's folder, named by the recipe's content: a changed recipe is a new build,
+    never a stale cache read under the old name."""
     r = recipe or _recipe()
-    return os.path.join(models_dir(), f"gpt-oss-tiny-harmony-n{r['train_problems']}-s{r['seed']}")
+    digest = hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(models_dir(), f"gpt-oss-tiny-harmony-n{r['train_problems']}-s{r['seed']}"
+                                      f"-{digest}")
 
 
 def harmony_model() -> str:
@@ -240,17 +246,25 @@ def _batch(examples, pad: int, skip: int = 0):
     return ids, att, own
 
 
-def _induction(vocab: int, space: int, n: int, length: int, gen):
+def _induction(vocab: int, space: int, n: int, length: int, max_gap: int, gen):
     """n sequences of `length` random tokens (ids below `vocab`), every other one a space,
-    repeated; trained on the repeat: (ids, attention mask, trained-on mask)."""
+    repeated after a gap of 0..max_gap random tokens; trained on the repeat: (ids, attention
+    mask, trained-on mask). A gap that varies from row to row (max_gap > 0) leaves no fixed
+    distance to copy from: only finding each token by the one before it works."""
     import torch
 
     seq = torch.randint(vocab, (n, length), generator=gen)
     seq[:, ::2] = space
-    ids = torch.cat([seq, seq], 1)
-    own = torch.zeros_like(ids, dtype=torch.bool)
-    own[:, length:] = True
-    return ids, torch.ones_like(ids), own
+    gaps = torch.randint(max_gap + 1, (n,), generator=gen).tolist()
+    width = 2 * length + max_gap
+    ids = torch.full((n, width), space)
+    att = torch.zeros((n, width), dtype=torch.long)
+    own = torch.zeros((n, width), dtype=torch.bool)
+    for i, g in enumerate(gaps):
+        row = torch.cat([seq[i], torch.randint(vocab, (g,), generator=gen), seq[i]])
+        # the repeat's first two tokens cannot be known from what precedes them: not trained on
+        ids[i, :len(row)], att[i, :len(row)], own[i, length + g + 2:len(row)] = row, 1, True
+    return ids, att, own
 
 
 def _logits(model, ids, att, own, prefix=None):
@@ -336,7 +350,10 @@ def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=p
     for step in range(1, total + 1):
         pretraining = step <= ind["pretrain_steps"]
         n = ind["batch_size"] if pretraining else ind["mix_batch_size"]
-        loss = _loss(model, *_induction(compact.other, space, n, ind["length"], gen))
+        loss = torch.zeros(())
+        if n:  # mix_batch_size 0: no induction sequences while fine-tuning
+            loss = _loss(model, *_induction(compact.other, space, n, ind["length"],
+                                            ind["max_gap"], gen))
         if not pretraining:
             pick = torch.randint(len(data), (bs,), generator=gen).tolist()
             loss = loss + _loss(model, *_batch([data[i] for i in pick], pad, n_prefix),

@@ -252,3 +252,37 @@ def test_the_shipped_harmony_recipe_loads_and_an_unknown_model_key_does_not(tmp_
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ValueError, match="model.hiden_size"):
         hm._recipe(str(path))
+
+
+def test_a_changed_harmony_recipe_is_a_new_build_folder():
+    """The cache folder is named by the recipe's content: a build of an older recipe is never
+    served as the current one (the name alone, size and seed, does not say what was trained)."""
+    from bench import harmony_model as hm
+
+    recipe = hm._recipe()
+    assert hm.model_path(recipe) == hm.model_path(hm._recipe())
+    for change in ({"steps": recipe["steps"] + 1}, {"learning_rate": 1e-3},
+                   {"induction": {**recipe["induction"], "length": 12}}):
+        assert hm.model_path({**recipe, **change}) != hm.model_path(recipe), change
+
+
+@given(length=st.integers(2, 12).map(lambda n: 2 * n), max_gap=st.integers(0, 20),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_induction_rows_train_only_what_the_first_copy_determines(length, max_gap, seed):
+    """Each trained-on token of an induction row is determined by the first copy: the token
+    two before it (the one before its space) occurs there, followed two later by it. Padding
+    is never attended or trained on."""
+    import torch
+
+    from bench import harmony_model as hm
+
+    gen = torch.Generator().manual_seed(seed)
+    ids, att, own = hm._induction(50, 0, 6, length, max_gap, gen)
+    assert ids.shape == (6, 2 * length + max_gap)
+    for row, a, o in zip(ids.tolist(), att.tolist(), own.tolist(), strict=True):
+        n = sum(a)
+        assert a == [1] * n + [0] * (len(a) - n) and not any(o[n:])
+        first = row[:length]
+        for t in (i for i, trained in enumerate(o) if trained):
+            assert t >= n - length + 2 and row[t] == first[t - (n - length)]
