@@ -77,10 +77,9 @@ def test_the_notebook_runs_the_aimo3_path_on_a_harmony_model(gpt_oss, tmp_path):
     most execute a tool call, every answer is the one its final message boxes, and the
     seen-template problems are solved (maj@4).
 
-    The bar is half the seen-template problems (12 of 24). The cached model solves 14: it
-    writes the right program for every template, misses "What is a * b?" (it copies the first
-    operand twice) and guesses the last digit of most four-digit answers; short of the 80% its
-    issue asks for (bench/README.md). The other tests here assert the path only."""
+    The bar is the issue's: 80% of the seen-template problems, 20 of 24. The cached model
+    solves 20 with seeds 0 and 1 (bench/README.md): every template but "a * b + c", whose three
+    copied numbers and four-digit answer it gets right in about one sample of four."""
     rows = _heldout(seen=24, unseen=4)  # a seen problem takes about a second, unseen 15
     problems = tmp_path / "problems.jsonl"
     problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -114,7 +113,7 @@ def test_the_notebook_runs_the_aimo3_path_on_a_harmony_model(gpt_oss, tmp_path):
         assert x["answer"] in {s["answer"] for s in x["result"]["samples"]} | {0}
     truth = {row["id"]: row["answer"] for row in rows if row["template"] == "seen"}
     right = sorted(i for i in truth if records[i]["answer"] == truth[i])
-    assert len(right) >= 12, f"{len(right)}/24 seen-template problems right: {right}"
+    assert len(right) >= 20, f"{len(right)}/24 seen-template problems right: {right}"
 
 
 class TestServed:

@@ -496,3 +496,22 @@ def test_notebook_serves_gpt_oss_in_harmony_when_preset_is_auto(tmp_path, sandbo
         result = runner.solve("What is 123 * 456?", "p1").result
     assert result.preset == "aimo3_gpt_oss" and result.answer == 56088  # > 999: no modulus
     assert result.prompt.startswith("<|start|>system") and list(result.votes) == [56088]
+
+
+def test_the_harmony_teacher_solves_through_the_solver_with_thoughts_of_varied_length(sandbox):
+    """The harmony benchmark model's teacher (training/toy.py) speaks the dialect the solver
+    reads: a thought, a python call run in the sandbox, the boxed reply in the final channel.
+    Its thoughts vary in length from problem to problem, so that the distance from a problem's
+    numbers to the code that copies them does too (a model trained on one fixed distance
+    learns to copy by position, and fails on any template whose distance it did not fix)."""
+    _official_renderer()  # the teacher renders with openai_harmony
+    from training import toy
+
+    problems = toy.synthetic_problems(12, seed=3)
+    solver = Solver(toy.harmony_teacher(wrong_rate=0.0), sandbox, harmony(n=1))
+    lengths = set()
+    for p in problems:
+        s = solver.solve(p.problem).samples[0]
+        assert s.answer == p.answer and len(s.code_calls) == 1, p
+        lengths.add(len(s.text.split("<|message|>", 1)[1].split("<|end|>", 1)[0]))
+    assert len(lengths) >= 4, lengths

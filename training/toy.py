@@ -136,6 +136,20 @@ def programmatic_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEng
     return ScriptedEngine(fn)
 
 
+_THOUGHTS = ["Compute it with python.", "Let me check this with python before answering.",
+             "I will write a short program.", "Python can do this exactly.",
+             "The numbers are too large to do in my head, so I will run code.",
+             "Use the tool.", "This is a direct computation; a program gives it."]
+
+
+def _thought(key: str) -> str:
+    """The analysis before the tool call: one to three sentences, drawn from `key`. Its length
+    varies, so the distance from the problem to the code does too: a model cannot copy the
+    problem's numbers by their position and has to find them by what precedes them."""
+    rng = random.Random(key)
+    return " ".join(rng.sample(_THOUGHTS, rng.randint(1, 3)))
+
+
 def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
     """The same teacher in gpt-oss's harmony format, its messages rendered by openai_harmony
     (the library that defines the format): a thought on the analysis channel, a call to the
@@ -165,7 +179,7 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
             return final("I cannot solve this.")
         call = (assistant(f"print({code})", "analysis").with_recipient("python")
                 .with_content_type("code"))
-        return render(assistant("Compute it with python.", "analysis"), call)
+        return render(assistant(_thought(f"{seed}:{problem}:{k}"), "analysis"), call)
 
     return ScriptedEngine(fn)
 
