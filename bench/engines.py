@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from aimo_lib.engines import GenerationParams, HFEngine, OpenAIEngine, VLLMEngin
 from aimo_lib.kaggle.gateway import load_problems
 from aimo_lib.models import embedded_checkpoint
 from aimo_lib.reaper import cmdline, descendants
+from bench._machine import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -136,7 +136,7 @@ def main() -> None:
 
     rows = bench_engines(args.engines.split(","), args.prompts, args.new_tokens)
     base = next((r for r in rows if r["engine"] == "hf"), rows[0])
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+    print(f"\n{machine()}; "
           f"{args.prompts} prompts x {args.new_tokens} new tokens\n")
     print("| engine | load s | tokens/s | vs hf | time to first token | vs hf |")
     print("|---|---:|---:|---:|---:|---:|")

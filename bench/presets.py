@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -46,6 +45,7 @@ from aimo_lib.evaluation import eval_runner, run_eval
 from aimo_lib.sandbox import Sandbox
 
 from . import model as bench_model
+from ._machine import machine
 from ._stats import diff_ci, mean_ci, ratio_ci
 from .plots import plot_presets
 
@@ -318,11 +318,6 @@ def _pair(args) -> tuple[str, str]:
     if args.model == "harmony":
         return HARMONY_BASELINE, "aimo3_gpt_oss"
     return BASELINE, "default"
-
-
-def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import time
 
@@ -22,6 +21,7 @@ from aimo_lib.config import RunConfig
 from aimo_lib.models import embedded_checkpoint
 from aimo_lib.reaper import cmdline, descendants
 from aimo_lib.run import Runner
+from bench._machine import machine
 
 
 def kill(runner: Runner, engine: str) -> None:
@@ -60,8 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     embedded_checkpoint()  # written once, not timed
     rows = [measure(e) for e in args.engines.split(",")]
-    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {platform.machine()}, "
-          f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}")
+    print(f"\n{time.strftime('%Y-%m-%d')}, {machine()}")
     print(f"{'engine':<13}{'first load s':>13}{'rebuild s':>11}{'problem with restart s':>24}"
           f"{'rebuild/load':>14}  ok")
     for r in rows:

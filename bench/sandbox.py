@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aimo_lib.sandbox import Sandbox
 
 from ._baseline import subprocess_run
+from ._machine import machine
 
 # Short snippets of the kind a TIR model writes.
 SNIPPETS = [
@@ -85,8 +85,7 @@ def main() -> None:
         assert all(pool.map(baseline_run, batch))
     base_batch = time.perf_counter() - t
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; sandbox workers={args.workers}, isolation={iso}, "
+    print(f"machine: {machine()}; sandbox workers={args.workers}, isolation={iso}, "
           f"start-up {startup:.2f} s")
     print(f"{'measure':<34}{'subprocess (seed)':>18}{'sandbox':>12}{'ratio':>9}")
     rows = [

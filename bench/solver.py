@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import time
@@ -46,6 +45,7 @@ from aimo_lib.stopping import StopRule, Trace, majority, replay
 from aimo_lib.voting import vote
 
 from ._baseline import SubprocessExecutor
+from ._machine import machine
 
 BLOCKS = [
     "x = sp.Symbol('x')\nprint(sp.factor(x**{k} - 1))",
@@ -438,8 +438,7 @@ def main() -> None:
     ap.add_argument("--eval-run", default="runs/weights-math4",
                     help="a recorded `aimo eval` run to replay (weights)")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}")
+    print(f"machine: {machine()}")
     for name in args.sections.split(","):
         if name not in SECTIONS:
             ap.error(f"unknown section {name!r}")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import time
@@ -45,6 +44,7 @@ from aimo_lib.stopping import StopRule, Trace, TraceStop, majority, replay
 from aimo_lib.voting import entropy_weight
 
 from . import model as bench_model
+from ._machine import machine
 from ._stats import mean_ci
 from .plots import plot_stopping
 
@@ -415,8 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not streams:
         raise SystemExit(f"nothing recorded in {args.out}: run without --replay-only")
     n = min(len(r["samples"]) for r in streams)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}; "
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"load {os.getloadavg()[0]:.2f}")
     result = {"stopping": {}, "confidence": {}}
     for size in sorted({n, n // 2}, reverse=True):

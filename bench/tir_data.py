@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ from aimo_lib.engines import OpenAIEngine
 from aimo_lib.engines.server import VLLMServer
 from aimo_lib.models import embedded_checkpoint
 from aimo_lib.sandbox import Sandbox
+from bench._machine import machine
 from training.generate_tir_data import generate
 from training.toy import synthetic_problems
 
@@ -49,7 +49,7 @@ def main() -> None:
             rows.append((concurrency, wall, counts))
             print(f"[bench] concurrency {concurrency}: {wall:.1f} s, {counts}", flush=True)
     base = rows[0][1]
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+    print(f"\n{machine()}; "
           f"{args.problems} problems, 1 attempt, up to 2 code rounds of "
           f"{args.max_new_tokens} tokens\n")
     print("| problems in flight | wall s | problems / min | vs one at a time | kept |")
