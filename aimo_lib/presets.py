@@ -198,9 +198,11 @@ PRESETS = {
     # last 256 tokens: a confident minority never beats a majority), the answer range and a
     # check-before-boxing list in the prompt (the 2nd place's "highest-leverage change"), and
     # a second wave of 8 with the candidates when the first has no consensus; its engine:
-    # ENGINE_DEFAULTS. The notebooks' stream cut at the first \boxed{} (STOP_AT_BOXED) is off
-    # until measured. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines), nor
-    # measured on a harmony benchmark model.
+    # ENGINE_DEFAULTS. On the harmony benchmark model (bench/README.md) its decoding answers
+    # as `default` does; the notebooks' stream cut at the first \boxed{} (STOP_AT_BOXED) saved
+    # tokens and lost no answer there, but that model boxes only in its final message, so the
+    # cut stays off until a model that boxes while still checking is measured. Not yet run on
+    # gpt-oss here (no GPU, no hub on the CPU machines).
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,

@@ -50,6 +50,9 @@ from ._stats import diff_ci, mean_ci, ratio_ci
 from .plots import plot_presets
 
 ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
+# Not in the default run; --arms takes them: the default preset with the answer rules stated and
+# the check-before-boxing list in its prompt (the prompt options aimo3_gpt_oss turns on).
+EXTRA_ARMS = ("answer_rules",)
 BASELINE = "numina_aimo1"
 # On the harmony benchmark model (--model harmony): the AIMO 3 preset, scaled for CPU, against
 # the default preset in the same dialect and prompt, and the preset with the public notebooks'
@@ -70,6 +73,9 @@ def arm_configs(n: int, m: int, tokens: int, temperature: float,
             out[arm] = SolverConfig.preset(
                 "default", **{**common, "num_samples": min(4, n)}, retry_samples=max(0, n - 4),
                 retry_candidates=0, retry_below=1.0)
+        elif arm == "answer_rules":  # default, with the prompt options aimo3_gpt_oss turns on
+            out[arm] = SolverConfig.preset("default", **common, state_answer_rules=True,
+                                           check_before_boxing=True)
         elif arm == "aimo3_style":  # the AIMO 3 preset's policy in the ToRA dialect, at this size
             out[arm] = SolverConfig.preset(
                 "aimo3_gpt_oss", dialect="tora", max_tool_calls=None, sample_max_tokens=None,
@@ -332,8 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-rounds", type=int, default=3, help="M, every arm")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="tokens per step")
     ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--arms", default=None, help=f"comma-separated, from {ARMS} (default: "
-                    f"all), or with --model harmony from {HARMONY_ARMS}")
+    ap.add_argument("--arms", default=None, help=f"comma-separated, from {ARMS + EXTRA_ARMS} "
+                    f"(default: {ARMS}), or with --model harmony from {HARMONY_ARMS}")
     ap.add_argument("--model", default=None, help="a checkpoint folder, 'embedded' "
                     "(SmolLM2), or 'harmony' (the tiny gpt-oss of bench/harmony_model.py, "
                     "in harmony, AIMO 3 rules; N and tokens per step apply, M and the "
