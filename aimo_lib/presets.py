@@ -201,8 +201,10 @@ PRESETS = {
     # ENGINE_DEFAULTS. On the harmony benchmark model (bench/README.md) its decoding answers
     # as `default` does; the notebooks' stream cut at the first \boxed{} (STOP_AT_BOXED) saved
     # tokens and lost no answer there, but that model boxes only in its final message, so the
-    # cut stays off until a model that boxes while still checking is measured. Not yet run on
-    # gpt-oss here (no GPU, no hub on the CPU machines).
+    # cut stays off until a model that boxes while still checking is measured. Its prompt
+    # options (answer rules, check-before-boxing) cost the ToRA benchmark model, tuned on bare
+    # problems, its unseen-template answers; they are the AIMO 3 2nd place's for gpt-oss and
+    # stay here only. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,

@@ -170,6 +170,9 @@ def _stops_and_finish_reasons(generate) -> None:
 # ---------------------------------------------------------------- offline LLM
 
 
+# The class's engine starts in its first test's setup: `vllm serve` has taken over 300 s to
+# come up on a 2-core machine busy with another vLLM engine (CI's default per-test limit).
+@pytest.mark.timeout(900)
 class TestOffline:
     @pytest.fixture(scope="class")
     @classmethod
@@ -238,6 +241,7 @@ class TestOffline:
 # ---------------------------------------------------------------- AsyncLLMEngine
 
 
+@pytest.mark.timeout(900)  # the class's engine starts in its first test (see TestOffline)
 class TestAsync:
     @pytest.fixture(scope="class")
     @classmethod
@@ -268,6 +272,7 @@ class TestAsync:
 # ---------------------------------------------------------------- OpenAI-compatible server
 
 
+@pytest.mark.timeout(900)  # the class's engine starts in its first test (see TestOffline)
 class TestServer:
     @pytest.fixture(scope="class")
     @classmethod
