@@ -1,5 +1,6 @@
 import math
 import sys
+import threading
 
 import pytest
 from fake_openai import FakeOpenAIServer  # tests/ is on sys.path (rootdir conftest)
@@ -82,13 +83,15 @@ def test_engine_capabilities_have_defaults_and_plain_objects_get_them():
 def test_replica_engine_spreads_requests_and_aborts_on_the_right_replica():
     """Each request goes to the least loaded replica; the Request says which, and abort()
     reaches that replica's request. Capabilities: the replicas' common ones."""
-    a = ScriptedEngine(lambda p, k: "A", delay_s=0.3, max_model_len=50)
-    b = ScriptedEngine(lambda p, k: "B", delay_s=0.3, max_model_len=40)
+    gate = threading.Event()  # no request finishes before all four are placed: loads are exact
+    a = ScriptedEngine(lambda p, k: gate.wait(60) and "A", delay_s=0.3, max_model_len=50)
+    b = ScriptedEngine(lambda p, k: gate.wait(60) and "B", delay_s=0.3, max_model_len=40)
     with ReplicaEngine([a, b]) as r:
         assert r.max_model_len == 40 and r.supports_async
         requests = [r.submit(str(i), TIR) for i in range(4)]
         assert [q.replica for q in requests] == [0, 1, 0, 1]
         r.abort(requests[3])
+        gate.set()
         texts = [q.result().text for q in requests[:3]]
         assert texts == ["A", "B", "A"] and requests[3].cancelled.is_set()
         assert requests[3].future.cancelled() or requests[3].result().text == ""
