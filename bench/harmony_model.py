@@ -33,6 +33,7 @@ import uuid
 import yaml
 
 from aimo_lib import SolverConfig
+from aimo_lib.fields import check_value
 from aimo_lib.models import models_dir
 from aimo_lib.solver import first_prompt
 from bench import harmony_tokenizer
@@ -72,43 +73,45 @@ class ModelNotBuiltError(FileNotFoundError):
     """The harmony benchmark model is not in the cache yet."""
 
 
-# Every recipe key: its type and what a usable value is (checked when the recipe is read, so
-# a typo or a hostile value stops the build before 20 minutes of work, never midway).
+# Every recipe key: its type and range, in aimo_lib.fields' terms (checked when the recipe is
+# read, so a typo or a hostile value stops the build before 20 minutes of work, never midway).
+def _below_one(v) -> str | None:
+    return None if v < 1 else "it takes a number below 1"
+
+
 _RECIPE = {
-    "model": (dict, lambda v: v.get("vocab_size") == 201088, "gpt-oss's sizes, vocab_size "
-              "201088 (the o200k_harmony tokenizer's)"),
-    "train_problems": (int, lambda v: v > 0, "> 0"),
-    "steps": (int, lambda v: v > 0, "> 0"),
-    "batch_size": (int, lambda v: v > 0, "> 0"),
-    "learning_rate": (float, lambda v: 0 < v < 1, "in (0, 1)"),
-    "warmup": (float, lambda v: 0 <= v < 1, "a share of the steps, in [0, 1)"),
-    "weight_decay": (float, lambda v: v >= 0, ">= 0"),
-    "grad_clip": (float, lambda v: v > 0, "> 0"),
-    "seed": (int, lambda v: v >= 0, ">= 0"),
-    "eval_examples": (int, lambda v: v > 0, "> 0, fewer than train_problems"),
-    "induction": (dict, lambda v: True, ""),
+    "model": (dict, {"check": lambda v: None if v.get("vocab_size") == 201088 else
+                     "gpt-oss's sizes, vocab_size 201088 (the o200k_harmony tokenizer's)"}),
+    "train_problems": (int, {"gt": 0}),
+    "steps": (int, {"gt": 0}),
+    "batch_size": (int, {"gt": 0}),
+    "learning_rate": (float, {"gt": 0, "check": _below_one}),
+    "warmup": (float, {"ge": 0, "check": _below_one}),  # a share of the steps
+    "weight_decay": (float, {"ge": 0}),
+    "grad_clip": (float, {"gt": 0}),
+    "seed": (int, {"ge": 0}),
+    "eval_examples": (int, {"gt": 0}),  # and fewer than train_problems
+    "induction": (dict, {}),
 }
-_INDUCTION = {"pretrain_steps": (int, lambda v: v >= 0, ">= 0"),
-              "batch_size": (int, lambda v: v > 0, "> 0"),
-              "mix_batch_size": (int, lambda v: v >= 0, ">= 0"),
-              "length": (int, lambda v: v > 1, "> 1"),
-              "max_gap": (int, lambda v: v >= 0, ">= 0")}
+_INDUCTION = {"pretrain_steps": (int, {"ge": 0}), "batch_size": (int, {"gt": 0}),
+              "mix_batch_size": (int, {"ge": 0}), "length": (int, {"gt": 1}),
+              "max_gap": (int, {"ge": 0})}
 
 
 def _check(values, spec: dict, where: str) -> list[str]:
+    """What is wrong with `values` against `spec`: unknown or missing keys, and each value
+    checked by aimo_lib.fields as every setting is."""
     if not isinstance(values, dict):
         return [f"{where or 'the recipe'} must be a mapping of {sorted(spec)}"]
     errors = [f"unknown key {where}{k} (known: {', '.join(sorted(spec))})"
               for k in values if k not in spec]
     errors += [f"missing key {where}{k}" for k in spec if k not in values]
-    for k, (kind, ok, want) in spec.items():
-        v = values.get(k)
-        if k not in values:
-            continue
-        typed = isinstance(v, kind) and not isinstance(v, bool) or (
-            kind is float and isinstance(v, int) and not isinstance(v, bool))
-        if not typed or not ok(v):
-            errors.append(f"{where}{k} = {v!r}: must be {kind.__name__} {want}".rstrip())
+    for k, (kind, meta) in spec.items():
+        if k in values:
+            try:
+                check_value(f"{where}{k}", kind, values[k], meta)
+            except ValueError as exc:
+                errors.append(str(exc))
     return errors
 
 

@@ -170,8 +170,8 @@ def _stops_and_finish_reasons(generate) -> None:
 # ---------------------------------------------------------------- offline LLM
 
 
-# The class's engine starts in its first test's setup: `vllm serve` has taken over 300 s to
-# come up on a 2-core machine busy with another vLLM engine (CI's default per-test limit).
+# Each class's engine starts in its first test's setup, inside that test's time limit: on a
+# 2-core machine busy with another vLLM engine, `vllm serve` has taken over 300 s to come up.
 @pytest.mark.timeout(900)
 class TestOffline:
     @pytest.fixture(scope="class")
