@@ -354,6 +354,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="print the table of what --out holds (solves nothing)")
     args = ap.parse_args(argv)
     args.arms = args.arms or ",".join(HARMONY_ARMS if args.model == "harmony" else ARMS)
+    known = HARMONY_ARMS if args.model == "harmony" else ARMS + EXTRA_ARMS
+    unknown = [a for a in args.arms.split(",") if a not in known]
+    if unknown:  # before a model is loaded or built
+        ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.quick:
         args.problems = args.problems or 4
         args.seeds, args.num_samples = 1, 4

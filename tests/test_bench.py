@@ -286,3 +286,14 @@ def test_induction_rows_train_only_what_the_first_copy_determines(length, max_ga
         first = row[:length]
         for t in (i for i, trained in enumerate(o) if trained):
             assert t >= n - length + 2 and row[t] == first[t - (n - length)]
+
+
+@pytest.mark.parametrize("argv", [["--arms", "default,answr_rules"],
+                                  ["--model", "harmony", "--arms", "default,answer_rules"]])
+def test_an_unknown_presets_arm_is_refused_before_any_model_is_loaded(argv, capsys, monkeypatch):
+    from bench import presets
+
+    monkeypatch.setattr(presets, "resolve_model", lambda name: pytest.fail("model resolved"))
+    with pytest.raises(SystemExit):
+        presets.main(argv)
+    assert "unknown arm(s)" in capsys.readouterr().err
