@@ -10,8 +10,10 @@ at toy sizes (bench/recipes/gpt-oss-tiny-harmony.yaml), with gpt-oss's real o200
 tokenizer (bench/harmony_tokenizer.py), trained from scratch on the toy TIR problems
 (training/toy.py's templates) written in harmony: the harmony teacher's solutions (analysis
 channel, a call to python, the tool's real reply as the dialect renders it, a final message with
-\\boxed{}) through the real data-generation path and the `aimo3_gpt_oss` prompt. It solves the
-toy problems of its training templates; it knows nothing else.
+\\boxed{}) through the real data-generation path and the `aimo3_gpt_oss` prompt (for a share of
+them, the recipe's plain_prompt_share, without its answer rules and check-before-boxing list, so
+that the model can measure those two options). It solves the toy problems of its training
+templates; it knows nothing else.
 
 It lands in $AIMO_CACHE/models/<name> with build.json (seeds, sizes, losses, sha256 of data
 and weights) and gpt-oss's own generation_config.json (eos: <|return|>, <|endoftext|>,
@@ -26,13 +28,16 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import time
 import uuid
+from dataclasses import replace
 
 import yaml
 
 from aimo_lib import SolverConfig
+from aimo_lib.engines.cpu import usable_cores
 from aimo_lib.fields import check_value
 from aimo_lib.models import models_dir
 from aimo_lib.solver import first_prompt
@@ -91,6 +96,7 @@ _RECIPE = {
     "grad_clip": (float, {"gt": 0}),
     "seed": (int, {"ge": 0}),
     "eval_examples": (int, {"gt": 0}),  # and fewer than train_problems
+    "plain_prompt_share": (float, {"ge": 0, "le": 1}),
     "induction": (dict, {}),
 }
 _INDUCTION = {"pretrain_steps": (int, {"ge": 0}), "batch_size": (int, {"gt": 0}),
@@ -170,12 +176,16 @@ def tir_data(work: str, n: int) -> tuple[str, dict]:
     return path, counts
 
 
-def _examples(path: str, tok, cfg: SolverConfig) -> list[tuple[list[int], list[bool]]]:
+def _examples(path: str, tok, cfg: SolverConfig, plain_share: float = 0.0, seed: int = 0
+              ) -> list[tuple[list[int], list[bool]]]:
     """(token ids, trained-on mask) per solution: the prompt the solver sends, then the
-    solution; only the model's own messages are trained on."""
+    solution; only the model's own messages are trained on. A `plain_share` of the solutions,
+    drawn per solution from `seed`, get cfg's prompt without the answer rules and the
+    check-before-boxing list."""
     from aimo_lib.dialects import get_dialect
 
     dialect = get_dialect("harmony", cfg.reasoning_effort)
+    plain = replace(cfg, state_answer_rules=False, check_before_boxing=False)
     out = []
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -183,7 +193,8 @@ def _examples(path: str, tok, cfg: SolverConfig) -> list[tuple[list[int], list[b
     rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
     for row in rows:
         problem, text = row["messages"][0]["content"], row["messages"][1]["content"]
-        ids = tok.encode(first_prompt(cfg, dialect, problem, None), add_special_tokens=False)
+        use = plain if random.Random(f"plain:{seed}:{row['id']}").random() < plain_share else cfg
+        ids = tok.encode(first_prompt(use, dialect, problem, None), add_special_tokens=False)
         mask = [False] * len(ids)
         pos = 0
         for m in [*_TOOL_TURN.finditer(text), None]:
@@ -327,7 +338,7 @@ def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=p
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(recipe["seed"])
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(usable_cores()))  # the cores it may run on (taskset), not all
     compact = Compact(examples, recipe["model"]["vocab_size"])
     data = [(compact.encode(ids), mask) for ids, mask in examples]
     held, data = data[:recipe["eval_examples"]], data[recipe["eval_examples"]:]
@@ -398,7 +409,7 @@ def build(force: bool = False, recipe_path: str = RECIPE) -> str:
     tok_dir = harmony_tokenizer.build()
     tok = AutoTokenizer.from_pretrained(tok_dir)
     data, counts = tir_data(work, recipe["train_problems"])
-    examples = _examples(data, tok, cpu_config())
+    examples = _examples(data, tok, cpu_config(), recipe["plain_prompt_share"], recipe["seed"])
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     numbers = {i for t, i in tok.get_vocab().items() if t.isascii() and t.isdigit()}
     report = train(examples, recipe, tmp, tok.encode(" ", add_special_tokens=False)[0], numbers)

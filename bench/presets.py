@@ -55,9 +55,10 @@ ARMS = ("numina_aimo1", "default", "aimo3_style", "two_waves")
 EXTRA_ARMS = ("answer_rules",)
 BASELINE = "numina_aimo1"
 # On the harmony benchmark model (--model harmony): the AIMO 3 preset, scaled for CPU, against
-# the default preset in the same dialect and prompt, and the preset with the public notebooks'
-# stream cut at the first \boxed{}.
-HARMONY_ARMS = ("default", "aimo3_gpt_oss", "aimo3_stop_at_boxed")
+# the default preset in the same dialect and prompt, the preset with the public notebooks'
+# stream cut at the first \boxed{}, and the preset without its two prompt options (answer
+# rules, check-before-boxing list): the model was trained on both prompts.
+HARMONY_ARMS = ("default", "aimo3_gpt_oss", "aimo3_stop_at_boxed", "aimo3_plain_prompt")
 HARMONY_BASELINE = "default"
 
 
@@ -91,7 +92,9 @@ def harmony_arm_configs(n: int, tokens: int, arms: tuple[str, ...] = HARMONY_ARM
     """The harmony arms: `aimo3_gpt_oss` at CPU scale (bench/harmony_model.py: the prompt the
     model was trained on) with N and tokens per step given; `default` the default preset's
     decoding (its temperature, early stop, votes, no tool-call cap) in the same dialect and
-    prompt, so that only the decoding differs."""
+    prompt, so that only the decoding differs; `aimo3_plain_prompt` the preset's prompt without
+    the answer rules and the check-before-boxing list (the other prompt the model was trained
+    on), so that only the prompt differs."""
     from . import harmony_model
 
     scaled = harmony_model.cpu_config(num_samples=n, max_new_tokens=tokens)
@@ -107,6 +110,8 @@ def harmony_arm_configs(n: int, tokens: int, arms: tuple[str, ...] = HARMONY_ARM
             out[arm] = replace(scaled, stop_at_boxed=True)
         elif arm == "aimo3_gpt_oss":
             out[arm] = scaled
+        elif arm == "aimo3_plain_prompt":
+            out[arm] = replace(scaled, state_answer_rules=False, check_before_boxing=False)
         else:
             raise SystemExit(f"unknown harmony arm {arm!r}; choose from {HARMONY_ARMS}")
     return out

@@ -152,9 +152,11 @@ def test_presets_bench_quick_runs_on_one_engine(tiny_model, tmp_path):
 
 
 def test_the_harmony_arms_differ_in_decoding_only():
-    """bench.presets --model harmony: every arm sends the prompt the harmony model was trained
-    on (so the comparison is of decoding, not of prompts), at the N and tokens given, under
-    AIMO 3's rules; the stop_at_boxed arm is the AIMO 3 preset with the stream cut alone."""
+    """bench.presets --model harmony: every arm sends a prompt the harmony model was trained
+    on, at the N and tokens given, under AIMO 3's rules: the decoding arms the AIMO 3 preset's
+    prompt (so they compare decoding, not prompts), the plain-prompt arm the preset without its
+    two prompt options and nothing else changed (the recipe trains on that prompt too); the
+    stop_at_boxed arm is the AIMO 3 preset with the stream cut alone."""
     from dataclasses import replace
 
     from aimo_lib.dialects import get_dialect
@@ -165,11 +167,16 @@ def test_the_harmony_arms_differ_in_decoding_only():
     assert list(arms) == list(presets.HARMONY_ARMS)
     trained_on = harmony_model.cpu_config()
     expected = first_prompt(trained_on, get_dialect("harmony", "low"), "What is 6 * 7?", None)
-    for cfg in arms.values():
+    plain = replace(trained_on, state_answer_rules=False, check_before_boxing=False)
+    expected_plain = first_prompt(plain, get_dialect("harmony", "low"), "What is 6 * 7?", None)
+    assert expected_plain != expected and harmony_model._recipe()["plain_prompt_share"] > 0
+    for arm, cfg in arms.items():
         assert (cfg.num_samples, cfg.max_new_tokens, cfg.competition) == (8, 96, "aimo3")
         prompt = first_prompt(cfg, get_dialect(cfg.dialect, cfg.reasoning_effort),
                               "What is 6 * 7?", None)
-        assert prompt == expected
+        assert prompt == (expected_plain if arm == "aimo3_plain_prompt" else expected), arm
+    assert arms["aimo3_plain_prompt"] == replace(arms["aimo3_gpt_oss"], state_answer_rules=False,
+                                                 check_before_boxing=False)
     assert arms["aimo3_stop_at_boxed"] == replace(arms["aimo3_gpt_oss"], stop_at_boxed=True)
     assert arms["default"].vote_weights != arms["aimo3_gpt_oss"].vote_weights
 
@@ -210,6 +217,46 @@ def test_the_harmony_model_trains_exactly_what_it_saves():
         whole = hm._loss(model, *hm._batch(rows, pad=0))
         shared = hm._loss(model, *hm._batch(rows, pad=0, skip=n), prefix=torch.tensor([[1] * n]))
     assert torch.allclose(whole, shared, atol=1e-5)
+
+
+def test_the_harmony_model_trains_on_both_prompts_at_the_recipes_share(tmp_path):
+    """The recipe's plain_prompt_share of the solutions is trained under the AIMO 3 prompt
+    without its answer rules and check-before-boxing list, drawn per solution from the seed;
+    the problem and the trained-on tokens (the model's messages) are the same either way."""
+    import json
+
+    from aimo_lib.competitions import get_competition
+    from aimo_lib.prompts import CHECK_BEFORE_BOXING
+    from bench import harmony_model as hm
+
+    class Chars:  # a tokenizer of one token a character: the prompts stay readable
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    path = tmp_path / "tir.jsonl"
+    tool = "<|start|>python to=assistant<|channel|>analysis<|message|>4<|end|><|start|>assistant"
+    with open(path, "w") as f:
+        for i in range(200):
+            text = f"<|channel|>analysis<|message|>go<|call|>{tool}<|message|>\\boxed{{{i}}}"
+            f.write(json.dumps({"id": f"toy-{i}", "messages": [
+                {"role": "user", "content": f"What is {i} + 0?"},
+                {"role": "assistant", "content": text}]}) + "\n")
+    cfg = hm.cpu_config()
+    rules = get_competition(cfg.competition).answer_instruction
+
+    def prompts(share, seed=0):
+        out = []
+        for ids, mask in hm._examples(str(path), Chars(), cfg, share, seed):
+            text = "".join(map(chr, ids))
+            own = "".join(chr(t) for t, m in zip(ids, mask, strict=True) if m)
+            out.append((rules in text, CHECK_BEFORE_BOXING in text, own))
+        return out
+
+    assert all(r and c for r, c, _ in prompts(0.0)) and not any(r or c for r, c, _ in prompts(1.0))
+    half = prompts(0.5)
+    assert 70 <= sum(r for r, _, _ in half) <= 130 and all(r == c for r, c, _ in half)
+    assert [o for *_, o in half] == [o for *_, o in prompts(0.0)]  # the same trained-on tokens
+    assert half == prompts(0.5) and half != prompts(0.5, seed=1)
 
 
 _HOSTILE = [None, "x", [], {}, -1, float("nan"), True]
