@@ -515,19 +515,3 @@ def test_the_harmony_teacher_solves_through_the_solver_with_thoughts_of_varied_l
         assert s.answer == p.answer and len(s.code_calls) == 1, p
         lengths.add(len(s.text.split("<|message|>", 1)[1].split("<|end|>", 1)[0]))
     assert len(lengths) >= 4, lengths
-
-
-def test_the_harmony_teachers_thought_does_not_say_whether_its_program_is_wrong(sandbox):
-    """The thought's length and the wrong-program draw come from separate keys: wrong and right
-    attempts alike get thoughts of one, two and three sentences (a model must not learn that a
-    short thought precedes a wrong program)."""
-    _official_renderer()
-    from training import toy
-
-    solver = Solver(toy.harmony_teacher(wrong_rate=0.5), sandbox, harmony(n=1))
-    sentences = {True: set(), False: set()}
-    for p in toy.synthetic_problems(60, seed=5):
-        s = solver.solve(p.problem).samples[0]
-        thought = s.text.split("<|message|>", 1)[1].split("<|end|>", 1)[0]
-        sentences[s.answer == p.answer].add(thought.count("."))  # one "." a sentence
-    assert sentences[True] >= {1, 2, 3} and sentences[False] >= {1, 2, 3}, sentences

@@ -179,8 +179,7 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
             return final("I cannot solve this.")
         call = (assistant(f"print({code})", "analysis").with_recipient("python")
                 .with_content_type("code"))
-        # a key of its own: with _program's key, a thought's length would say the program is wrong
-        return render(assistant(_thought(f"thought:{seed}:{problem}:{k}"), "analysis"), call)
+        return render(assistant(_thought(f"{seed}:{problem}:{k}"), "analysis"), call)
 
     return ScriptedEngine(fn)
 
