@@ -202,9 +202,11 @@ PRESETS = {
     # as `default` does; the notebooks' stream cut at the first \boxed{} (STOP_AT_BOXED) saved
     # tokens and lost no answer there, but that model boxes only in its final message, so the
     # cut stays off until a model that boxes while still checking is measured. Its prompt
-    # options (answer rules, check-before-boxing) cost the ToRA benchmark model, tuned on bare
-    # problems, its unseen-template answers; they are the AIMO 3 2nd place's for gpt-oss and
-    # stay here only. Not yet run on gpt-oss here (no GPU, no hub on the CPU machines).
+    # options (answer rules, check-before-boxing) lost no answer on a harmony model trained on
+    # both prompts (two builds: 19 vs 17 and 18 vs 10 of 24 against the plain prompt); they cost
+    # the ToRA benchmark model, tuned on bare problems only, its unseen-template answers, so
+    # they stay off in the presets for such models. Not yet run on gpt-oss here (no GPU, no
+    # hub on the CPU machines).
     "aimo3_gpt_oss": SolverConfig(
         name="aimo3_gpt_oss", num_samples=8, max_rounds=101, temperature=1.0, top_p=1.0,
         max_new_tokens=16384, sample_max_tokens=49152, dialect="harmony", max_tool_calls=100,

@@ -64,6 +64,10 @@ CPU_SETTINGS = {"num_samples": 4, "max_new_tokens": 128, "sample_max_tokens": 51
                 "retry_samples": 0, "reasoning_effort": "low"}
 
 
+# The plain_prompt_share of the build that can compare the preset's prompt with the plain one.
+BOTH_PROMPTS = 0.5
+
+
 def cpu_config(**overrides) -> SolverConfig:
     """The scaled `aimo3_gpt_oss` (CPU_SETTINGS) with `overrides`."""
     return SolverConfig.preset("aimo3_gpt_oss", **{**CPU_SETTINGS, **overrides})
@@ -96,9 +100,12 @@ _RECIPE = {
     "grad_clip": (float, {"gt": 0}),
     "seed": (int, {"ge": 0}),
     "eval_examples": (int, {"gt": 0}),  # and fewer than train_problems
-    "plain_prompt_share": (float, {"ge": 0, "le": 1}),
+    "plain_prompt_share": (float, {"ge": 0, "le": 1}),  # optional: _OPTIONAL
     "induction": (dict, {}),
 }
+# Keys a recipe may leave out, and the value their absence means. A build is named by the
+# recipe as written, so a recipe without the key keeps the folder (and build) it had before.
+_OPTIONAL = {"plain_prompt_share": 0.0}
 _INDUCTION = {"pretrain_steps": (int, {"ge": 0}), "batch_size": (int, {"gt": 0}),
               "mix_batch_size": (int, {"ge": 0}), "length": (int, {"gt": 1}),
               "max_gap": (int, {"ge": 0})}
@@ -111,7 +118,7 @@ def _check(values, spec: dict, where: str) -> list[str]:
         return [f"{where or 'the recipe'} must be a mapping of {sorted(spec)}"]
     errors = [f"unknown key {where}{k} (known: {', '.join(sorted(spec))})"
               for k in values if k not in spec]
-    errors += [f"missing key {where}{k}" for k in spec if k not in values]
+    errors += [f"missing key {where}{k}" for k in spec if k not in values and k not in _OPTIONAL]
     for k, (kind, meta) in spec.items():
         if k in values:
             try:
@@ -121,10 +128,13 @@ def _check(values, spec: dict, where: str) -> list[str]:
     return errors
 
 
-def _recipe(path: str = RECIPE) -> dict:
-    """The recipe at `path`, every key checked; a ValueError lists what is wrong."""
+def _recipe(path: str = RECIPE, **overrides) -> dict:
+    """The recipe at `path` with `overrides` of its top-level keys, every key checked; a
+    ValueError lists what is wrong."""
     with open(path, encoding="utf-8") as f:
         r = yaml.safe_load(f)
+    if isinstance(r, dict):
+        r.update(overrides)
     errors = _check(r, _RECIPE, "")
     if not errors:
         from transformers import GptOssConfig
@@ -139,7 +149,8 @@ def _recipe(path: str = RECIPE) -> dict:
     if errors:
         raise ValueError(f"{path}: " + "; ".join(errors) + ". Fix the recipe (its comments "
                          "say what each key does).")
-    return r
+    # an optional key at the value its absence means names the same build as its absence
+    return {k: v for k, v in r.items() if _OPTIONAL.get(k, object()) != v}
 
 
 def model_path(recipe: dict | None = None) -> str:
@@ -395,11 +406,14 @@ def train(examples, recipe: dict, out: str, space: int, numbers: set[int], log=p
             "vocabulary": compact.other, "seconds": round(time.time() - start)}
 
 
-def build(force: bool = False, recipe_path: str = RECIPE) -> str:
-    """Build the model (or return the built one): tokenizer, harmony TIR data, training."""
+def build(force: bool = False, recipe_path: str = RECIPE,
+          plain_prompt_share: float | None = None) -> str:
+    """Build the model (or return the built one): tokenizer, harmony TIR data, training.
+    plain_prompt_share, if given, replaces the recipe's (a build of its own)."""
     from transformers import AutoTokenizer
 
-    recipe = _recipe(recipe_path)
+    shares = {} if plain_prompt_share is None else {"plain_prompt_share": plain_prompt_share}
+    recipe = _recipe(recipe_path, **shares)
     out = model_path(recipe)
     if os.path.exists(os.path.join(out, "build.json")) and not force:
         return out
@@ -409,7 +423,8 @@ def build(force: bool = False, recipe_path: str = RECIPE) -> str:
     tok_dir = harmony_tokenizer.build()
     tok = AutoTokenizer.from_pretrained(tok_dir)
     data, counts = tir_data(work, recipe["train_problems"])
-    examples = _examples(data, tok, cpu_config(), recipe["plain_prompt_share"], recipe["seed"])
+    share = recipe.get("plain_prompt_share", _OPTIONAL["plain_prompt_share"])
+    examples = _examples(data, tok, cpu_config(), share, recipe["seed"])
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     numbers = {i for t, i in tok.get_vocab().items() if t.isascii() and t.isdigit()}
     report = train(examples, recipe, tmp, tok.encode(" ", add_special_tokens=False)[0], numbers)
@@ -451,6 +466,10 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default=RECIPE, help="model sizes and training (YAML)")
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ap.add_argument("--plain-prompt-share", type=float, default=None,
+                    help="train this share of the solutions under the aimo3_gpt_oss prompt "
+                    f"without its answer rules and check list (the recipe's: 0.0); {BOTH_PROMPTS} "
+                    "builds the model bench.presets' aimo3_plain_prompt arm runs on")
     ap.add_argument("--notebook", action="store_true",
                     help="then run the notebook with it on the held-out problems (the AIMO 3 "
                     "path on CPU: harmony, python tool calls, the aimo3_gpt_oss preset scaled)")
@@ -459,7 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = ap.parse_known_args(argv)  # with --notebook, the rest goes to papermill
     if extra and not args.notebook:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
-    path = build(args.force, args.recipe)
+    try:
+        path = build(args.force, args.recipe, args.plain_prompt_share)
+    except ValueError as exc:  # the recipe, or --plain-prompt-share, refused before any work
+        ap.error(str(exc))
     with open(os.path.join(path, "build.json"), encoding="utf-8") as f:
         print(json.dumps({k: v for k, v in json.load(f).items() if k != "recipe"}, indent=2))
     print(path)

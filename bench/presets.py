@@ -16,6 +16,15 @@ it is not cached), the same problems and seeds for every arm, N and M equal:
   (the solver's second wave with no candidates in its prompt: a plain resample), the stopping
   mode that saves half the tokens in bench/stopping.py's replay; at most N samples.
 
+With --model harmony (the tiny gpt-oss of bench/harmony_model.py, AIMO 3 rules, baseline
+default): default (the default preset's decoding in harmony), aimo3_gpt_oss (scaled for CPU),
+aimo3_stop_at_boxed (its stream cut at the first \\boxed{}); and with --arms,
+aimo3_plain_prompt (its prompt without the answer rules and the check-before-boxing list). A run
+with that arm serves the harmony model built with half its solutions under each prompt
+(bench/harmony_model.py --plain-prompt-share 0.5; built on first use, about 20 minutes), since
+the shipped one, trained on the preset's prompt alone, would only show that a prompt it never
+saw derails it.
+
 Every arm gets the model's own chat template (prompt_template auto) and the AIMO-1 answer rules
 (mod 1000; the seed's preset has no other). Problems are solved one at a time (as on Kaggle),
 the arms interleaved problem by problem in rotating order, so a load change on the machine
@@ -56,9 +65,10 @@ EXTRA_ARMS = ("answer_rules",)
 BASELINE = "numina_aimo1"
 # On the harmony benchmark model (--model harmony): the AIMO 3 preset, scaled for CPU, against
 # the default preset in the same dialect and prompt, the preset with the public notebooks'
-# stream cut at the first \boxed{}, and the preset without its two prompt options (answer
-# rules, check-before-boxing list): the model was trained on both prompts.
-HARMONY_ARMS = ("default", "aimo3_gpt_oss", "aimo3_stop_at_boxed", "aimo3_plain_prompt")
+# stream cut at the first \boxed{}. Not in the default run: the preset without its two prompt
+# options (answer rules, check-before-boxing list), on a build trained on both prompts.
+HARMONY_ARMS = ("default", "aimo3_gpt_oss", "aimo3_stop_at_boxed")
+HARMONY_EXTRA_ARMS = ("aimo3_plain_prompt",)
 HARMONY_BASELINE = "default"
 
 
@@ -113,13 +123,15 @@ def harmony_arm_configs(n: int, tokens: int, arms: tuple[str, ...] = HARMONY_ARM
         elif arm == "aimo3_plain_prompt":
             out[arm] = replace(scaled, state_answer_rules=False, check_before_boxing=False)
         else:
-            raise SystemExit(f"unknown harmony arm {arm!r}; choose from {HARMONY_ARMS}")
+            raise SystemExit(f"unknown harmony arm {arm!r}; choose from "
+                             f"{HARMONY_ARMS + HARMONY_EXTRA_ARMS}")
     return out
 
 
-def resolve_model(name: str | None) -> str:
+def resolve_model(name: str | None, arms: tuple[str, ...] = ()) -> str:
     """The model's folder: the benchmark model (built if missing), "embedded" (SmolLM2,
-    written once as a checkpoint), or a checkpoint folder as given."""
+    written once as a checkpoint), "harmony" (the harmony benchmark model; the build trained on
+    both prompts when an arm compares them), or a checkpoint folder as given."""
     if name == "embedded":
         from aimo_lib.models import embedded_checkpoint
 
@@ -127,7 +139,8 @@ def resolve_model(name: str | None) -> str:
     if name == "harmony":
         from . import harmony_model
 
-        return harmony_model.build()  # the cached one, or built (about 20 min; once)
+        both = any(a in HARMONY_EXTRA_ARMS for a in arms)  # the cached one, or built (~20 min)
+        return harmony_model.build(plain_prompt_share=harmony_model.BOTH_PROMPTS if both else None)
     if name:
         return name
     try:
@@ -141,7 +154,7 @@ def resolve_model(name: str | None) -> str:
 def run(args) -> dict:
     problems = bench_model.load_heldout(limit=args.problems)
     seeds = list(range(args.seeds))
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, tuple(args.arms.split(",")))
     if args.model == "harmony":
         configs = harmony_arm_configs(args.num_samples, args.max_new_tokens,
                                       tuple(args.arms.split(",")))
@@ -344,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=128, help="tokens per step")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--arms", default=None, help=f"comma-separated, from {ARMS + EXTRA_ARMS} "
-                    f"(default: {ARMS}), or with --model harmony from {HARMONY_ARMS}")
+                    f"(default: {ARMS}), or with --model harmony from "
+                    f"{HARMONY_ARMS + HARMONY_EXTRA_ARMS} (default: {HARMONY_ARMS})")
     ap.add_argument("--model", default=None, help="a checkpoint folder, 'embedded' "
                     "(SmolLM2), or 'harmony' (the tiny gpt-oss of bench/harmony_model.py, "
                     "in harmony, AIMO 3 rules; N and tokens per step apply, M and the "
@@ -359,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="print the table of what --out holds (solves nothing)")
     args = ap.parse_args(argv)
     args.arms = args.arms or ",".join(HARMONY_ARMS if args.model == "harmony" else ARMS)
-    known = HARMONY_ARMS if args.model == "harmony" else ARMS + EXTRA_ARMS
+    known = HARMONY_ARMS + HARMONY_EXTRA_ARMS if args.model == "harmony" else ARMS + EXTRA_ARMS
     unknown = [a for a in args.arms.split(",") if a not in known]
     if unknown:  # before a model is loaded or built
         ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(known)}")

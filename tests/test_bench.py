@@ -163,13 +163,13 @@ def test_the_harmony_arms_differ_in_decoding_only():
     from aimo_lib.solver import first_prompt
     from bench import harmony_model, presets
 
-    arms = presets.harmony_arm_configs(8, 96)
-    assert list(arms) == list(presets.HARMONY_ARMS)
+    arms = presets.harmony_arm_configs(8, 96, presets.HARMONY_ARMS + presets.HARMONY_EXTRA_ARMS)
+    assert list(arms) == [*presets.HARMONY_ARMS, "aimo3_plain_prompt"]
     trained_on = harmony_model.cpu_config()
     expected = first_prompt(trained_on, get_dialect("harmony", "low"), "What is 6 * 7?", None)
     plain = replace(trained_on, state_answer_rules=False, check_before_boxing=False)
     expected_plain = first_prompt(plain, get_dialect("harmony", "low"), "What is 6 * 7?", None)
-    assert expected_plain != expected and harmony_model._recipe()["plain_prompt_share"] > 0
+    assert expected_plain != expected
     for arm, cfg in arms.items():
         assert (cfg.num_samples, cfg.max_new_tokens, cfg.competition) == (8, 96, "aimo3")
         prompt = first_prompt(cfg, get_dialect(cfg.dialect, cfg.reasoning_effort),
@@ -179,6 +179,36 @@ def test_the_harmony_arms_differ_in_decoding_only():
                                                  check_before_boxing=False)
     assert arms["aimo3_stop_at_boxed"] == replace(arms["aimo3_gpt_oss"], stop_at_boxed=True)
     assert arms["default"].vote_weights != arms["aimo3_gpt_oss"].vote_weights
+
+
+def test_the_plain_prompt_arm_runs_on_the_build_trained_on_both_prompts(monkeypatch):
+    """The shipped harmony model was trained on the preset's prompt alone: an arm that changes
+    the prompt is served the build trained on both (plain_prompt_share 0.5), every arm of that
+    run alike; a run of decoding arms gets the shipped build."""
+    from bench import harmony_model, presets
+
+    asked = []
+    monkeypatch.setattr(harmony_model, "build", lambda **kw: asked.append(kw) or "folder")
+    presets.resolve_model("harmony", presets.HARMONY_ARMS)
+    presets.resolve_model("harmony", ("aimo3_gpt_oss", "aimo3_plain_prompt"))
+    assert asked == [{"plain_prompt_share": None},
+                     {"plain_prompt_share": harmony_model.BOTH_PROMPTS}]
+    # the shipped recipe trains on the preset's prompt alone; saying so names the same build
+    assert harmony_model._recipe() == harmony_model._recipe(plain_prompt_share=0.0)
+    both = harmony_model._recipe(plain_prompt_share=harmony_model.BOTH_PROMPTS)
+    assert harmony_model.model_path(both) != harmony_model.model_path()
+
+
+@pytest.mark.parametrize("share", ["1.5", "-0.1", "nan"])
+def test_a_hostile_plain_prompt_share_is_refused_before_any_build_work(share, capsys,
+                                                                       monkeypatch):
+    from bench import harmony_model
+
+    monkeypatch.setattr(harmony_model.harmony_tokenizer, "build",
+                        lambda: pytest.fail("build work started"))
+    with pytest.raises(SystemExit):
+        harmony_model.main(["--plain-prompt-share", share])
+    assert "plain_prompt_share" in capsys.readouterr().err
 
 
 def test_the_harmony_model_trains_exactly_what_it_saves():
@@ -271,11 +301,12 @@ def test_a_hostile_harmony_recipe_stops_at_load_naming_the_key(tmp_path_factory,
 
     from bench import harmony_model as hm
 
-    recipe = hm._recipe()
+    recipe = hm._recipe(plain_prompt_share=0.5)  # the optional key drawn too
     section = data.draw(st.sampled_from(["", "induction."]))
     values = recipe if not section else recipe["induction"]
     key = data.draw(st.sampled_from(sorted(values)))
-    fault = data.draw(st.sampled_from(["hostile", "misspelled", "missing"]))
+    fault = data.draw(st.sampled_from(["hostile", "misspelled"] +
+                                      ([] if key in hm._OPTIONAL else ["missing"])))
     if fault == "hostile":
         values[key] = data.draw(st.sampled_from(_HOSTILE))
     else:

@@ -179,6 +179,8 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
             return final("I cannot solve this.")
         call = (assistant(f"print({code})", "analysis").with_recipient("python")
                 .with_content_type("code"))
+        # The thought shares _program's key: a wrong program always follows a one-sentence
+        # thought. A key of its own was measured (bench/README.md) and solved no more problems.
         return render(assistant(_thought(f"{seed}:{problem}:{k}"), "analysis"), call)
 
     return ScriptedEngine(fn)
