@@ -12,8 +12,8 @@ tokenizer (bench/harmony_tokenizer.py), trained from scratch on the toy TIR prob
 channel, a call to python, the tool's real reply as the dialect renders it, a final message with
 \\boxed{}) through the real data-generation path and the `aimo3_gpt_oss` prompt (for a share of
 them, the recipe's plain_prompt_share, without its answer rules and check-before-boxing list, so
-that the model can measure those two options). It solves the toy problems of its training
-templates; it knows nothing else.
+that bench/presets.py can compare the prompt with and without them). It solves the toy problems
+of its training templates; it knows nothing else.
 
 It lands in $AIMO_CACHE/models/<name> with build.json (seeds, sizes, losses, sha256 of data
 and weights) and gpt-oss's own generation_config.json (eos: <|return|>, <|endoftext|>,
@@ -59,7 +59,8 @@ _TOOL_TURN = re.compile(r"<\|start\|>python to=assistant.*?<\|end\|><\|start\|>a
 
 # `aimo3_gpt_oss` scaled for a tiny model on CPU: fewer samples and tokens, no second wave;
 # everything else (harmony, the prompt, tool calls, early stop, selection) as is. The model is
-# trained on this prompt (reasoning effort and all): serve it with these settings.
+# trained on this prompt (reasoning effort and all; a plain_prompt_share of it without the
+# answer rules and check list): serve it with these settings.
 CPU_SETTINGS = {"num_samples": 4, "max_new_tokens": 128, "sample_max_tokens": 512,
                 "retry_samples": 0, "reasoning_effort": "low"}
 
@@ -103,22 +104,23 @@ _RECIPE = {
     "plain_prompt_share": (float, {"ge": 0, "le": 1}),  # optional: _OPTIONAL
     "induction": (dict, {}),
 }
-# Keys a recipe may leave out, and the value their absence means. A build is named by the
-# recipe as written, so a recipe without the key keeps the folder (and build) it had before.
+# Top-level keys a recipe may leave out, and the value their absence means. A build is named by
+# the recipe's hash: a key left at its default is dropped, so that it does not change the name.
 _OPTIONAL = {"plain_prompt_share": 0.0}
 _INDUCTION = {"pretrain_steps": (int, {"ge": 0}), "batch_size": (int, {"gt": 0}),
               "mix_batch_size": (int, {"ge": 0}), "length": (int, {"gt": 1}),
               "max_gap": (int, {"ge": 0})}
 
 
-def _check(values, spec: dict, where: str) -> list[str]:
-    """What is wrong with `values` against `spec`: unknown or missing keys, and each value
-    checked by aimo_lib.fields as every setting is."""
+def _check(values, spec: dict, where: str, optional: dict | None = None) -> list[str]:
+    """What is wrong with `values` against `spec`: unknown or missing keys (but the
+    `optional` ones), and each value checked by aimo_lib.fields as every setting is."""
     if not isinstance(values, dict):
         return [f"{where or 'the recipe'} must be a mapping of {sorted(spec)}"]
     errors = [f"unknown key {where}{k} (known: {', '.join(sorted(spec))})"
               for k in values if k not in spec]
-    errors += [f"missing key {where}{k}" for k in spec if k not in values and k not in _OPTIONAL]
+    errors += [f"missing key {where}{k}" for k in spec
+               if k not in values and k not in (optional or {})]
     for k, (kind, meta) in spec.items():
         if k in values:
             try:
@@ -135,7 +137,7 @@ def _recipe(path: str = RECIPE, **overrides) -> dict:
         r = yaml.safe_load(f)
     if isinstance(r, dict):
         r.update(overrides)
-    errors = _check(r, _RECIPE, "")
+    errors = _check(r, _RECIPE, "", _OPTIONAL)
     if not errors:
         from transformers import GptOssConfig
 
@@ -149,7 +151,9 @@ def _recipe(path: str = RECIPE, **overrides) -> dict:
     if errors:
         raise ValueError(f"{path}: " + "; ".join(errors) + ". Fix the recipe (its comments "
                          "say what each key does).")
-    # an optional key at the value its absence means names the same build as its absence
+    # one name for one build: a float key given as an int is a float; an optional key at the
+    # value its absence means is dropped
+    r = {k: float(v) if _RECIPE[k][0] is float else v for k, v in r.items()}
     return {k: v for k, v in r.items() if _OPTIONAL.get(k, object()) != v}
 
 
@@ -468,8 +472,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
     ap.add_argument("--plain-prompt-share", type=float, default=None,
                     help="train this share of the solutions under the aimo3_gpt_oss prompt "
-                    f"without its answer rules and check list (the recipe's: 0.0); {BOTH_PROMPTS} "
-                    "builds the model bench.presets' aimo3_plain_prompt arm runs on")
+                    "without its answer rules and check list (default: the recipe's; absent, "
+                    f"0); {BOTH_PROMPTS} builds the model bench.presets' aimo3_plain_prompt arm "
+                    "runs on")
     ap.add_argument("--notebook", action="store_true",
                     help="then run the notebook with it on the held-out problems (the AIMO 3 "
                     "path on CPU: harmony, python tool calls, the aimo3_gpt_oss preset scaled)")
@@ -478,10 +483,14 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = ap.parse_known_args(argv)  # with --notebook, the rest goes to papermill
     if extra and not args.notebook:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        path = build(args.force, args.recipe, args.plain_prompt_share)
-    except ValueError as exc:  # the recipe, or --plain-prompt-share, refused before any work
+    share = args.plain_prompt_share
+    try:  # the flag and the recipe are checked before any build work
+        if share is not None:
+            check_value("--plain-prompt-share", float, share, _RECIPE["plain_prompt_share"][1])
+        _recipe(args.recipe)
+    except ValueError as exc:
         ap.error(str(exc))
+    path = build(args.force, args.recipe, share)
     with open(os.path.join(path, "build.json"), encoding="utf-8") as f:
         print(json.dumps({k: v for k, v in json.load(f).items() if k != "recipe"}, indent=2))
     print(path)

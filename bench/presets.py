@@ -161,10 +161,15 @@ def run(args) -> dict:
     else:
         configs = arm_configs(args.num_samples, args.max_rounds, args.max_new_tokens,
                               args.temperature, tuple(args.arms.split(",")))
-    baseline, pair = _pair(args)
-    if baseline not in configs or pair not in configs:
-        raise SystemExit(f"--arms must include {baseline} and {pair} (the speed-up's pair)")
+    baseline = _pair(args)[0]
     competition = configs[baseline].competition
+    stored = os.path.join(args.out, "config.json")
+    if args.resume and os.path.exists(stored):  # records of another model must not be mixed in
+        with open(stored, encoding="utf-8") as f:
+            before = json.load(f).get("model")
+        if before != model:
+            raise SystemExit(f"--resume: {args.out} holds a run on {before}, this one is on "
+                             f"{model}; give another --out, or drop --resume to start afresh")
     if os.path.exists(args.out) and not args.resume:
         shutil.rmtree(args.out)  # one run, one machine state: no figures mixed across runs
     os.makedirs(args.out, exist_ok=True)
@@ -377,6 +382,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [a for a in args.arms.split(",") if a not in known]
     if unknown:  # before a model is loaded or built
         ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    missing = [a for a in _pair(args) if a not in args.arms.split(",")]
+    if missing:
+        ap.error(f"--arms must include {' and '.join(_pair(args))} (the speed-up's pair); "
+                 f"missing: {', '.join(missing)}")
     if args.quick:
         args.problems = args.problems or 4
         args.seeds, args.num_samples = 1, 4

@@ -201,14 +201,15 @@ def test_the_plain_prompt_arm_runs_on_the_build_trained_on_both_prompts(monkeypa
 
 @pytest.mark.parametrize("share", ["1.5", "-0.1", "nan"])
 def test_a_hostile_plain_prompt_share_is_refused_before_any_build_work(share, capsys,
-                                                                       monkeypatch):
+                                                                       monkeypatch, tmp_path):
     from bench import harmony_model
 
-    monkeypatch.setattr(harmony_model.harmony_tokenizer, "build",
-                        lambda: pytest.fail("build work started"))
+    monkeypatch.setenv("AIMO_CACHE", str(tmp_path))
+    monkeypatch.setattr(harmony_model, "build", lambda *a, **k: pytest.fail("build started"))
     with pytest.raises(SystemExit):
         harmony_model.main(["--plain-prompt-share", share])
-    assert "plain_prompt_share" in capsys.readouterr().err
+    assert "--plain-prompt-share" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_harmony_model_trains_exactly_what_it_saves():
@@ -249,7 +250,7 @@ def test_the_harmony_model_trains_exactly_what_it_saves():
     assert torch.allclose(whole, shared, atol=1e-5)
 
 
-def test_the_harmony_model_trains_on_both_prompts_at_the_recipes_share(tmp_path):
+def test_a_share_of_the_harmony_solutions_is_trained_under_the_plain_prompt(tmp_path):
     """The recipe's plain_prompt_share of the solutions is trained under the AIMO 3 prompt
     without its answer rules and check-before-boxing list, drawn per solution from the seed;
     the problem and the trained-on tokens (the model's messages) are the same either way."""
@@ -366,12 +367,15 @@ def test_induction_rows_train_only_what_the_first_copy_determines(length, max_ga
             assert t >= n - length + 2 and row[t] == first[t - (n - length)]
 
 
-@pytest.mark.parametrize("argv", [["--arms", "default,answr_rules"],
-                                  ["--model", "harmony", "--arms", "default,answer_rules"]])
-def test_an_unknown_presets_arm_is_refused_before_any_model_is_loaded(argv, capsys, monkeypatch):
+@pytest.mark.parametrize("argv,says", [
+    (["--arms", "default,answr_rules"], "unknown arm(s)"),
+    (["--model", "harmony", "--arms", "default,answer_rules"], "unknown arm(s)"),
+    (["--model", "harmony", "--arms", "aimo3_gpt_oss,aimo3_plain_prompt"], "missing: default")])
+def test_an_unknown_presets_arm_is_refused_before_any_model_is_loaded(argv, says, capsys,
+                                                                      monkeypatch):
     from bench import presets
 
-    monkeypatch.setattr(presets, "resolve_model", lambda name: pytest.fail("model resolved"))
+    monkeypatch.setattr(presets, "resolve_model", lambda *a, **k: pytest.fail("model resolved"))
     with pytest.raises(SystemExit):
         presets.main(argv)
-    assert "unknown arm(s)" in capsys.readouterr().err
+    assert says in capsys.readouterr().err

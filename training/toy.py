@@ -103,8 +103,9 @@ def _programs() -> list[tuple[re.Pattern, str]]:
 
 def _program(programs, problem: str, wrong_rate: float, seed: int, k: int) -> str | None:
     """The program that solves `problem` (None: no template matches); wrong (off by one) for
-    a `wrong_rate` share of attempts, drawn from (seed, problem, attempt), not a shared
-    stream, so the data do not depend on the order in which concurrent problems ask."""
+    a `wrong_rate` share of attempts, drawn from (seed, problem, k), not a shared stream. k
+    counts the times this prompt text was sent, so the data depend on the order of concurrent
+    problems only where two problems have the same text."""
     for pattern, expr in programs:
         m = pattern.match(problem)
         if m:
@@ -179,8 +180,9 @@ def harmony_teacher(wrong_rate: float = 0.25, seed: int = 0) -> ScriptedEngine:
             return final("I cannot solve this.")
         call = (assistant(f"print({code})", "analysis").with_recipient("python")
                 .with_content_type("code"))
-        # The thought shares _program's key: a wrong program always follows a one-sentence
-        # thought. A key of its own was measured (bench/README.md) and solved no more problems.
+        # The thought shares _program's key, and wrong attempts are rejected: a kept thought is
+        # a single sentence one time in nine, not three. Its own key was measured and changed
+        # no more than a rebuild does (bench/README.md), so the data stay as built.
         return render(assistant(_thought(f"{seed}:{problem}:{k}"), "analysis"), call)
 
     return ScriptedEngine(fn)
