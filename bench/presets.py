@@ -154,13 +154,12 @@ def resolve_model(name: str | None, arms: tuple[str, ...] = ()) -> str:
 def run(args) -> dict:
     problems = bench_model.load_heldout(limit=args.problems)
     seeds = list(range(args.seeds))
-    model = resolve_model(args.model, tuple(args.arms.split(",")))
+    model = resolve_model(args.model, args.arms)
     if args.model == "harmony":
-        configs = harmony_arm_configs(args.num_samples, args.max_new_tokens,
-                                      tuple(args.arms.split(",")))
+        configs = harmony_arm_configs(args.num_samples, args.max_new_tokens, args.arms)
     else:
         configs = arm_configs(args.num_samples, args.max_rounds, args.max_new_tokens,
-                              args.temperature, tuple(args.arms.split(",")))
+                              args.temperature, args.arms)
     baseline = _pair(args)[0]
     competition = configs[baseline].competition
     stored = os.path.join(args.out, "config.json")
@@ -377,12 +376,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--report-only", action="store_true",
                     help="print the table of what --out holds (solves nothing)")
     args = ap.parse_args(argv)
-    args.arms = args.arms or ",".join(HARMONY_ARMS if args.model == "harmony" else ARMS)
+    default = HARMONY_ARMS if args.model == "harmony" else ARMS
+    args.arms = tuple(args.arms.split(",")) if args.arms else default
     known = HARMONY_ARMS + HARMONY_EXTRA_ARMS if args.model == "harmony" else ARMS + EXTRA_ARMS
-    unknown = [a for a in args.arms.split(",") if a not in known]
+    unknown = [a for a in args.arms if a not in known]
     if unknown:  # before a model is loaded or built
         ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    missing = [a for a in _pair(args) if a not in args.arms.split(",")]
+    missing = [a for a in _pair(args) if a not in args.arms]
     if missing:
         ap.error(f"--arms must include {' and '.join(_pair(args))} (the speed-up's pair); "
                  f"missing: {', '.join(missing)}")

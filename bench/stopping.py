@@ -415,8 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not streams:
         raise SystemExit(f"nothing recorded in {args.out}: run without --replay-only")
     n = min(len(r["samples"]) for r in streams)
-    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
     result = {"stopping": {}, "confidence": {}}
     for size in sorted({n, n // 2}, reverse=True):
         result["stopping"][size] = bench_stopping(args, streams, size)
